@@ -1,0 +1,145 @@
+"""Concept complexity and the per-concept budget (SPEC section 4)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class BudgetError(ValueError):
+    """The requested target cannot be met under the bounds; the message names the numbers."""
+
+
+def intra_distance(cluster: np.ndarray, distance: np.ndarray, k: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Per cluster: member count and mean distance to its centroid (NaN when empty)."""
+    size = np.bincount(cluster, minlength=k).astype(np.int64)
+    total = np.bincount(cluster, weights=distance.astype(np.float64), minlength=k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d_intra = np.where(size > 0, total / np.maximum(size, 1), np.nan)
+    return size, d_intra
+
+
+def inter_distance(centroids: np.ndarray, nonempty: np.ndarray, l: int) -> np.ndarray:  # noqa: E741
+    """Mean distance from each non-empty centroid to its l nearest other non-empty ones.
+
+    l is clamped to (non-empty clusters - 1); with a single non-empty cluster d_inter = 1.
+    Empty clusters get NaN.
+    """
+    k = len(centroids)
+    out = np.full(k, np.nan)
+    ids = np.flatnonzero(nonempty)
+    if len(ids) == 0:
+        return out
+    if len(ids) == 1:
+        out[ids] = 1.0
+        return out
+    c = centroids[ids].astype(np.float64)
+    dist = 1.0 - c @ c.T
+    np.fill_diagonal(dist, np.inf)
+    ll = min(l, len(ids) - 1)
+    nearest = np.partition(dist, ll - 1, axis=1)[:, :ll]
+    out[ids] = nearest.mean(axis=1)
+    return out
+
+
+def concept_probability(complexity: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(C / tau) over the non-NaN entries, computed stably; NaN entries get 0."""
+    p = np.zeros(len(complexity))
+    ok = ~np.isnan(complexity)
+    if not ok.any():
+        return p
+    z = complexity[ok] / temperature
+    z = np.exp(z - z.max())
+    p[ok] = z / z.sum()
+    return p
+
+
+def lower_bounds(size: np.ndarray, target: int, k: int, balance: float) -> np.ndarray:
+    """lb_j = min(m, M_j) with m = max(1, floor(b N / k)); 0 for empty clusters."""
+    m = max(1, int(np.floor(balance * target / k)))
+    return np.minimum(m, size)
+
+
+def water_fill(ideal: np.ndarray, lower: np.ndarray, upper: np.ndarray, total: float
+               ) -> np.ndarray:
+    """Exact solution of min ||x - ideal||^2 s.t. sum x = total, lower <= x <= upper.
+
+    x(lam) = clip(ideal + lam, lower, upper); sum x(lam) is piecewise linear and
+    non-decreasing in lam, so lam is found exactly between two sorted breakpoints.
+    """
+    ideal = ideal.astype(np.float64)
+    lower = lower.astype(np.float64)
+    upper = upper.astype(np.float64)
+    breaks = np.unique(np.concatenate([lower - ideal, upper - ideal]))
+    sums = _sums_at(breaks, ideal, lower, upper)
+    pos = int(np.searchsorted(sums, total, side="left"))
+    if pos == 0:
+        lam = breaks[0]
+    elif pos >= len(breaks):
+        lam = breaks[-1]
+    else:
+        lo_b, hi_b = breaks[pos - 1], breaks[pos]
+        lo_s, hi_s = sums[pos - 1], sums[pos]
+        lam = lo_b if hi_s == lo_s else lo_b + (total - lo_s) * (hi_b - lo_b) / (hi_s - lo_s)
+    return np.clip(ideal + lam, lower, upper)
+
+
+def _sums_at(lams: np.ndarray, ideal: np.ndarray, lower: np.ndarray, upper: np.ndarray
+             ) -> np.ndarray:
+    """sum_j clip(ideal_j + lam, lower_j, upper_j) for every lam, vectorised.
+
+    With s_j = lower_j - ideal_j and t_j = upper_j - ideal_j the sum is
+    sum(lower) + sum_j max(0, lam - s_j) - sum_j max(0, lam - t_j).
+    """
+    starts = np.sort(lower - ideal)
+    stops = np.sort(upper - ideal)
+    start_cum = np.concatenate([[0.0], np.cumsum(starts)])
+    stop_cum = np.concatenate([[0.0], np.cumsum(stops)])
+    n_started = np.searchsorted(starts, lams, side="right")
+    n_stopped = np.searchsorted(stops, lams, side="right")
+    rising = n_started * lams - start_cum[n_started]
+    saturated = n_stopped * lams - stop_cum[n_stopped]
+    return lower.sum() + rising - saturated
+
+
+def integerize(x: np.ndarray, upper: np.ndarray, total: int) -> np.ndarray:
+    """floor(x), then one more unit each to the largest fractional parts below upper.
+
+    Ties go to the smaller cluster id. The result sums to exactly ``total``.
+    """
+    base = np.floor(x + 1e-9).astype(np.int64)
+    base = np.minimum(base, upper)
+    remaining = int(total - base.sum())
+    if remaining < 0:
+        raise BudgetError(f"internal: floor of budgets exceeds the target by {-remaining}")
+    frac = x - base
+    while remaining > 0:
+        open_ = np.flatnonzero(base < upper)
+        if len(open_) == 0:
+            raise BudgetError(f"internal: {remaining} units left and no cluster has room")
+        order = open_[np.lexsort((open_, -frac[open_]))]
+        give = order[:remaining]
+        base[give] += 1
+        frac[give] = -np.inf
+        remaining -= len(give)
+    return base
+
+
+def concept_budget(size: np.ndarray, probability: np.ndarray, target: int, k: int,
+                   balance: float) -> np.ndarray:
+    """Integer per-cluster budget x with sum x = target and lb <= x <= size."""
+    total = int(size.sum())
+    if target > total:
+        raise BudgetError(
+            f"dbp target N={target} exceeds the {total} samples that reach dbp; "
+            "lower dbp.keep_count or use dbp.keep_fraction"
+        )
+    lower = lower_bounds(size, target, k, balance)
+    if lower.sum() > target:
+        raise BudgetError(
+            f"dbp lower bounds sum to {int(lower.sum())} > target N={target} "
+            f"(balance={balance}, k={k}, {int((size > 0).sum())} non-empty clusters); "
+            "lower dbp.balance, lower dbp.k, or keep more samples"
+        )
+    x = water_fill(target * probability, lower, size, float(target))
+    return integerize(x, size, target)

@@ -1,0 +1,76 @@
+"""Which samples survive a step: the CLIP-score filter and within-concept selection."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def round_half_up(x: float) -> int:
+    """floor(x + 1/2), the rounding SPEC uses for every target count."""
+    return int(np.floor(x + 0.5))
+
+
+def clip_filter_keep(score: np.ndarray, uid_hi: np.ndarray, uid_lo: np.ndarray,
+                     threshold: float | None = None, keep_fraction: float | None = None
+                     ) -> np.ndarray:
+    """Boolean keep mask: score >= threshold, or the top floor(q M + 1/2) by score.
+
+    Ties in score are broken by uid ascending.
+    """
+    if threshold is not None:
+        return score >= np.float32(threshold)
+    assert keep_fraction is not None
+    n_keep = round_half_up(keep_fraction * len(score))
+    order = np.lexsort((uid_lo, uid_hi, -score.astype(np.float64)))
+    keep = np.zeros(len(score), dtype=bool)
+    keep[order[:n_keep]] = True
+    return keep
+
+
+def rank_within_groups(group: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """For rows already ordered by ``order`` (sorted by group first), each row's rank in its group."""
+    g = group[order]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]]) if len(g) else np.zeros(0, int)
+    run_start = np.repeat(starts, np.diff(np.r_[starts, len(g)]))
+    rank = np.empty(len(g), dtype=np.int64)
+    rank[order] = np.arange(len(g)) - run_start
+    return rank
+
+
+def select_within_concepts(cluster: np.ndarray, distance: np.ndarray, uid_hi: np.ndarray,
+                           uid_lo: np.ndarray, budget: np.ndarray, mode: str, seed: int
+                           ) -> np.ndarray:
+    """Keep ``budget[c]`` members of every concept c; returns a boolean keep mask.
+
+    hard: the farthest from the centroid; easy: the closest; random: a seeded uniform sample
+    (seeded per concept, so the choice of one concept does not depend on the others).
+    Distance ties are broken by uid ascending.
+    """
+    if mode == "hard":
+        key = -distance.astype(np.float64)
+    elif mode == "easy":
+        key = distance.astype(np.float64)
+    elif mode == "random":
+        key = _random_keys(cluster, uid_hi, uid_lo, seed)
+    else:
+        raise ValueError(f"dbp.keep must be hard, easy or random, got {mode!r}")
+    order = np.lexsort((uid_lo, uid_hi, key, cluster))
+    rank = rank_within_groups(cluster, order)
+    return rank < budget[cluster]
+
+
+def _random_keys(cluster: np.ndarray, uid_hi: np.ndarray, uid_lo: np.ndarray, seed: int
+                 ) -> np.ndarray:
+    """A seeded uniform random priority per sample, independent of input order.
+
+    Members of each concept are sorted by uid and given a permutation drawn from a
+    generator seeded by (seed, concept), so the outcome depends only on the set of members.
+    """
+    keys = np.empty(len(cluster), dtype=np.float64)
+    order = np.lexsort((uid_lo, uid_hi, cluster))
+    c_sorted = cluster[order]
+    bounds = np.flatnonzero(np.r_[True, c_sorted[1:] != c_sorted[:-1], True])
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        rng = np.random.default_rng([seed, int(c_sorted[a])])
+        keys[order[a:b]] = rng.permutation(b - a)
+    return keys

@@ -1,0 +1,56 @@
+"""SemDeDup within one cluster (SPEC section 3), exact for any cluster size.
+
+Members are ordered farthest-from-centroid first (ties by uid). Member j is compared with
+every earlier member i < j; m_j = max_i cos(e_i, e_j), and j is a near-duplicate when
+m_j > 1 - eps. Rows are processed in blocks, and a block only needs its products with the
+members before it, so the work is the lower triangle of the Gram matrix and memory is
+O(block x cluster size).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def dedup_order(distance: np.ndarray, uid_hi: np.ndarray, uid_lo: np.ndarray) -> np.ndarray:
+    """Positions of the members, farthest from the centroid first, ties by uid ascending."""
+    return np.lexsort((uid_lo, uid_hi, -distance.astype(np.float64)))
+
+
+def max_earlier_similarity(vectors: np.ndarray, block_rows: int = 2048
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """For ordered unit rows, m_j = max_{i<j} <e_i, e_j> and the i achieving it.
+
+    Returns ``(m, arg)``; for j = 0, m is -inf and arg is -1. Ties in m go to the smallest i.
+    """
+    e = np.ascontiguousarray(vectors, dtype=np.float32)
+    n = e.shape[0]
+    best = np.full(n, -np.inf, dtype=np.float32)
+    arg = np.full(n, -1, dtype=np.int64)
+    if n < 2:
+        return best, arg
+    block_rows = max(1, int(block_rows))
+    for start in range(1, n, block_rows):
+        stop = min(n, start + block_rows)
+        sims = e[start:stop] @ e[:stop].T  # (rows, stop): rows j, columns i
+        # keep only i < j: inside the diagonal part, column i >= row j is masked
+        rows = np.arange(start, stop)
+        diag = sims[:, start:stop]
+        diag[np.arange(stop - start)[:, None] <= np.arange(stop - start)[None, :]] = -np.inf
+        idx = np.argmax(sims, axis=1)
+        best[start:stop] = sims[rows - start, idx]
+        arg[start:stop] = idx
+    return best, arg
+
+
+def dedup_cluster(vectors: np.ndarray, eps: float, block_rows: int = 2048
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decide one cluster given its members already in dedup order.
+
+    Returns ``(removed, dup_of_position, similarity)`` aligned with the ordered members;
+    ``dup_of_position`` is -1 and ``similarity`` NaN for the first member.
+    """
+    best, arg = max_earlier_similarity(vectors, block_rows)
+    removed = best > np.float32(1.0 - eps)
+    similarity = np.where(arg >= 0, best, np.nan).astype(np.float32)
+    return removed, arg, similarity

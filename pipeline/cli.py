@@ -1,0 +1,97 @@
+"""The ``conceptprune`` command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.config import ConfigError, config_json_schema, load_config
+
+app = typer.Typer(
+    help=(
+        "Prune web-scale image-text datasets by concept complexity: semantic deduplication "
+        "(SemDeDup), a CLIP-score filter and density-based pruning (DBP), with a per-sample "
+        "ledger and a report of what was removed and why."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+log = logging.getLogger("conceptprune")
+
+
+def _setup_logging(verbose: bool, log_file: Path | None = None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=handlers, force=True)
+
+
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Argument(
+        help="YAML config file (see README); may be omitted when --set gives everything")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="override a setting, e.g. --set dbp.k=200 --set output=out/")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="hide progress bars")] = False,
+) -> None:
+    """Run semdedup -> clip_filter -> dbp and write subset.npy, ledger/ and report/.
+
+    Re-running the same command resumes an interrupted run from its work folder, and does
+    nothing more after a finished one.
+    """
+    from pipeline.runner import run as run_pipeline
+
+    try:
+        cfg = load_config(config, list(set_ or []))
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    if no_progress:
+        cfg.progress = False
+    _setup_logging(verbose, Path(cfg.output) / "logs" / "run.log")
+    try:
+        summary = run_pipeline(cfg)
+    except (ValueError, OSError) as err:
+        log.error("%s", err)
+        raise typer.Exit(1) from None
+    typer.echo(f"kept {summary.kept} of {summary.input_samples} samples "
+               f"({summary.kept / max(1, summary.input_samples):.1%})")
+    typer.echo(f"subset: {summary.output / 'subset.npy'}")
+    typer.echo(f"report: {summary.report_path}")
+
+
+@app.command("synth-embeddings")
+def synth_embeddings_cmd(
+    out: Annotated[Path, typer.Argument(help="folder to create (clip-retrieval layout)")],
+    samples: Annotated[int, typer.Option(min=1, help="number of samples")] = 10000,
+    dim: Annotated[int, typer.Option(min=2, help="embedding dimension")] = 512,
+    concepts: Annotated[int, typer.Option(min=1, help="number of planted concepts")] = 100,
+    files: Annotated[int, typer.Option(min=1, help="number of img_emb_{i}.npy files")] = 1,
+    seed: Annotated[int, typer.Option(min=0, help="random seed")] = 0,
+) -> None:
+    """Generate clustered embeddings with planted duplicates and a ground-truth file."""
+    from pipeline.synth.embeddings import SynthSpec, synth_embeddings
+
+    synth_embeddings(out, SynthSpec(samples=samples, dim=dim, concepts=concepts, files=files,
+                                    seed=seed))
+    typer.echo(f"wrote {samples} samples to {out}")
+
+
+@app.command("config-schema")
+def config_schema() -> None:
+    """Print the JSON schema of the run configuration."""
+    typer.echo(config_json_schema(), nl=False)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,217 @@
+"""One typed configuration for a run, loaded from YAML and overridable with ``key=value``.
+
+The names of these fields are the public contract of the ``conceptprune run`` command.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the setting and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InputConfig(_Section):
+    """Where the samples come from: exactly one of the inputs is set."""
+
+    embeddings: str | None = Field(
+        None, description="clip-retrieval folder holding img_emb/, text_emb/ and metadata/"
+    )
+    datacomp: str | None = Field(
+        None, description="DataComp folder holding {shard}.parquet and {shard}.npz pairs"
+    )
+    datacomp_model: Literal["l14", "b32"] = Field(
+        "l14", description="which DataComp embedding pair (l14_img/l14_txt or b32_img/b32_txt)"
+    )
+
+    @model_validator(mode="after")
+    def _one_input(self) -> InputConfig:
+        given = [name for name in ("embeddings", "datacomp") if getattr(self, name)]
+        if len(given) != 1:
+            raise ValueError(
+                "set exactly one of input.embeddings or input.datacomp "
+                f"(got {', '.join(given) if given else 'none'})"
+            )
+        return self
+
+
+class KMeansConfig(_Section):
+    """Spherical k-means shared by semdedup and dbp (SPEC section 2)."""
+
+    niter: int = Field(20, ge=1, description="k-means iterations")
+    max_points_per_centroid: int = Field(
+        256, ge=1, description="the fit uses a seeded sample of at most this many points x k"
+    )
+    batch_size: int = Field(65536, ge=1, description="vectors per assignment batch")
+    device: Literal["auto", "cpu", "gpu"] = Field(
+        "auto", description="faiss on the GPU when one is present (auto), or forced"
+    )
+
+
+class SemDeDupConfig(_Section):
+    """Semantic deduplication (SPEC section 3)."""
+
+    enabled: bool = True
+    k: int | Literal["auto"] = Field(
+        "auto", description="number of dedup clusters; auto = max(1, round(N / 10000))"
+    )
+    eps: float = Field(
+        0.07, gt=0, lt=1, description="remove a member whose max cosine to an earlier one > 1-eps"
+    )
+    block_rows: int = Field(
+        2048, ge=1, description="rows per block of the pairwise products (memory ~ block x size)"
+    )
+
+    @model_validator(mode="after")
+    def _k_positive(self) -> SemDeDupConfig:
+        if isinstance(self.k, int) and self.k < 1:
+            raise ValueError("semdedup.k must be >= 1 or 'auto'")
+        return self
+
+
+class ClipFilterConfig(_Section):
+    """Drop low image-text agreement: by score threshold or by keeping a top fraction."""
+
+    enabled: bool = False
+    threshold: float | None = Field(None, description="keep samples with clip score >= this")
+    keep_fraction: float | None = Field(
+        None, description="keep the top round(q x M) samples by clip score, q in (0, 1]"
+    )
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> ClipFilterConfig:
+        if not self.enabled:
+            return self
+        if (self.threshold is None) == (self.keep_fraction is None):
+            raise ValueError(
+                "clip_filter needs exactly one of clip_filter.threshold or clip_filter.keep_fraction"
+            )
+        if self.keep_fraction is not None and not 0 < self.keep_fraction <= 1:
+            raise ValueError(
+                f"clip_filter.keep_fraction must be in (0, 1], got {self.keep_fraction}"
+            )
+        return self
+
+
+class DBPConfig(_Section):
+    """Concept-complexity (density-based) pruning (SPEC section 4)."""
+
+    enabled: bool = True
+    k: int = Field(100, ge=1, description="number of concept clusters")
+    l: int = Field(20, ge=1, description="nearest other centroids used for d_inter")  # noqa: E741
+    temperature: float = Field(0.1, gt=0, description="softmax temperature tau")
+    keep_fraction: float | None = Field(
+        0.5, description="target N = round(r x M) of the samples reaching dbp, r in (0, 1]"
+    )
+    keep_count: int | None = Field(None, ge=1, description="absolute target N instead")
+    balance: float = Field(
+        0.0, ge=0, description="b: every concept keeps at least max(1, floor(b N / k))"
+    )
+    keep: Literal["hard", "easy", "random"] = Field(
+        "hard", description="which members a concept keeps: farthest, closest or random"
+    )
+
+    @model_validator(mode="after")
+    def _one_target(self) -> DBPConfig:
+        if self.keep_count is not None:
+            # keep_count wins; keep_fraction keeps its default only for display
+            return self
+        if self.keep_fraction is None:
+            raise ValueError("dbp needs dbp.keep_fraction or dbp.keep_count")
+        if not 0 < self.keep_fraction <= 1:
+            raise ValueError(f"dbp.keep_fraction must be in (0, 1], got {self.keep_fraction}")
+        return self
+
+
+class RunConfig(_Section):
+    """A whole run: input, output folder, seed and the steps in SPEC order."""
+
+    input: InputConfig
+    output: str = Field(..., description="folder for subset.npy, ledger/, report/")
+    work: str | None = Field(
+        None, description="work folder for intermediates and markers (default: OUTPUT/_work)"
+    )
+    seed: int = Field(0, ge=0, description="seed for every sampled or random choice")
+    progress: bool = Field(True, description="show progress bars on long stages")
+    kmeans: KMeansConfig = Field(default_factory=KMeansConfig)
+    semdedup: SemDeDupConfig = Field(default_factory=SemDeDupConfig)
+    clip_filter: ClipFilterConfig = Field(default_factory=ClipFilterConfig)
+    dbp: DBPConfig = Field(default_factory=DBPConfig)
+
+    @property
+    def work_dir(self) -> Path:
+        return Path(self.work) if self.work else Path(self.output) / "_work"
+
+    def enabled_steps(self) -> list[str]:
+        steps = [s for s in ("semdedup", "clip_filter", "dbp") if getattr(self, s).enabled]
+        return steps
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got {item!r} (example: --set dbp.k=200)")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {item!r} has no key before '='")
+    return key.split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted keys (``dbp.k=200``) in a nested dict; values parse as YAML scalars."""
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or start empty), apply overrides and validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {p} is not valid YAML: {err}") from err
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+        data = loaded or {}
+    apply_overrides(data, overrides or [])
+    return validate_config(data, source=str(path) if path else "--set")
+
+
+def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+            lines.append(f"  {loc}: {e['msg']}")
+        raise ConfigError(f"invalid configuration in {source}:\n" + "\n".join(lines)) from None
+
+
+def config_json_schema() -> str:
+    """The JSON schema of the config, as shipped in schemas/config.schema.json."""
+    return json.dumps(RunConfig.model_json_schema(), indent=2, sort_keys=True) + "\n"

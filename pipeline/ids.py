@@ -1,0 +1,83 @@
+"""Sample identity (SPEC section 5): keys and 128-bit uids.
+
+A uid is 32 lowercase hex digits. It comes from the sample's json ``uid`` when present, else
+from the first 32 hex digits of sha256(shard name + key). For sorting and for DataComp's
+``subset.npy`` a uid is split into its high and low 64 bits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+UID_HEX_DIGITS = 32
+SUBSET_DTYPE = np.dtype("u8,u8")
+
+_HEX_VALUE = np.full(256, 255, dtype=np.uint8)
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _HEX_VALUE[_c] = _i
+for _i, _c in enumerate(b"ABCDEF"):
+    _HEX_VALUE[_c] = 10 + _i
+
+
+def derive_uid(shard: str, key: str) -> str:
+    """The uid of a sample whose metadata carries none."""
+    return hashlib.sha256(f"{shard}{key}".encode()).hexdigest()[:UID_HEX_DIGITS]
+
+
+def derive_uids(shard: str, keys: Iterable[str]) -> list[str]:
+    return [derive_uid(shard, k) for k in keys]
+
+
+def is_valid_uid(uid: object) -> bool:
+    if not isinstance(uid, str) or len(uid) != UID_HEX_DIGITS:
+        return False
+    try:
+        int(uid, 16)
+    except ValueError:
+        return False
+    return True
+
+
+def uids_to_u128(uids: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split uid strings into (high, low) uint64 halves, vectorised.
+
+    Returns ``(hi, lo, ok)`` where ``ok`` is False for entries that are not 32 hex digits;
+    their halves are 0.
+    """
+    n = len(uids)
+    raw = np.array([u if isinstance(u, str) else "" for u in uids], dtype="S32")
+    lengths = np.char.str_len(raw) if n else np.zeros(0, dtype=int)
+    digits = _HEX_VALUE[raw.view(np.uint8).reshape(n, UID_HEX_DIGITS)] if n else np.zeros(
+        (0, UID_HEX_DIGITS), dtype=np.uint8
+    )
+    ok = (lengths == UID_HEX_DIGITS) & (digits != 255).all(axis=1)
+    # also reject strings longer than 32 characters, which "S32" silently truncated
+    if n:
+        too_long = np.fromiter((isinstance(u, str) and len(u) != UID_HEX_DIGITS for u in uids),
+                               dtype=bool, count=n)
+        ok &= ~too_long
+    digits = np.where(ok[:, None], digits, 0).astype(np.uint64)
+    shifts = np.arange(60, -1, -4, dtype=np.uint64)
+    hi = (digits[:, :16] << shifts).sum(axis=1, dtype=np.uint64)
+    lo = (digits[:, 16:] << shifts).sum(axis=1, dtype=np.uint64)
+    return hi, lo, ok
+
+
+def u128_to_uids(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """Lowercase 32-hex-digit strings of (high, low) halves, vectorised (numpy ``S32``)."""
+    buf = np.empty((len(hi), 2), dtype=">u8")
+    buf[:, 0] = hi
+    buf[:, 1] = lo
+    return np.frombuffer(buf.tobytes().hex().encode(), dtype="S32")
+
+
+def subset_array(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """DataComp's subset format: structured ``u8,u8`` (high, low), sorted."""
+    out = np.empty(len(hi), dtype=SUBSET_DTYPE)
+    out["f0"] = hi
+    out["f1"] = lo
+    out.sort(order=["f0", "f1"])
+    return out

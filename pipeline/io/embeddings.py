@@ -1,0 +1,228 @@
+"""Readers for precomputed embeddings (SPEC section 6), one part (file) at a time.
+
+Two layouts:
+
+- clip-retrieval: ``img_emb/img_emb_{i}.npy``, optional ``text_emb/text_emb_{i}.npy`` and
+  ``metadata/metadata_{i}.parquet`` in the same row order (``image_path`` is the key).
+- DataComp: ``{shard}.parquet`` (uid, text, ...) beside ``{shard}.npz`` holding
+  ``{model}_img`` and ``{model}_txt`` arrays in row order.
+
+A part yields its metadata (key, uid or null, shard) and its vectors; local ``.npy`` files are
+memory-mapped so nothing is read before it is needed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+class InputError(ValueError):
+    """The input cannot be read as given; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class EmbeddingPart:
+    """One input file group: metadata plus the image (and optional text) embeddings."""
+
+    index: int
+    shard: str
+    metadata_path: str
+    image_path: str
+    text_path: str | None = None
+    npz_image_key: str | None = None  # set for DataComp npz members
+    npz_text_key: str | None = None
+
+
+@dataclass
+class PartData:
+    keys: list[str | None]
+    uids: list[str | None]
+    shards: list[str]
+    image: np.ndarray
+    text: np.ndarray | None
+
+
+def _fs(root: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, path = fsspec.core.url_to_fs(root)
+    return fs, path.rstrip("/")
+
+
+def _join(fs: fsspec.AbstractFileSystem, root: str, name: str) -> str:
+    path = f"{root}/{name}"
+    return path if _is_local(fs) else fs.unstrip_protocol(path)
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+_NUMBERED = re.compile(r"^(?P<stem>.+?)_(?P<num>\d+)\.(?P<ext>npy|parquet)$")
+
+
+def _numbered(fs: fsspec.AbstractFileSystem, folder: str, stem: str, ext: str) -> dict[int, str]:
+    if not fs.isdir(folder):
+        return {}
+    out: dict[int, str] = {}
+    for entry in fs.ls(folder, detail=False):
+        m = _NUMBERED.match(PurePosixPath(entry).name)
+        if m and m["stem"] == stem and m["ext"] == ext:
+            out[int(m["num"])] = PurePosixPath(entry).name
+    return out
+
+
+def discover_clip_retrieval(root: str) -> list[EmbeddingPart]:
+    """The parts of a clip-retrieval folder, in numeric order."""
+    fs, base = _fs(root)
+    if not fs.isdir(base):
+        raise InputError(f"input.embeddings folder {root} does not exist")
+    images = _numbered(fs, f"{base}/img_emb", "img_emb", "npy")
+    if not images:
+        raise InputError(
+            f"no img_emb/img_emb_{{i}}.npy files under {root}: input.embeddings must point at a "
+            "clip-retrieval output folder (img_emb/, text_emb/, metadata/)"
+        )
+    metas = _numbered(fs, f"{base}/metadata", "metadata", "parquet")
+    texts = _numbered(fs, f"{base}/text_emb", "text_emb", "npy")
+    parts = []
+    for index, num in enumerate(sorted(images)):
+        if num not in metas:
+            raise InputError(
+                f"{_join(fs, base, 'img_emb/' + images[num])} has no metadata file "
+                f"metadata/metadata_{num}.parquet beside it"
+            )
+        parts.append(EmbeddingPart(
+            index=index,
+            shard=f"metadata_{num}",
+            metadata_path=_join(fs, base, f"metadata/{metas[num]}"),
+            image_path=_join(fs, base, f"img_emb/{images[num]}"),
+            text_path=_join(fs, base, f"text_emb/{texts[num]}") if num in texts else None,
+        ))
+    return parts
+
+
+def discover_datacomp(root: str, model: str = "l14") -> list[EmbeddingPart]:
+    """The parts of a DataComp folder: every ``{shard}.parquet`` with its ``{shard}.npz``."""
+    fs, base = _fs(root)
+    if not fs.isdir(base):
+        raise InputError(f"input.datacomp folder {root} does not exist")
+    names = sorted(PurePosixPath(p).name for p in fs.ls(base, detail=False))
+    parquets = [n for n in names if n.endswith(".parquet")]
+    if not parquets:
+        raise InputError(f"no {{shard}}.parquet files under {root} (input.datacomp)")
+    parts = []
+    for index, name in enumerate(parquets):
+        stem = name[: -len(".parquet")]
+        if f"{stem}.npz" not in names:
+            raise InputError(
+                f"{_join(fs, base, name)} has no embeddings file {stem}.npz beside it"
+            )
+        parts.append(EmbeddingPart(
+            index=index,
+            shard=stem,
+            metadata_path=_join(fs, base, name),
+            image_path=_join(fs, base, f"{stem}.npz"),
+            text_path=_join(fs, base, f"{stem}.npz"),
+            npz_image_key=f"{model}_img",
+            npz_text_key=f"{model}_txt",
+        ))
+    return parts
+
+
+def _load_npy(path: str) -> np.ndarray:
+    fs, p = fsspec.core.url_to_fs(path)
+    try:
+        if _is_local(fs):
+            return np.load(p, mmap_mode="r", allow_pickle=False)
+        with fs.open(p, "rb") as f:
+            return np.load(f, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise InputError(f"cannot read embeddings file {path}: {err}") from err
+
+
+def _load_npz_member(path: str, key: str) -> np.ndarray:
+    fs, p = fsspec.core.url_to_fs(path)
+    try:
+        with fs.open(p, "rb") as f, np.load(f, allow_pickle=False) as z:
+            if key not in z.files:
+                raise InputError(
+                    f"{path} has no array {key!r} (it holds {', '.join(z.files)}); "
+                    "set input.datacomp_model to one that is present"
+                )
+            return z[key]
+    except (ValueError, OSError) as err:
+        raise InputError(f"cannot read embeddings file {path}: {err}") from err
+
+
+def _column(table: pa.Table, name: str) -> list | None:
+    return table.column(name).to_pylist() if name in table.column_names else None
+
+
+def _check_matrix(arr: np.ndarray, path: str, rows: int, meta_path: str) -> None:
+    if arr.ndim != 2:
+        raise InputError(f"{path} holds an array of shape {arr.shape}; expected (rows, dim)")
+    if arr.dtype not in (np.float16, np.float32, np.float64):
+        raise InputError(f"{path} holds {arr.dtype} values; expected float16 or float32")
+    if arr.shape[0] != rows:
+        raise InputError(
+            f"row counts differ: {path} has {arr.shape[0]} rows but {meta_path} has {rows}; "
+            "the embeddings and the metadata must be in the same row order"
+        )
+
+
+def read_part(part: EmbeddingPart) -> PartData:
+    """Metadata and vectors of one part, validated for shape and row count."""
+    fs, p = fsspec.core.url_to_fs(part.metadata_path)
+    try:
+        with fs.open(p, "rb") as f:
+            table = pq.read_table(f)
+    except (OSError, pa.ArrowException) as err:
+        raise InputError(f"cannot read metadata file {part.metadata_path}: {err}") from err
+    rows = table.num_rows
+    keys = _column(table, "key")
+    if part.npz_image_key is None:
+        keys = _column(table, "image_path") or keys
+    uids = _column(table, "uid")
+    if keys is None:
+        keys = list(uids) if uids is not None else None
+    if keys is None:
+        raise InputError(
+            f"{part.metadata_path} has neither an 'image_path' nor a 'key' nor a 'uid' column: "
+            "samples cannot be named"
+        )
+    shards = _column(table, "shard") or [part.shard] * rows
+    if part.npz_image_key is not None:
+        image = _load_npz_member(part.image_path, part.npz_image_key)
+        text = _load_npz_member(part.image_path, part.npz_text_key or "")
+    else:
+        image = _load_npy(part.image_path)
+        text = _load_npy(part.text_path) if part.text_path else None
+    _check_matrix(image, part.image_path, rows, part.metadata_path)
+    if text is not None:
+        _check_matrix(text, part.text_path or part.image_path, rows, part.metadata_path)
+        if text.shape[1] != image.shape[1]:
+            raise InputError(
+                f"{part.text_path} has dimension {text.shape[1]} but {part.image_path} has "
+                f"{image.shape[1]}: image and text embeddings must come from one CLIP model"
+            )
+    return PartData(keys=[None if k is None else str(k) for k in keys],
+                    uids=uids if uids is not None else [None] * rows,
+                    shards=[str(s) for s in shards], image=image, text=text)
+
+
+def discover(input_cfg) -> list[EmbeddingPart]:  # noqa: ANN001 - InputConfig, avoid a cycle
+    if input_cfg.embeddings:
+        return discover_clip_retrieval(input_cfg.embeddings)
+    return discover_datacomp(input_cfg.datacomp, input_cfg.datacomp_model)
+
+
+def local_path(url: str) -> Path | None:
+    """The local filesystem path of ``url``, or None when it is remote."""
+    fs, p = fsspec.core.url_to_fs(url)
+    return Path(p) if _is_local(fs) else None

@@ -1,0 +1,261 @@
+"""Runs the steps of SPEC §1 in order on an engine, resuming from the work folder's markers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.config import RunConfig
+from pipeline.engines.local import LocalEngine
+from pipeline.ids import subset_array
+from pipeline.io.embeddings import EmbeddingPart, discover, local_path
+from pipeline.io.tables import numpy_column
+from pipeline.io.vector_store import VectorStore
+from pipeline.stages.clip_filter import ClipFilterResult, run_clip_filter
+from pipeline.stages.context import RunContext
+from pipeline.stages.dbp import DBPResult, run_dbp
+from pipeline.stages.ingest import IngestedPart, ingest_part
+from pipeline.stages.ledger import check_invariant, decide, ledger_table
+from pipeline.stages.report import build_report
+from pipeline.stages.semdedup import SemDeDupResult, run_semdedup
+from pipeline.workdir import WorkDir, fingerprint, write_json, write_npy, write_parquet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    output: Path
+    input_samples: int
+    kept: int
+    report: dict[str, Any]
+    skipped_steps: list[str] = field(default_factory=list)
+
+    @property
+    def report_path(self) -> Path:
+        return self.output / "report" / "report.json"
+
+
+def _file_identity(url: str | None) -> Any:
+    if url is None:
+        return None
+    path = local_path(url)
+    if path is None:
+        return url
+    st = path.stat()
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+
+
+def _part_fingerprint(part: EmbeddingPart) -> str:
+    return fingerprint("ingest", part.shard, part.npz_image_key, part.npz_text_key,
+                       _file_identity(part.metadata_path), _file_identity(part.image_path),
+                       _file_identity(part.text_path))
+
+
+class Runner:
+    """One run of the pipeline over precomputed embeddings."""
+
+    def __init__(self, cfg: RunConfig, engine: LocalEngine | None = None) -> None:
+        self.cfg = cfg
+        self.engine = engine or LocalEngine(progress=cfg.progress)
+        self.work = WorkDir(cfg.work_dir)
+        self.output = Path(cfg.output)
+        self.timings: dict[str, float] = {}
+        self.skipped: list[str] = []
+
+    # -- steps ---------------------------------------------------------------------------
+    def _ingest(self) -> tuple[list[IngestedPart], str]:
+        parts = discover(self.cfg.input)
+        out_dir = self.work.step_dir("ingest")
+        fps = [_part_fingerprint(p) for p in parts]
+
+        def one(item: tuple[EmbeddingPart, str]) -> IngestedPart:
+            part, fp = item
+            name = f"ingest-{part.index:05d}"
+            if self.work.done(name, fp):
+                return IngestedPart(**self.work.stats(name))
+            done = ingest_part(part, out_dir)
+            self.work.mark(name, fp, done.to_json())
+            return done
+
+        ingested = list(self.engine.map(one, list(zip(parts, fps, strict=True)),
+                                        desc="read", total=len(parts), unit="part"))
+        dims = {p.dim for p in ingested}
+        if len(dims) > 1:
+            raise ValueError(f"input parts have different embedding dimensions {sorted(dims)}: "
+                             "every part must come from the same model")
+        return ingested, fingerprint("ingest-all", fps)
+
+    def _context(self, parts: list[IngestedPart]) -> RunContext:
+        cols = ["uid_hi", "uid_lo", "failed_reason", "clip_score"]
+        tables = [pq.read_table(self._ingest_path(p), columns=cols) for p in parts]
+        t = pa.concat_tables(tables)
+        return RunContext(
+            cfg=self.cfg, work=self.work, engine=self.engine, parts=parts,
+            store=VectorStore([p.vectors for p in parts], [p.rows for p in parts]),
+            uid_hi=numpy_column(t, "uid_hi", 0, "uint64"),
+            uid_lo=numpy_column(t, "uid_lo", 0, "uint64"),
+            usable=t.column("failed_reason").is_null().to_numpy(zero_copy_only=False),
+            clip_score=numpy_column(t, "clip_score", np.nan, "float32"),
+        )
+
+    def _ingest_path(self, part: IngestedPart) -> Path:
+        return self.work.root / "ingest" / f"part-{part.index:05d}.parquet"
+
+    def _step(self, name: str, fp: str, compute, load) -> Any:  # noqa: ANN001
+        """Load a finished step's result, or compute it and mark it done."""
+        start = time.perf_counter()
+        if self.work.done(name, fp):
+            log.info("%s: already done, reusing %s", name, self.work.root / name)
+            self.skipped.append(name)
+            result = load()
+        else:
+            self.work.reset_step(name)
+            result = compute()
+            self.work.mark(name, fp)
+        self.timings[name] = time.perf_counter() - start
+        return result
+
+    def _semdedup(self, ctx: RunContext, alive: np.ndarray, fp: str) -> SemDeDupResult:
+        folder = self.work.root / "semdedup"
+
+        def compute() -> SemDeDupResult:
+            res = run_semdedup(ctx, alive)
+            write_npy(folder / "centroids.npy", res.centroids)
+            write_parquet(folder / "decisions.parquet", res.table())
+            return res
+
+        return self._step("semdedup", fp, compute, lambda: SemDeDupResult.from_table(
+            pq.read_table(folder / "decisions.parquet"), np.load(folder / "centroids.npy")))
+
+    def _clip_filter(self, ctx: RunContext, alive: np.ndarray, fp: str) -> ClipFilterResult:
+        path = self.work.root / "clip_filter" / "decisions.parquet"
+
+        def compute() -> ClipFilterResult:
+            res = run_clip_filter(ctx, alive)
+            write_parquet(path, res.table())
+            return res
+
+        return self._step("clip_filter", fp, compute,
+                          lambda: ClipFilterResult.from_table(pq.read_table(path)))
+
+    def _dbp(self, ctx: RunContext, alive: np.ndarray, fp: str) -> DBPResult:
+        folder = self.work.root / "dbp"
+
+        def compute() -> DBPResult:
+            res = run_dbp(ctx, alive)
+            write_npy(folder / "centroids.npy", res.centroids)
+            write_parquet(folder / "clusters.parquet", res.clusters)
+            write_parquet(folder / "decisions.parquet", res.table())
+            write_json(folder / "target.json", {"target": res.target})
+            return res
+
+        def load() -> DBPResult:
+            import json
+
+            return DBPResult.from_tables(
+                pq.read_table(folder / "decisions.parquet"),
+                pq.read_table(folder / "clusters.parquet"), np.load(folder / "centroids.npy"),
+                json.loads((folder / "target.json").read_text())["target"])
+
+        return self._step("dbp", fp, compute, load)
+
+    # -- the run -------------------------------------------------------------------------
+    def run(self) -> RunSummary:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        parts, fp = self._ingest()
+        self.timings["read"] = time.perf_counter() - t0
+        ctx = self._context(parts)
+        n = ctx.size
+        alive = ctx.usable.copy()
+        seed_fp = [cfg.seed, cfg.kmeans.niter, cfg.kmeans.max_points_per_centroid]
+        steps: list[tuple[str, int, int]] = []
+        removals: list[tuple[str, np.ndarray, np.ndarray]] = []
+        sem = dbp = None
+
+        if cfg.semdedup.enabled:
+            fp = fingerprint("semdedup", fp, cfg.semdedup.model_dump(), seed_fp)
+            sem = self._semdedup(ctx, alive, fp)
+            why = np.full(n, f"near-duplicate: similarity to dup_of > 1 - eps = "
+                             f"{1 - cfg.semdedup.eps:g}", dtype=object)
+            steps.append(("semdedup", int(alive.sum()), int((sem.removed & alive).sum())))
+            removals.append(("semdedup", sem.removed, why))
+            alive &= ~sem.removed
+        if cfg.clip_filter.enabled:
+            fp = fingerprint("clip_filter", fp, cfg.clip_filter.model_dump())
+            clip = self._clip_filter(ctx, alive, fp)
+            steps.append(("clip_filter", int(alive.sum()), int((clip.removed & alive).sum())))
+            removals.append(("clip_filter", clip.removed, clip.reason))
+            alive &= ~clip.removed
+        if cfg.dbp.enabled:
+            fp = fingerprint("dbp", fp, cfg.dbp.model_dump(), seed_fp)
+            dbp = self._dbp(ctx, alive, fp)
+            why = np.full(n, f"over its concept's budget (keeps the {cfg.dbp.keep} members)",
+                          dtype=object)
+            steps.append(("dbp", int(alive.sum()), int((dbp.removed & alive).sum())))
+            removals.append(("dbp", dbp.removed, why))
+            alive &= ~dbp.removed
+
+        last = (cfg.enabled_steps() or ["read"])[-1]
+        start = time.perf_counter()
+        shards = self._write(ctx, removals, last, alive, sem, dbp)
+        self.timings["write"] = time.perf_counter() - start
+
+        extra: dict[str, Any] = {}
+        if sem is not None:
+            extra["semdedup"] = {"k": sem.k, "eps": cfg.semdedup.eps}
+        if dbp is not None:
+            extra["dbp"] = {"k": cfg.dbp.k, "target": dbp.target,
+                            "reaching": steps[-1][1], "keep": cfg.dbp.keep}
+        failed = int((~ctx.usable).sum())
+        report = build_report(cfg, n, int(alive.sum()), failed, steps,
+                              dbp.clusters if dbp is not None else None, extra, shards,
+                              self.timings)
+        write_json(self.output / "report" / "report.json", report)
+        ctx.store.close()
+        return RunSummary(self.output, n, int(alive.sum()), report, self.skipped)
+
+    def _write(self, ctx: RunContext, removals: list, last: str, alive: np.ndarray,
+               sem: SemDeDupResult | None, dbp: DBPResult | None) -> dict:
+        n = ctx.size
+        status, stage, reason = decide(~ctx.usable, removals, last)
+        none_i = np.full(n, -1, dtype=np.int32)
+        none_f = np.full(n, np.nan, dtype=np.float32)
+        dup_rows = sem.dup_of if sem is not None else np.full(n, -1, dtype=np.int64)
+        has_dup = dup_rows >= 0
+        dup_hi = ctx.uid_hi[np.maximum(dup_rows, 0)]
+        dup_lo = ctx.uid_lo[np.maximum(dup_rows, 0)]
+        ledger_dir = self.output / "ledger"
+        ledger_dir.mkdir(parents=True, exist_ok=True)
+        read_per_shard: Counter = Counter()
+        offsets = ctx.store.offsets
+        for part in self.engine.map(lambda p: p, ctx.parts, desc="ledger", total=len(ctx.parts),
+                                    unit="part"):
+            sl = slice(int(offsets[part.index]), int(offsets[part.index + 1]))
+            ingest = pq.read_table(self._ingest_path(part),
+                                   columns=["key", "uid", "shard", "failed_reason", "clip_score"])
+            for shard, count in Counter(ingest.column("shard").to_pylist()).items():
+                read_per_shard[shard] += count
+            table = ledger_table(
+                ingest, status[sl], stage[sl], reason[sl],
+                (sem.cluster if sem else none_i)[sl], (sem.distance if sem else none_f)[sl],
+                dup_hi[sl], dup_lo[sl], has_dup[sl],
+                (sem.similarity if sem else none_f)[sl],
+                (dbp.cluster if dbp else none_i)[sl], (dbp.distance if dbp else none_f)[sl])
+            write_parquet(ledger_dir / f"part-{part.index:05d}.parquet", table)
+        kept = np.flatnonzero(alive)
+        write_npy(self.output / "subset.npy", subset_array(ctx.uid_hi[kept], ctx.uid_lo[kept]))
+        return check_invariant(ledger_dir, read_per_shard)
+
+
+def run(cfg: RunConfig, engine: LocalEngine | None = None) -> RunSummary:
+    return Runner(cfg, engine).run()

@@ -1,0 +1,94 @@
+"""The ledger: one row per input sample saying kept, removed or failed, where and why."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.ids import u128_to_uids
+from pipeline.io.tables import masked
+from schemas import arrow as schemas
+
+
+class LedgerInvariantError(RuntimeError):
+    """kept + removed + failed differs from the samples read for some shard."""
+
+
+def decide(failed: np.ndarray, removals: list[tuple[str, np.ndarray, np.ndarray]],
+           last_step: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-sample (status, stage, reason) from the failures and each step's removals.
+
+    ``removals`` lists (step name, removed mask, reason per sample) in step order; a sample
+    belongs to the first step that removed it.
+    """
+    n = len(failed)
+    status = np.full(n, "kept", dtype=object)
+    stage = np.full(n, last_step, dtype=object)
+    reason = np.full(n, None, dtype=object)
+    decided = failed.copy()
+    status[failed] = "failed"
+    stage[failed] = "read"
+    for name, removed, why in removals:
+        hit = removed & ~decided
+        status[hit] = "removed"
+        stage[hit] = name
+        reason[hit] = why[hit]
+        decided |= hit
+    return status, stage, reason
+
+
+def ledger_table(ingest: pa.Table, status: np.ndarray, stage: np.ndarray, reason: np.ndarray,
+                 dedup_cluster: np.ndarray, dedup_distance: np.ndarray, dup_of_hi: np.ndarray,
+                 dup_of_lo: np.ndarray, has_dup: np.ndarray, dup_similarity: np.ndarray,
+                 cluster: np.ndarray, distance: np.ndarray) -> pa.Table:
+    """One part's ledger rows; every array is that part's slice."""
+    failed_reason = ingest.column("failed_reason").to_numpy(zero_copy_only=False)
+    reason = np.where(status == "failed", failed_reason, reason)
+    dup_uid = pa.array(u128_to_uids(dup_of_hi, dup_of_lo), pa.binary(), mask=~has_dup)
+    clip = ingest.column("clip_score")
+    return pa.table({
+        "key": ingest.column("key"),
+        "uid": ingest.column("uid"),
+        "shard": ingest.column("shard"),
+        "status": pa.array(status, pa.string()),
+        "stage": pa.array(stage, pa.string()),
+        "reason": pa.array(reason, pa.string()),
+        "dedup_cluster": masked(dedup_cluster, dedup_cluster < 0, pa.int32()),
+        "dedup_distance": masked(dedup_distance, np.isnan(dedup_distance), pa.float32()),
+        "dup_of": dup_uid.cast(pa.string()),
+        "dup_similarity": masked(dup_similarity, np.isnan(dup_similarity), pa.float32()),
+        "clip_score": clip,
+        "cluster": masked(cluster, cluster < 0, pa.int32()),
+        "distance": masked(distance, np.isnan(distance), pa.float32()),
+    }, schema=schemas.LEDGER)
+
+
+def check_invariant(ledger_dir: Path, read_per_shard: Counter) -> dict[str, dict[str, int]]:
+    """Per shard, kept + removed + failed in the written ledger must equal the samples read."""
+    counts: dict[str, Counter] = {}
+    for path in sorted(ledger_dir.glob("*.parquet")):
+        t = pq.read_table(path, columns=["shard", "status"])
+        grouped = t.group_by(["shard", "status"]).aggregate([([], "count_all")])
+        for shard, st, c in zip(grouped.column("shard").to_pylist(),
+                                grouped.column("status").to_pylist(),
+                                grouped.column("count_all").to_pylist(), strict=True):
+            counts.setdefault(shard, Counter())[st] += c
+    bad = []
+    for shard, read in read_per_shard.items():
+        c = counts.get(shard, Counter())
+        total = c["kept"] + c["removed"] + c["failed"]
+        if total != read or set(c) - {"kept", "removed", "failed"}:
+            bad.append(f"{shard}: read {read}, ledger kept {c['kept']} + removed "
+                       f"{c['removed']} + failed {c['failed']} = {total}")
+    extra = set(counts) - set(read_per_shard)
+    bad += [f"{s}: in the ledger but never read" for s in sorted(extra)]
+    if bad:
+        raise LedgerInvariantError("ledger invariant broken:\n  " + "\n  ".join(bad))
+    return {s: {"read": read_per_shard[s], **{k: counts[s][k] for k in
+                                                ("kept", "removed", "failed")}}
+            for s in sorted(read_per_shard)}
+

@@ -1,0 +1,93 @@
+"""The run's work folder: atomic file writes and per-step completion markers.
+
+Every output is written under a temporary name and renamed when complete. A step's marker is
+written last and records a fingerprint of everything the step depends on (its settings and
+its inputs' fingerprints), so a re-run skips finished steps and redoes a step whose inputs
+or settings changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` and rename tmp to ``path`` only if it succeeded."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_parquet(path: Path, table: pa.Table) -> None:
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+
+
+def write_npy(path: Path, array: np.ndarray) -> None:
+    def _write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+
+    atomic_write(path, _write)
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True)))
+
+
+def fingerprint(*parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class WorkDir:
+    """Markers and step folders under one run's work folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.markers = self.root / "markers"
+
+    def step_dir(self, step: str) -> Path:
+        path = self.root / step
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _marker(self, name: str) -> Path:
+        return self.markers / f"{name}.json"
+
+    def done(self, name: str, fp: str) -> bool:
+        marker = self._marker(name)
+        if not marker.exists():
+            return False
+        try:
+            return json.loads(marker.read_text()).get("fingerprint") == fp
+        except (OSError, json.JSONDecodeError):
+            return False
+
+    def mark(self, name: str, fp: str, stats: dict[str, Any] | None = None) -> None:
+        write_json(self._marker(name), {"fingerprint": fp, "stats": stats or {}})
+
+    def stats(self, name: str) -> dict[str, Any]:
+        return json.loads(self._marker(name).read_text()).get("stats", {})
+
+    def reset_step(self, step: str) -> None:
+        """Forget a step's outputs (its settings changed)."""
+        shutil.rmtree(self.root / step, ignore_errors=True)

@@ -1,0 +1,66 @@
+"""Arrow schemas of every per-sample table the pipeline writes (SPEC section 7).
+
+Intermediate tables in the work folder are row-aligned with the ingest order: row g of every
+step table describes the g-th sample read, counting across input parts in order.
+"""
+
+import pyarrow as pa
+
+# Per input part: the identity of every sample read and whether its vectors are usable.
+INGEST = pa.schema([
+    pa.field("key", pa.string()),
+    pa.field("uid", pa.string()),
+    pa.field("shard", pa.string()),
+    pa.field("row", pa.int64(), nullable=False),
+    pa.field("uid_hi", pa.uint64(), nullable=False),  # the uid's 128 bits, 0 where invalid
+    pa.field("uid_lo", pa.uint64(), nullable=False),
+    pa.field("failed_reason", pa.string()),  # null when the sample is usable
+    pa.field("clip_score", pa.float32()),
+])
+
+SEMDEDUP = pa.schema([
+    pa.field("dedup_cluster", pa.int32()),
+    pa.field("dedup_distance", pa.float32()),
+    pa.field("dup_of", pa.int64()),  # global row of the earlier member achieving m_j, or null
+    pa.field("dup_similarity", pa.float32()),
+    pa.field("removed", pa.bool_(), nullable=False),
+])
+
+CLIP_FILTER = pa.schema([
+    pa.field("removed", pa.bool_(), nullable=False),
+    pa.field("reason", pa.string()),
+])
+
+DBP = pa.schema([
+    pa.field("cluster", pa.int32()),
+    pa.field("distance", pa.float32()),
+    pa.field("removed", pa.bool_(), nullable=False),
+])
+
+DBP_CLUSTERS = pa.schema([
+    pa.field("id", pa.int32(), nullable=False),
+    pa.field("size", pa.int64(), nullable=False),
+    pa.field("d_intra", pa.float64()),
+    pa.field("d_inter", pa.float64()),
+    pa.field("complexity", pa.float64()),
+    pa.field("probability", pa.float64(), nullable=False),
+    pa.field("budget", pa.int64(), nullable=False),
+    pa.field("kept", pa.int64(), nullable=False),
+])
+
+# The ledger: one row per input sample, the contract of ledger/*.parquet.
+LEDGER = pa.schema([
+    pa.field("key", pa.string()),
+    pa.field("uid", pa.string()),
+    pa.field("shard", pa.string()),
+    pa.field("status", pa.string(), nullable=False),  # kept | removed | failed
+    pa.field("stage", pa.string(), nullable=False),  # read | embed | semdedup | clip_filter | dbp
+    pa.field("reason", pa.string()),
+    pa.field("dedup_cluster", pa.int32()),
+    pa.field("dedup_distance", pa.float32()),
+    pa.field("dup_of", pa.string()),  # uid of the earlier near-duplicate
+    pa.field("dup_similarity", pa.float32()),
+    pa.field("clip_score", pa.float32()),
+    pa.field("cluster", pa.int32()),
+    pa.field("distance", pa.float32()),
+])
