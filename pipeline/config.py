@@ -69,7 +69,8 @@ class SemDeDupConfig(_Section):
         0.07, gt=0, lt=1, description="remove a member whose max cosine to an earlier one > 1-eps"
     )
     block_rows: int = Field(
-        2048, ge=1, description="rows per block of the pairwise products (memory ~ block x size)"
+        1024, ge=1,
+        description="most rows per block of the pairwise products (memory ~ block x size)",
     )
 
     @model_validator(mode="after")
@@ -94,7 +95,8 @@ class ClipFilterConfig(_Section):
             return self
         if (self.threshold is None) == (self.keep_fraction is None):
             raise ValueError(
-                "clip_filter needs exactly one of clip_filter.threshold or clip_filter.keep_fraction"
+                "clip_filter needs exactly one of clip_filter.threshold or "
+                "clip_filter.keep_fraction"
             )
         if self.keep_fraction is not None and not 0 < self.keep_fraction <= 1:
             raise ValueError(
@@ -143,6 +145,11 @@ class RunConfig(_Section):
     )
     seed: int = Field(0, ge=0, description="seed for every sampled or random choice")
     progress: bool = Field(True, description="show progress bars on long stages")
+    vector_cache_gb: float = Field(
+        4.0, ge=0,
+        description="keep the unit vectors read in memory up to this size, instead of reading "
+        "them back from the work folder in every step; 0 always streams from disk",
+    )
     kmeans: KMeansConfig = Field(default_factory=KMeansConfig)
     semdedup: SemDeDupConfig = Field(default_factory=SemDeDupConfig)
     clip_filter: ClipFilterConfig = Field(default_factory=ClipFilterConfig)

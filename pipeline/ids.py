@@ -11,6 +11,8 @@ import hashlib
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 UID_HEX_DIGITS = 32
 SUBSET_DTYPE = np.dtype("u8,u8")
@@ -27,8 +29,17 @@ def derive_uid(shard: str, key: str) -> str:
     return hashlib.sha256(f"{shard}{key}".encode()).hexdigest()[:UID_HEX_DIGITS]
 
 
-def derive_uids(shard: str, keys: Iterable[str]) -> list[str]:
-    return [derive_uid(shard, k) for k in keys]
+def derive_u128(shards: Iterable[str], keys: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The (high, low) halves of derive_uid for many samples at once.
+
+    This runs once per sample read, so it hashes in a tight loop and skips the hex strings;
+    ``u128_to_uids`` gives the strings back, vectorised.
+    """
+    sha = hashlib.sha256
+    blob = b"".join([sha(f"{s}{k}".encode()).digest()[:16]
+                     for s, k in zip(shards, keys, strict=True)])
+    halves = np.frombuffer(blob, dtype=">u8").reshape(-1, 2).astype(np.uint64)
+    return halves[:, 0].copy(), halves[:, 1].copy()
 
 
 def is_valid_uid(uid: object) -> bool:
@@ -48,21 +59,22 @@ def uids_to_u128(uids: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray, np
     their halves are 0.
     """
     n = len(uids)
-    raw = np.array([u if isinstance(u, str) else "" for u in uids], dtype="S32")
-    lengths = np.char.str_len(raw) if n else np.zeros(0, dtype=int)
-    digits = _HEX_VALUE[raw.view(np.uint8).reshape(n, UID_HEX_DIGITS)] if n else np.zeros(
-        (0, UID_HEX_DIGITS), dtype=np.uint8
-    )
-    ok = (lengths == UID_HEX_DIGITS) & (digits != 255).all(axis=1)
-    # also reject strings longer than 32 characters, which "S32" silently truncated
-    if n:
-        too_long = np.fromiter((isinstance(u, str) and len(u) != UID_HEX_DIGITS for u in uids),
-                               dtype=bool, count=n)
-        ok &= ~too_long
-    digits = np.where(ok[:, None], digits, 0).astype(np.uint64)
+    arr = pa.array(uids, pa.string()).cast(pa.binary())
+    lengths = pc.binary_length(arr).fill_null(0).to_numpy(zero_copy_only=False)
+    ok = lengths == UID_HEX_DIGITS
+    digits = np.zeros((n, UID_HEX_DIGITS), dtype=np.uint8)
+    if ok.any():
+        good = pc.filter(arr, pa.array(ok))  # every value is 32 bytes, stored back to back
+        offsets = np.frombuffer(good.buffers()[1], dtype=np.int32)[good.offset:]
+        raw = np.frombuffer(good.buffers()[2], dtype=np.uint8)[
+            offsets[0] : offsets[0] + UID_HEX_DIGITS * len(good)]
+        digits[ok] = _HEX_VALUE[raw.reshape(-1, UID_HEX_DIGITS)]
+    ok &= (digits != 255).all(axis=1)
+    digits[~ok] = 0
     shifts = np.arange(60, -1, -4, dtype=np.uint64)
-    hi = (digits[:, :16] << shifts).sum(axis=1, dtype=np.uint64)
-    lo = (digits[:, 16:] << shifts).sum(axis=1, dtype=np.uint64)
+    wide = digits.astype(np.uint64)
+    hi = (wide[:, :16] << shifts).sum(axis=1, dtype=np.uint64)
+    lo = (wide[:, 16:] << shifts).sum(axis=1, dtype=np.uint64)
     return hi, lo, ok
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -72,17 +73,25 @@ class Runner:
         self.skipped: list[str] = []
 
     # -- steps ---------------------------------------------------------------------------
-    def _ingest(self) -> tuple[list[IngestedPart], str]:
-        parts = discover(self.cfg.input)
+    def _ingest(self, parts: list[EmbeddingPart], fps: list[str]
+                ) -> tuple[list[IngestedPart], dict[int, np.ndarray]]:
+        """Ingest every part not done yet; also the unit vectors kept in memory, by part."""
         out_dir = self.work.step_dir("ingest")
-        fps = [_part_fingerprint(p) for p in parts]
+        budget = int(self.cfg.vector_cache_gb * 2**30)
+        cached: dict[int, np.ndarray] = {}
 
         def one(item: tuple[EmbeddingPart, str]) -> IngestedPart:
+            nonlocal budget
             part, fp = item
             name = f"ingest-{part.index:05d}"
             if self.work.done(name, fp):
                 return IngestedPart(**self.work.stats(name))
-            done = ingest_part(part, out_dir)
+            done, vectors = ingest_part(part, out_dir, keep_vectors=budget > 0)
+            if vectors is not None and vectors.nbytes <= budget:
+                cached[part.index] = vectors
+                budget -= vectors.nbytes
+            else:
+                budget = 0
             self.work.mark(name, fp, done.to_json())
             return done
 
@@ -92,7 +101,20 @@ class Runner:
         if len(dims) > 1:
             raise ValueError(f"input parts have different embedding dimensions {sorted(dims)}: "
                              "every part must come from the same model")
-        return ingested, fingerprint("ingest-all", fps)
+        return ingested, cached
+
+    def step_fingerprints(self, part_fps: list[str]) -> dict[str, str]:
+        """The fingerprint of every enabled step, each chained on the one before."""
+        cfg = self.cfg
+        seed_fp = [cfg.seed, cfg.kmeans.niter, cfg.kmeans.max_points_per_centroid]
+        fps = {"read": fingerprint("ingest-all", part_fps)}
+        fp = fps["read"]
+        for step in cfg.enabled_steps():
+            section = getattr(cfg, step).model_dump()
+            fp = fps[step] = fingerprint(step, fp, section,
+                                         seed_fp if step != "clip_filter" else None)
+        fps["write"] = fingerprint("write", fp, str(Path(cfg.output).resolve()))
+        return fps
 
     def _context(self, parts: list[IngestedPart]) -> RunContext:
         cols = ["uid_hi", "uid_lo", "failed_reason", "clip_score"]
@@ -159,8 +181,6 @@ class Runner:
             return res
 
         def load() -> DBPResult:
-            import json
-
             return DBPResult.from_tables(
                 pq.read_table(folder / "decisions.parquet"),
                 pq.read_table(folder / "clusters.parquet"), np.load(folder / "centroids.npy"),
@@ -171,34 +191,43 @@ class Runner:
     # -- the run -------------------------------------------------------------------------
     def run(self) -> RunSummary:
         cfg = self.cfg
+        parts = discover(cfg.input)
+        part_fps = [_part_fingerprint(p) for p in parts]
+        fps = self.step_fingerprints(part_fps)
+        report_path = self.output / "report" / "report.json"
+        if self.work.done("write", fps["write"]) and report_path.exists():
+            log.info("run already complete for this input and config: %s", report_path)
+            report = json.loads(report_path.read_text())
+            return RunSummary(self.output, report["input_samples"], report["kept"], report,
+                              ["read", *cfg.enabled_steps(), "write"])
+
         t0 = time.perf_counter()
-        parts, fp = self._ingest()
+        ingested, cached = self._ingest(parts, part_fps)
         self.timings["read"] = time.perf_counter() - t0
-        ctx = self._context(parts)
+        ctx = self._context(ingested)
+        for index, vectors in cached.items():
+            ctx.store.preload(index, vectors)
+        del cached
         n = ctx.size
         alive = ctx.usable.copy()
-        seed_fp = [cfg.seed, cfg.kmeans.niter, cfg.kmeans.max_points_per_centroid]
         steps: list[tuple[str, int, int]] = []
         removals: list[tuple[str, np.ndarray, np.ndarray]] = []
         sem = dbp = None
 
         if cfg.semdedup.enabled:
-            fp = fingerprint("semdedup", fp, cfg.semdedup.model_dump(), seed_fp)
-            sem = self._semdedup(ctx, alive, fp)
+            sem = self._semdedup(ctx, alive, fps["semdedup"])
             why = np.full(n, f"near-duplicate: similarity to dup_of > 1 - eps = "
                              f"{1 - cfg.semdedup.eps:g}", dtype=object)
             steps.append(("semdedup", int(alive.sum()), int((sem.removed & alive).sum())))
             removals.append(("semdedup", sem.removed, why))
             alive &= ~sem.removed
         if cfg.clip_filter.enabled:
-            fp = fingerprint("clip_filter", fp, cfg.clip_filter.model_dump())
-            clip = self._clip_filter(ctx, alive, fp)
+            clip = self._clip_filter(ctx, alive, fps["clip_filter"])
             steps.append(("clip_filter", int(alive.sum()), int((clip.removed & alive).sum())))
             removals.append(("clip_filter", clip.removed, clip.reason))
             alive &= ~clip.removed
         if cfg.dbp.enabled:
-            fp = fingerprint("dbp", fp, cfg.dbp.model_dump(), seed_fp)
-            dbp = self._dbp(ctx, alive, fp)
+            dbp = self._dbp(ctx, alive, fps["dbp"])
             why = np.full(n, f"over its concept's budget (keeps the {cfg.dbp.keep} members)",
                           dtype=object)
             steps.append(("dbp", int(alive.sum()), int((dbp.removed & alive).sum())))
@@ -220,7 +249,8 @@ class Runner:
         report = build_report(cfg, n, int(alive.sum()), failed, steps,
                               dbp.clusters if dbp is not None else None, extra, shards,
                               self.timings)
-        write_json(self.output / "report" / "report.json", report)
+        write_json(report_path, report)
+        self.work.mark("write", fps["write"])
         ctx.store.close()
         return RunSummary(self.output, n, int(alive.sum()), report, self.skipped)
 

@@ -28,7 +28,7 @@ def clip_filter_keep(score: np.ndarray, uid_hi: np.ndarray, uid_lo: np.ndarray,
 
 
 def rank_within_groups(group: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """For rows already ordered by ``order`` (sorted by group first), each row's rank in its group."""
+    """Each row's rank within its group, given ``order`` that sorts rows by group first."""
     g = group[order]
     starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]]) if len(g) else np.zeros(0, int)
     run_start = np.repeat(starts, np.diff(np.r_[starts, len(g)]))

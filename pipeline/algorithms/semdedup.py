@@ -17,7 +17,13 @@ def dedup_order(distance: np.ndarray, uid_hi: np.ndarray, uid_lo: np.ndarray) ->
     return np.lexsort((uid_lo, uid_hi, -distance.astype(np.float64)))
 
 
-def max_earlier_similarity(vectors: np.ndarray, block_rows: int = 2048
+def auto_block_rows(n: int, cap: int) -> int:
+    """Rows per block: about an eighth of the cluster (more blocks skip more of the upper
+    triangle, fewer blocks run bigger, faster products), between 128 and ``cap``."""
+    return max(1, min(cap, max(128, n // 8)))
+
+
+def max_earlier_similarity(vectors: np.ndarray, block_rows: int = 256
                            ) -> tuple[np.ndarray, np.ndarray]:
     """For ordered unit rows, m_j = max_{i<j} <e_i, e_j> and the i achieving it.
 
@@ -30,20 +36,20 @@ def max_earlier_similarity(vectors: np.ndarray, block_rows: int = 2048
     if n < 2:
         return best, arg
     block_rows = max(1, int(block_rows))
+    # i >= j inside the diagonal part of a block: masked out
+    upper = np.triu(np.ones((block_rows, block_rows), dtype=bool))
     for start in range(1, n, block_rows):
         stop = min(n, start + block_rows)
-        sims = e[start:stop] @ e[:stop].T  # (rows, stop): rows j, columns i
-        # keep only i < j: inside the diagonal part, column i >= row j is masked
-        rows = np.arange(start, stop)
-        diag = sims[:, start:stop]
-        diag[np.arange(stop - start)[:, None] <= np.arange(stop - start)[None, :]] = -np.inf
-        idx = np.argmax(sims, axis=1)
-        best[start:stop] = sims[rows - start, idx]
+        rows = stop - start
+        sims = e[start:stop] @ e[:stop].T  # rows j in [start, stop), columns i < stop
+        sims[:, start:stop][upper[:rows, :rows]] = -np.inf
+        idx = sims.argmax(axis=1)
+        best[start:stop] = np.take_along_axis(sims, idx[:, None], axis=1)[:, 0]
         arg[start:stop] = idx
     return best, arg
 
 
-def dedup_cluster(vectors: np.ndarray, eps: float, block_rows: int = 2048
+def dedup_cluster(vectors: np.ndarray, eps: float, block_rows: int = 256
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Decide one cluster given its members already in dedup order.
 

@@ -1,8 +1,9 @@
-"""Unit-normalised float32 rows of the clustering vectors, addressed by global row.
+"""Unit float32 rows of the clustering vectors, addressed by global row.
 
-Global row g counts samples across the input parts in order. The vectors stay in their
-files (memory-mapped ``.npy``); a read normalises only the rows asked for, so memory is
-bounded by the request, not by the dataset.
+Global row g counts samples across the input parts in order. The vectors live in the work
+folder, one memory-mapped ``.npy`` per part written by ingest, so a read costs only the rows
+asked for and memory is bounded by the request, not by the dataset. A part whose vectors are
+already in memory (handed over by ingest within the vector cache budget) is read from there.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-
-from pipeline.algorithms.vectors import normalize
 
 
 class VectorStore:
@@ -23,6 +22,10 @@ class VectorStore:
     @property
     def size(self) -> int:
         return int(self.offsets[-1])
+
+    def preload(self, part: int, vectors: np.ndarray) -> None:
+        """Serve ``part`` from memory instead of its file."""
+        self._arrays[part] = vectors
 
     def _array(self, part: int) -> np.ndarray:
         arr = self._arrays.get(part)
@@ -36,20 +39,19 @@ class VectorStore:
         return int(self._array(0).shape[1])
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
-        """Normalised vectors of the given global rows, in the order given."""
+        """Vectors of the given global rows, in the order given."""
         rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((len(rows), self.dim), dtype=np.float32)
         if len(rows) == 0:
-            return out
+            return np.empty((0, self.dim), dtype=np.float32)
+        first = int(np.searchsorted(self.offsets, rows[0], side="right")) - 1
+        local = rows - self.offsets[first]
+        if local.min() >= 0 and local.max() < self.offsets[first + 1] - self.offsets[first]:
+            return self._array(first)[local]  # one part: the common case
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
         part_of = np.searchsorted(self.offsets, rows, side="right") - 1
         for part in np.unique(part_of):
             sel = np.flatnonzero(part_of == part)
-            local = rows[sel] - self.offsets[part]
-            arr = self._array(int(part))
-            if len(sel) == len(rows) and np.all(np.diff(local) == 1):
-                out[:] = normalize(arr[local[0]: local[-1] + 1])
-            else:
-                out[sel] = normalize(arr[local])
+            out[sel] = self._array(int(part))[rows[sel] - self.offsets[part]]
         return out
 
     def batches(self, rows: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -57,9 +59,14 @@ class VectorStore:
         rows = np.asarray(rows, dtype=np.int64)
         for part in range(len(self.paths)):
             lo, hi = np.searchsorted(rows, self.offsets[part : part + 2])
+            arr = self._array(part) if hi > lo else None
             for start in range(lo, hi, batch_size):
                 chunk = rows[start : min(hi, start + batch_size)]
-                yield chunk, self.gather(chunk)
+                local = chunk - self.offsets[part]
+                if local[-1] - local[0] + 1 == len(local):  # contiguous: a slice, no fancy index
+                    yield chunk, np.array(arr[local[0] : local[-1] + 1])
+                else:
+                    yield chunk, arr[local]
 
     def close(self) -> None:
         self._arrays.clear()

@@ -1,7 +1,9 @@
 """Read one input part: name every sample, check its vectors, compute its CLIP score.
 
-Nothing is dropped here: a sample that cannot be used (no key, bad uid, NaN or zero image
-vector) keeps its row with a ``failed_reason`` and reaches the ledger as ``failed``.
+The part's image vectors are written once, L2-normalised float32, to the work folder, so
+every later step reads them without conversion and without the input files. Nothing is
+dropped here: a sample that cannot be used (no key, bad uid, NaN or zero image vector)
+keeps its row with a ``failed_reason`` and reaches the ledger as ``failed``.
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline.algorithms.vectors import MIN_NORM
-from pipeline.ids import derive_uid, uids_to_u128
-from pipeline.io.embeddings import EmbeddingPart, local_path, read_part
-from pipeline.workdir import write_npy, write_parquet
+from pipeline.algorithms.vectors import MIN_NORM, unit_rows, usable
+from pipeline.ids import derive_u128, u128_to_uids, uids_to_u128
+from pipeline.io.embeddings import EmbeddingPart, read_part
+from pipeline.workdir import atomic_write, write_parquet
 from schemas import arrow as schemas
 
-CHUNK_ROWS = 65536
+CHUNK_ROWS = 32768
 
 
 @dataclass
@@ -29,7 +31,7 @@ class IngestedPart:
     shard: str
     rows: int
     dim: int
-    vectors: str  # a local .npy file holding the part's image vectors, row-aligned
+    vectors: str  # .npy of the part's unit image vectors, float32, row-aligned (0 if failed)
     has_text: bool
     failed: int
 
@@ -37,57 +39,89 @@ class IngestedPart:
         return asdict(self)
 
 
-def _scores_and_reasons(image: np.ndarray, text: np.ndarray | None
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row: is the image vector usable, the CLIP score (NaN if none), and why unusable."""
-    n = image.shape[0]
-    usable = np.ones(n, dtype=bool)
-    nonfinite = np.zeros(n, dtype=bool)
+def write_unit_vectors(path: Path, image: np.ndarray, text: np.ndarray | None,
+                       keep: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Stream ``image`` to ``path`` as unit float32 rows.
+
+    Returns (image norms, CLIP scores, the unit rows when ``keep`` else None): a caller
+    that keeps vectors in memory saves reading them back.
+    """
+    n, d = image.shape
+    norms = np.empty(n, dtype=np.float32)
     score = np.full(n, np.nan, dtype=np.float32)
-    for start in range(0, n, CHUNK_ROWS):
-        sl = slice(start, min(n, start + CHUNK_ROWS))
-        img = np.asarray(image[sl], dtype=np.float32)
-        img_norm = np.sqrt(np.einsum("ij,ij->i", img, img))
-        bad_img = ~np.isfinite(img_norm)
-        nonfinite[sl] = bad_img
-        usable[sl] = np.isfinite(img_norm) & (img_norm >= MIN_NORM)
-        if text is not None:
-            txt = np.asarray(text[sl], dtype=np.float32)
-            txt_norm = np.sqrt(np.einsum("ij,ij->i", txt, txt))
-            dots = np.einsum("ij,ij->i", img, txt)
-            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-                s = dots / (img_norm * txt_norm)
-            ok = usable[sl] & np.isfinite(txt_norm) & (txt_norm >= MIN_NORM)
-            score[sl] = np.where(ok, s, np.nan)
-    return usable, score, nonfinite
+    kept = np.empty((n, d), dtype=np.float32) if keep else None
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": "<f4", "fortran_order": False, "shape": (n, d)})
+            for start in range(0, n, CHUNK_ROWS):
+                sl = slice(start, min(n, start + CHUNK_ROWS))
+                img, norms[sl] = unit_rows(image[sl])
+                img.tofile(f)
+                if kept is not None:
+                    kept[sl] = img
+                if text is not None:
+                    txt, txt_norms = unit_rows(text[sl])
+                    ok = usable(txt_norms) & usable(norms[sl])
+                    score[sl] = np.where(ok, np.einsum("ij,ij->i", img, txt), np.nan)
+
+    atomic_write(path, write)
+    return norms, score, kept
 
 
-def ingest_part(part: EmbeddingPart, out_dir: Path) -> IngestedPart:
-    """Write ``part-NNNNN.parquet`` (and a vectors copy when the source is not a local npy)."""
+def _failed_reasons(keys: np.ndarray, uids: list[str | None], uid_ok: np.ndarray,
+                    norms: np.ndarray) -> np.ndarray:
+    """Per row, why the sample cannot be used (None when it can); the first reason wins."""
+    reasons = np.full(len(keys), None, dtype=object)
+    finite = np.isfinite(norms)
+    reasons[finite & (norms < MIN_NORM)] = "image embedding is a zero vector"
+    reasons[~finite] = "image embedding has a NaN or infinite value"
+    for i in np.flatnonzero(~uid_ok):
+        reasons[i] = f"uid {uids[i]!r} is not 32 hex digits"
+    reasons[(keys == None) | (keys == "")] = "missing key"  # noqa: E711 - object array
+    return reasons
+
+
+def _identify(shards: list[str], keys: np.ndarray, given: list[str | None]
+              ) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]:
+    """uid column, its (high, low) halves and validity; missing uids derived (SPEC §5)."""
+    missing = np.array([u is None for u in given], dtype=bool) & (keys != None)  # noqa: E711
+    missing &= keys != ""
+    if not missing.any():
+        hi, lo, ok = uids_to_u128(given)
+        return pa.array(given, pa.string()), hi, lo, ok
+    rows = np.flatnonzero(missing)
+    d_hi, d_lo = derive_u128([shards[i] for i in rows], keys[rows].tolist())
+    derived = u128_to_uids(d_hi, d_lo)
+    if missing.all():
+        uids = pa.array(derived, pa.binary()).cast(pa.string())
+        return uids, d_hi, d_lo, np.ones(len(keys), dtype=bool)
+    merged = list(given)
+    for i, u in zip(rows, derived, strict=True):
+        merged[i] = u.decode()
+    hi, lo, ok = uids_to_u128(merged)
+    return pa.array(merged, pa.string()), hi, lo, ok
+
+
+def ingest_part(part: EmbeddingPart, out_dir: Path, keep_vectors: bool = False
+                ) -> tuple[IngestedPart, np.ndarray | None]:
+    """Write ``part-NNNNN.parquet`` and ``vectors-NNNNN.npy`` for one input part.
+
+    With ``keep_vectors`` the unit vectors also come back in memory.
+    """
     data = read_part(part)
     n = len(data.keys)
-    reasons: list[str | None] = [None] * n
+    keys = np.array(data.keys, dtype=object)
+    uids, uid_hi, uid_lo, uid_ok = _identify(data.shards, keys, data.uids)
 
-    uids: list[str | None] = list(data.uids)
-    for i in range(n):
-        if data.keys[i] is None or data.keys[i] == "":
-            reasons[i] = "missing key"
-        if uids[i] is None and data.keys[i]:
-            uids[i] = derive_uid(data.shards[i], data.keys[i])
-    uid_hi, uid_lo, uid_ok = uids_to_u128(uids)
-    for i in np.flatnonzero(~uid_ok):
-        if reasons[i] is None:
-            reasons[i] = f"uid {uids[i]!r} is not 32 hex digits"
-
-    usable, score, nonfinite = _scores_and_reasons(data.image, data.text)
-    for i in np.flatnonzero(~usable):
-        if reasons[i] is None:
-            reasons[i] = ("image embedding has a NaN or infinite value" if nonfinite[i]
-                          else "image embedding is a zero vector")
-
+    vectors = out_dir / f"vectors-{part.index:05d}.npy"
+    norms, score, unit = write_unit_vectors(vectors, data.image, data.text, keep_vectors)
+    reasons = _failed_reasons(keys, uids.to_pylist() if not uid_ok.all() else [], uid_ok,
+                              norms)
     table = pa.table({
         "key": pa.array(data.keys, pa.string()),
-        "uid": pa.array(uids, pa.string()),
+        "uid": uids,
         "shard": pa.array(data.shards, pa.string()),
         "row": pa.array(np.arange(n, dtype=np.int64)),
         "uid_hi": pa.array(uid_hi, pa.uint64()),
@@ -96,14 +130,8 @@ def ingest_part(part: EmbeddingPart, out_dir: Path) -> IngestedPart:
         "clip_score": pa.array(score, pa.float32(), mask=np.isnan(score)),
     }, schema=schemas.INGEST)
     write_parquet(out_dir / f"part-{part.index:05d}.parquet", table)
-
-    source = local_path(part.image_path) if part.npz_image_key is None else None
-    if source is None or source.suffix != ".npy":
-        target = out_dir / f"vectors-{part.index:05d}.npy"
-        write_npy(target, np.asarray(data.image))
-        source = target
     return IngestedPart(
         index=part.index, shard=part.shard, rows=n, dim=int(data.image.shape[1]),
-        vectors=str(source), has_text=data.text is not None,
-        failed=sum(r is not None for r in reasons),
-    )
+        vectors=str(vectors), has_text=data.text is not None,
+        failed=int(sum(r is not None for r in reasons)),
+    ), unit

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.algorithms import kmeans
-from pipeline.algorithms.semdedup import dedup_cluster
+from pipeline.algorithms.semdedup import auto_block_rows, dedup_cluster
 from pipeline.io.tables import masked, numpy_column
 from pipeline.stages.context import RunContext
 from schemas import arrow as schemas
@@ -106,7 +106,8 @@ def run_semdedup(ctx: RunContext, alive: np.ndarray) -> SemDeDupResult:
 
     def dedup_group(members: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
                                                     np.ndarray]:
-        block = max(1, min(cfg.block_rows, MAX_BLOCK_ELEMENTS // max(1, len(members))))
+        cap = max(1, min(cfg.block_rows, MAX_BLOCK_ELEMENTS // max(1, len(members))))
+        block = auto_block_rows(len(members), cap)
         rem, arg, sim = dedup_cluster(ctx.store.gather(members), cfg.eps, block)
         return members, rem, np.where(arg >= 0, members[np.maximum(arg, 0)], -1), sim
 

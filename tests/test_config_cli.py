@@ -1,0 +1,102 @@
+"""The config contract and the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.config import ConfigError, config_json_schema, load_config, validate_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_yaml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_overrides(tmp_path: Path) -> None:
+    cfg_file = write_yaml(tmp_path / "c.yaml", "input: {embeddings: /data}\noutput: /out\n")
+    cfg = load_config(cfg_file, ["dbp.k=7", "semdedup.eps=0.03", "clip_filter.enabled=true",
+                                 "clip_filter.threshold=0.25", "kmeans.niter=5"])
+    assert cfg.dbp.k == 7 and cfg.dbp.l == 20 and cfg.dbp.temperature == 0.1
+    assert cfg.dbp.keep == "hard" and cfg.dbp.balance == 0
+    assert cfg.semdedup.eps == 0.03 and cfg.semdedup.k == "auto"
+    assert cfg.clip_filter.threshold == 0.25
+    assert cfg.kmeans.niter == 5 and cfg.kmeans.max_points_per_centroid == 256
+    assert cfg.work_dir == Path("/out/_work")
+    assert cfg.enabled_steps() == ["semdedup", "clip_filter", "dbp"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("dbp.keep_fraction=0", "dbp.keep_fraction must be in (0, 1]"),
+    ("dbp.keep_fraction=1.5", "dbp.keep_fraction must be in (0, 1]"),
+    ("dbp.keep=medium", "dbp.keep"),
+    ("semdedup.eps=0", "semdedup.eps"),
+    ("dbp.k=0", "dbp.k"),
+    ("semdedup.k=0", "semdedup.k must be >= 1"),
+    ("dbp.tau=1", "dbp.tau"),
+])
+def test_bad_settings_name_the_setting(tmp_path: Path, override: str, message: str) -> None:
+    cfg_file = write_yaml(tmp_path / "c.yaml", "input: {embeddings: /d}\noutput: /o\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg_file, [override])
+    assert message in str(err.value)
+    assert str(cfg_file) in str(err.value)
+
+
+def test_clip_filter_needs_one_rule() -> None:
+    base = {"input": {"embeddings": "/d"}, "output": "/o"}
+    with pytest.raises(ConfigError, match="exactly one of clip_filter.threshold"):
+        validate_config({**base, "clip_filter": {"enabled": True}})
+    with pytest.raises(ConfigError, match=r"clip_filter.keep_fraction must be in \(0, 1\]"):
+        validate_config({**base, "clip_filter": {"enabled": True, "keep_fraction": 2}})
+    with pytest.raises(ConfigError, match="exactly one of input.embeddings or input.datacomp"):
+        validate_config({"input": {}, "output": "/o"})
+
+
+def test_bad_override_syntax_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["dbp.k"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_shipped_config_schema_is_current() -> None:
+    shipped = (REPO / "schemas" / "config.schema.json").read_text()
+    assert shipped == config_json_schema(), "run `conceptprune config-schema > " \
+        "schemas/config.schema.json`"
+
+
+def test_cli_run_and_help(tmp_path: Path) -> None:
+    runner = CliRunner()
+    help_text = runner.invoke(app, ["run", "--help"]).output
+    assert "--set" in help_text and "resumes" in help_text
+    data = tmp_path / "data"
+    res = runner.invoke(app, ["synth-embeddings", str(data), "--samples", "500", "--dim", "16",
+                              "--concepts", "5"])
+    assert res.exit_code == 0, res.output
+    cfg = write_yaml(tmp_path / "run.yaml",
+                     f"input: {{embeddings: {data}}}\noutput: {tmp_path / 'out'}\n")
+    res = runner.invoke(app, ["run", str(cfg), "--no-progress", "--set", "semdedup.k=3",
+                              "--set", "dbp.k=4", "--set", "dbp.keep_fraction=0.4"])
+    assert res.exit_code == 0, res.output
+    assert "report:" in res.output
+    report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
+    assert report["parameters"]["dbp"]["keep_fraction"] == 0.4
+    assert (tmp_path / "out" / "logs" / "run.log").exists()
+
+
+def test_cli_errors_are_clear(tmp_path: Path) -> None:
+    runner = CliRunner()
+    cfg = write_yaml(tmp_path / "run.yaml",
+                     f"input: {{embeddings: {tmp_path / 'missing'}}}\noutput: {tmp_path}/o\n")
+    res = runner.invoke(app, ["run", str(cfg), "--no-progress"])
+    assert res.exit_code == 1
+    res = runner.invoke(app, ["run", str(cfg), "--set", "dbp.keep_fraction=3"])
+    assert res.exit_code == 2
+    assert "dbp.keep_fraction must be in (0, 1]" in res.output

@@ -1,0 +1,146 @@
+"""Spherical k-means: seeded fit sample, faiss fit, nearest-centroid assignment (SPEC 2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.algorithms.kmeans import (
+    Assigner,
+    KMeansError,
+    check_k,
+    fit_spherical,
+    sample_indices,
+)
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def blobs(k: int = 4, per: int = 50, d: int = 16, noise: float = 0.05):
+    """k tight blobs around orthogonal directions e_0 .. e_{k-1}."""
+    rng = np.random.default_rng(0)
+    label = np.repeat(np.arange(k), per)
+    x = np.eye(d)[label] + noise * rng.standard_normal((len(label), d))
+    return normalise(x), label
+
+
+# ---------------------------------------------------------------- fit sample
+
+
+def test_sample_indices_size_sorted_subset_deterministic() -> None:
+    candidates = np.flatnonzero(np.random.default_rng(1).random(5000) < 0.3)  # sorted rows
+    s = sample_indices(candidates, k=3, max_points_per_centroid=40, seed=7)
+    assert len(s) == 120
+    assert (np.diff(s) > 0).all()  # sorted, no repeats
+    assert np.isin(s, candidates).all()
+    assert np.array_equal(s, sample_indices(candidates, 3, 40, 7))
+    assert not np.array_equal(s, sample_indices(candidates, 3, 40, 8))
+
+
+def test_sample_indices_spreads_over_all_candidates() -> None:
+    # uniform over the candidates, not a prefix: both halves are represented
+    candidates = np.arange(10_000)
+    s = sample_indices(candidates, k=10, max_points_per_centroid=50, seed=0)
+    assert len(s) == 500
+    assert 180 < (s < 5000).sum() < 320
+
+
+@pytest.mark.parametrize("k, mppc", [(4, 256), (10, 10), (1, 500)])
+def test_sample_indices_takes_everything_when_small(k: int, mppc: int) -> None:
+    candidates = np.arange(3, 103)  # 100 candidates <= mppc * k
+    s = sample_indices(candidates, k, mppc, seed=1)
+    assert s.tolist() == candidates.tolist()
+
+
+# ---------------------------------------------------------------- k check
+
+
+def test_check_k_names_the_setting_and_numbers() -> None:
+    check_k(10, 10, "dbp.k")  # k == n is fine
+    with pytest.raises(KMeansError) as err:
+        check_k(11, 10, "dbp.k")
+    msg = str(err.value)
+    assert "dbp.k" in msg and "11" in msg and "10" in msg
+
+
+def test_fit_spherical_rejects_k_above_n() -> None:
+    x, _ = blobs()
+    with pytest.raises(KMeansError, match="semdedup.k"):
+        fit_spherical(x[:5], 6, 5, 0, setting="semdedup.k")
+
+
+# ---------------------------------------------------------------- fit
+
+
+def test_fit_spherical_shape_unit_norm_deterministic() -> None:
+    x, _ = blobs()
+    c = fit_spherical(x, 4, 10, seed=3)
+    assert c.shape == (4, 16) and c.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(c, axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(c, fit_spherical(x, 4, 10, seed=3))
+
+
+def test_fit_spherical_single_centroid_is_normalised_mean() -> None:
+    # spherical k-means with k = 1: the centroid is the mean direction of the data
+    x, _ = blobs(k=3)
+    c = fit_spherical(x, 1, 5, seed=0)
+    mean = x.astype(np.float64).sum(axis=0)
+    np.testing.assert_allclose(c[0], mean / np.linalg.norm(mean), atol=1e-5)
+
+
+def test_fit_spherical_k_equal_n_puts_a_centroid_on_every_point() -> None:
+    x = normalise(np.random.default_rng(2).standard_normal((6, 8)))
+    c = fit_spherical(x, 6, 5, seed=0)
+    sims = x @ c.T
+    assert (sims.max(axis=1) > 1 - 1e-5).all()
+    assert len(set(sims.argmax(axis=1).tolist())) == 6
+
+
+# Lloyd's algorithm is local: an unlucky seeded initialisation (two starting centroids in one
+# blob) can converge to a split blob, so the seeds are fixed. The fit is deterministic for a
+# seed, so this is stable on a given faiss build.
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fit_spherical_recovers_separated_blobs(seed: int) -> None:
+    x, label = blobs()
+    c = fit_spherical(x, 4, 20, seed=seed)
+    assigned, _ = Assigner(c).assign(x)
+    table = np.zeros((4, 4), dtype=int)
+    np.add.at(table, (label, assigned), 1)
+    # a permutation: every blob goes whole to one cluster, every cluster gets one blob
+    assert ((table > 0).sum(axis=0) == 1).all() and ((table > 0).sum(axis=1) == 1).all()
+    # and each centroid sits on its blob's direction
+    match = table.argmax(axis=0)  # blob of each cluster
+    np.testing.assert_array_less(0.99, np.einsum("ij,ij->i", c, np.eye(16)[match]))
+
+
+# ---------------------------------------------------------------- assign
+
+
+def test_assigner_hand_computed() -> None:
+    c = np.array([[1, 0], [0, 1], [-1, 0]], dtype=np.float32)
+    x = np.array([[0.6, 0.8], [0.8, 0.6], [-0.6, -0.8], [0, -1]], dtype=np.float32)
+    ids, dist = Assigner(c).assign(x)
+    assert ids.dtype == np.int32 and dist.dtype == np.float32
+    assert ids.tolist()[:3] == [1, 0, 2]
+    np.testing.assert_allclose(dist[:3], [0.2, 0.2, 0.4], atol=1e-6)
+    # (0, -1) is orthogonal to c0 and c2 and opposite c1: distance 1 to its nearest
+    assert ids[3] in (0, 2)
+    assert dist[3] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_assigner_matches_brute_force() -> None:
+    rng = np.random.default_rng(4)
+    c = normalise(rng.standard_normal((37, 24)))
+    x = normalise(rng.standard_normal((500, 24)))
+    sims = x.astype(np.float64) @ c.T.astype(np.float64)
+    ids, dist = Assigner(c).assign(x)
+    top2 = np.sort(sims, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 1e-5
+    assert np.array_equal(ids[clear], sims.argmax(axis=1)[clear])
+    np.testing.assert_allclose(dist, 1.0 - sims.max(axis=1), atol=1e-5)
+    # batches are independent of each other
+    ids2, dist2 = Assigner(c).assign(x[250:])
+    assert np.array_equal(ids2, ids[250:])
+    np.testing.assert_allclose(dist2, dist[250:], atol=1e-6)

@@ -1,0 +1,285 @@
+"""End-to-end runs over generated clip-retrieval and DataComp inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import validate_config
+from pipeline.ids import SUBSET_DTYPE, uids_to_u128
+from pipeline.runner import run
+from pipeline.stages import dbp as dbp_stage
+from pipeline.synth.embeddings import SynthSpec, synth_embeddings
+
+SPEC = SynthSpec(samples=3000, dim=32, concepts=12, files=3, seed=1, near_dup_noise=0.001)
+
+
+@pytest.fixture(scope="module")
+def emb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synth_embeddings(tmp_path_factory.mktemp("emb") / "data", SPEC)
+
+
+def config(data: Path, out: Path, **over: object) -> object:
+    raw: dict = {
+        "input": {"embeddings": str(data)}, "output": str(out), "seed": 3, "progress": False,
+        "semdedup": {"k": 8, "eps": 0.01},
+        "clip_filter": {"enabled": True, "keep_fraction": 0.9},
+        "dbp": {"k": 6, "keep_fraction": 0.5},
+    }
+    for dotted, value in over.items():
+        node = raw
+        *path, last = dotted.split("__")
+        for p in path:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return validate_config(raw)
+
+
+def ledger(out: Path) -> pa.Table:
+    return pq.read_table(out / "ledger")
+
+
+def test_run_writes_subset_ledger_report(emb_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    summary = run(config(emb_dir, out))
+    led = ledger(out)
+    assert led.num_rows == SPEC.samples
+    status = np.array(led.column("status").to_pylist())
+    kept_uids = np.array(led.filter(pa.compute.equal(led["status"], "kept"))["uid"].to_pylist())
+
+    subset = np.load(out / "subset.npy")
+    assert subset.dtype == SUBSET_DTYPE
+    assert np.all(np.diff(subset["f0"].astype(np.float64)) >= 0)
+    hi, lo, ok = uids_to_u128(list(kept_uids))
+    assert ok.all()
+    assert set(zip(subset["f0"], subset["f1"], strict=True)) == set(zip(hi, lo, strict=True))
+    assert len(subset) == summary.kept == (status == "kept").sum()
+
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["input_samples"] == SPEC.samples
+    names = [s["name"] for s in report["stages"]]
+    assert names == ["read", "semdedup", "clip_filter", "dbp"]
+    for before, after in zip(report["stages"], report["stages"][1:], strict=False):
+        assert after["in"] == before["out"]
+        assert after["out"] == after["in"] - after["removed"]
+    dbp_in = report["stages"][-1]["in"]
+    assert report["kept"] == int(np.floor(0.5 * dbp_in + 0.5))
+    clusters = report["clusters"]
+    assert {"id", "size", "d_intra", "d_inter", "complexity", "probability", "budget",
+            "kept"} <= set(clusters[0])
+    assert sum(c["budget"] for c in clusters) == report["kept"]
+    assert all(c["kept"] == c["budget"] for c in clusters)
+    assert abs(sum(c["probability"] for c in clusters) - 1) < 1e-9
+    # each stage's removals in the ledger match the report
+    stages = np.array(led.column("stage").to_pylist())
+    for s in report["stages"][1:]:
+        assert ((status == "removed") & (stages == s["name"])).sum() == s["removed"]
+    # the dbp columns are filled exactly for the samples that reached dbp
+    reached = np.isin(stages, ["dbp"])
+    assert led.column("cluster").is_null().to_numpy(zero_copy_only=False).sum() == \
+        SPEC.samples - reached.sum()
+
+
+def test_every_planted_exact_duplicate_collapses(emb_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run(config(emb_dir, out, clip_filter__enabled=False, dbp__enabled=False))
+    led = ledger(out)
+    keys = led.column("key").to_pylist()
+    status = dict(zip(keys, led.column("status").to_pylist(), strict=True))
+    truth = pq.read_table(emb_dir / "ground_truth.parquet").to_pylist()
+    groups: dict[str, set[str]] = {}
+    for row in truth:
+        groups.setdefault(row["duplicate_of"], {row["duplicate_of"]}).add(row["key"])
+    assert groups
+    for members in groups.values():
+        survivors = [k for k in members if status[k] == "kept"]
+        assert len(survivors) == 1, (members, survivors)
+    # every removal names an earlier member and a similarity above 1 - eps
+    removed = led.filter(pa.compute.equal(led["status"], "removed"))
+    assert removed.num_rows >= len(truth)
+    assert removed.column("dup_of").null_count == 0
+    assert min(removed.column("dup_similarity").to_pylist()) > 1 - 0.01
+    assert set(removed.column("stage").to_pylist()) == {"semdedup"}
+
+
+def test_ledger_invariant_per_shard(emb_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run(config(emb_dir, out))
+    led = ledger(out)
+    report = json.loads((out / "report" / "report.json").read_text())
+    shards = led.column("shard").to_pylist()
+    assert set(shards) == {f"metadata_{i}" for i in range(SPEC.files)}
+    for shard, counts in report["shards"].items():
+        assert counts["read"] == shards.count(shard)
+        assert counts["kept"] + counts["removed"] + counts["failed"] == counts["read"]
+
+
+def test_bad_vectors_are_counted_failures(tmp_path: Path) -> None:
+    data = synth_embeddings(tmp_path / "data", SynthSpec(samples=400, dim=16, concepts=4))
+    img = np.load(data / "img_emb" / "img_emb_0.npy")
+    img[5] = np.nan
+    img[7] = 0
+    np.save(data / "img_emb" / "img_emb_0.npy", img)
+    txt = np.load(data / "text_emb" / "text_emb_0.npy")
+    txt[9] = np.inf
+    np.save(data / "text_emb" / "text_emb_0.npy", txt)
+    out = tmp_path / "out"
+    run(config(data, out, semdedup__k=2, dbp__k=2))
+    led = ledger(out).to_pylist()
+    assert led[5]["status"] == "failed" and "NaN" in led[5]["reason"]
+    assert led[5]["stage"] == "read"
+    assert led[7]["status"] == "failed" and "zero vector" in led[7]["reason"]
+    assert led[9]["clip_score"] is None
+    assert led[9]["status"] == "removed" and led[9]["stage"] in ("semdedup", "clip_filter")
+    if led[9]["stage"] == "clip_filter":
+        assert "no clip score" in led[9]["reason"]
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["failed"] == 2
+    assert report["stages"][0] == {"name": "read", "in": 400, "out": 398, "removed": 2}
+
+
+def test_mismatched_rows_name_the_files(tmp_path: Path) -> None:
+    data = synth_embeddings(tmp_path / "data", SynthSpec(samples=100, dim=8, concepts=2))
+    np.save(data / "img_emb" / "img_emb_0.npy", np.ones((99, 8), dtype=np.float16))
+    with pytest.raises(ValueError, match=r"img_emb_0\.npy has 99 rows.*metadata_0\.parquet"):
+        run(config(data, tmp_path / "out", semdedup__k=2, dbp__k=2))
+
+
+def test_k_larger_than_vectors_is_a_clear_error(tmp_path: Path) -> None:
+    data = synth_embeddings(tmp_path / "data", SynthSpec(samples=50, dim=8, concepts=2))
+    with pytest.raises(ValueError, match=r"semdedup\.k=80 is larger than the 50 vectors"):
+        run(config(data, tmp_path / "out", semdedup__k=80))
+
+
+def test_infeasible_budget_names_the_numbers(tmp_path: Path) -> None:
+    data = synth_embeddings(tmp_path / "data", SynthSpec(samples=200, dim=8, concepts=3))
+    with pytest.raises(ValueError, match=r"dbp\.keep_count=500 exceeds the \d+ samples"):
+        run(config(data, tmp_path / "out", semdedup__enabled=False,
+                   clip_filter__enabled=False, dbp__keep_count=500))
+    with pytest.raises(ValueError, match=r"lower bounds sum to \d+ > target N=20"):
+        run(config(data, tmp_path / "out2", semdedup__enabled=False,
+                   clip_filter__enabled=False, dbp__keep_count=20, dbp__k=10,
+                   dbp__balance=100.0))
+
+
+def test_resume_after_crash_gives_the_same_subset(emb_dir: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    clean = tmp_path / "clean"
+    run(config(emb_dir, clean))
+
+    crashed = tmp_path / "crashed"
+    calls = {"semdedup": 0}
+    import pipeline.runner as runner_mod
+
+    real_sem = runner_mod.run_semdedup
+
+    def counting_sem(*a, **kw):  # noqa: ANN002, ANN003
+        calls["semdedup"] += 1
+        return real_sem(*a, **kw)
+
+    def boom(*a, **kw):  # noqa: ANN002, ANN003
+        raise RuntimeError("killed in dbp")
+
+    monkeypatch.setattr(runner_mod, "run_semdedup", counting_sem)
+    monkeypatch.setattr(runner_mod, "run_dbp", boom)
+    with pytest.raises(RuntimeError):
+        run(config(emb_dir, crashed))
+    assert not (crashed / "subset.npy").exists()
+    monkeypatch.setattr(runner_mod, "run_dbp", dbp_stage.run_dbp)
+    summary = run(config(emb_dir, crashed))
+    assert calls["semdedup"] == 1  # the finished step was not redone
+    assert "semdedup" in summary.skipped_steps
+    assert (crashed / "subset.npy").read_bytes() == (clean / "subset.npy").read_bytes()
+
+    again = run(config(emb_dir, crashed))  # after success: nothing to do
+    assert again.skipped_steps == ["read", "semdedup", "clip_filter", "dbp", "write"]
+    assert calls["semdedup"] == 1
+
+
+def test_changed_setting_redoes_only_later_steps(emb_dir: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    run(config(emb_dir, out))
+    first = json.loads((out / "report" / "report.json").read_text())
+    summary = run(config(emb_dir, out, dbp__keep_fraction=0.25))
+    assert summary.skipped_steps == ["semdedup", "clip_filter"]
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["stages"][:3] == first["stages"][:3]
+    assert report["kept"] == int(np.floor(0.25 * report["stages"][-1]["in"] + 0.5))
+
+
+def test_same_seed_same_bytes(emb_dir: Path, tmp_path: Path) -> None:
+    run(config(emb_dir, tmp_path / "a"))
+    run(config(emb_dir, tmp_path / "b", vector_cache_gb=0))  # streamed from the work folder
+    assert (tmp_path / "a" / "subset.npy").read_bytes() == \
+        (tmp_path / "b" / "subset.npy").read_bytes()
+
+
+def _write_datacomp(folder: Path, shard: str, n: int, rng: np.random.Generator,
+                    uids: list[str] | None = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    uids = uids or [f"{rng.integers(0, 2**63):016x}{rng.integers(0, 2**63):016x}"
+                    for _ in range(n)]
+    pq.write_table(pa.table({"uid": uids, "text": [f"caption {i}" for i in range(n)],
+                             "clip_l14_similarity_score": rng.random(n)}),
+                   folder / f"{shard}.parquet")
+    arrays = {f"{m}_{kind}": rng.standard_normal((n, d)).astype(np.float16)
+              for m, d in (("l14", 16), ("b32", 8)) for kind in ("img", "txt")}
+    np.savez(folder / f"{shard}.npz", **arrays)
+
+
+def test_datacomp_input(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "dc"
+    _write_datacomp(folder, "00000000", 300, rng)
+    _write_datacomp(folder, "00000001", 200, rng)
+    for model, dim in (("l14", 16), ("b32", 8)):
+        out = tmp_path / f"out_{model}"
+        cfg = validate_config({
+            "input": {"datacomp": str(folder), "datacomp_model": model}, "output": str(out),
+            "progress": False, "semdedup": {"k": 3, "eps": 0.05},
+            "clip_filter": {"enabled": True, "threshold": 0.0}, "dbp": {"k": 4},
+        })
+        run(cfg)
+        led = ledger(out)
+        assert led.num_rows == 500
+        assert set(led.column("shard").to_pylist()) == {"00000000", "00000001"}
+        # uids travel untouched from the parquet
+        src = pq.read_table(folder / "00000000.parquet").column("uid").to_pylist()
+        assert led.column("uid").to_pylist()[:300] == src
+        vec = np.load(folder / "00000000.npz")[f"{model}_img"]
+        assert vec.shape[1] == dim
+        txt = np.load(folder / "00000000.npz")[f"{model}_txt"].astype(np.float32)
+        img = vec.astype(np.float32)
+        expect = (img * txt).sum(1) / np.linalg.norm(img, axis=1) / np.linalg.norm(txt, axis=1)
+        got = np.array(led.column("clip_score").to_pylist()[:300], dtype=np.float32)
+        np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-5)
+
+
+def test_datacomp_missing_npz_and_model(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "dc"
+    _write_datacomp(folder, "a", 20, rng)
+    pq.write_table(pa.table({"uid": ["0" * 32]}), folder / "b.parquet")
+    cfg = validate_config({"input": {"datacomp": str(folder)}, "output": str(tmp_path / "o"),
+                           "progress": False, "semdedup": {"k": 2}, "dbp": {"k": 2}})
+    with pytest.raises(ValueError, match=r"b\.parquet has no embeddings file b\.npz"):
+        run(cfg)
+
+
+def test_bad_uid_is_a_counted_failure(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "dc"
+    uids = [f"{i:032x}" for i in range(60)]
+    uids[3] = "not-a-uid"
+    _write_datacomp(folder, "s", 60, rng, uids=uids)
+    out = tmp_path / "out"
+    run(validate_config({"input": {"datacomp": str(folder)}, "output": str(out),
+                         "progress": False, "semdedup": {"k": 2}, "dbp": {"k": 2}}))
+    row = ledger(out).to_pylist()[3]
+    assert row["status"] == "failed" and "not-a-uid" in row["reason"]
