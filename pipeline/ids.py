@@ -88,8 +88,8 @@ def u128_to_uids(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
 
 def subset_array(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
     """DataComp's subset format: structured ``u8,u8`` (high, low), sorted."""
+    order = np.lexsort((lo, hi))
     out = np.empty(len(hi), dtype=SUBSET_DTYPE)
-    out["f0"] = hi
-    out["f1"] = lo
-    out.sort(order=["f0", "f1"])
+    out["f0"] = hi[order]
+    out["f1"] = lo[order]
     return out

@@ -272,9 +272,10 @@ class Runner:
                                     unit="part"):
             sl = slice(int(offsets[part.index]), int(offsets[part.index + 1]))
             ingest = pq.read_table(self._ingest_path(part),
-                                   columns=["key", "uid", "shard", "failed_reason", "clip_score"])
-            for shard, count in Counter(ingest.column("shard").to_pylist()).items():
-                read_per_shard[shard] += count
+                                   columns=["key", "uid", "shard", "failed_reason", "failed_stage",
+                                            "clip_score"])
+            for entry in ingest.column("shard").value_counts().to_pylist():
+                read_per_shard[entry["values"]] += entry["counts"]
             table = ledger_table(
                 ingest, status[sl], stage[sl], reason[sl],
                 (sem.cluster if sem else none_i)[sl], (sem.distance if sem else none_f)[sl],

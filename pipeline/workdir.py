@@ -38,7 +38,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def write_parquet(path: Path, table: pa.Table) -> None:
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd",
+                                                  compression_level=1))
 
 
 def write_npy(path: Path, array: np.ndarray) -> None:

@@ -15,6 +15,7 @@ INGEST = pa.schema([
     pa.field("uid_hi", pa.uint64(), nullable=False),  # the uid's 128 bits, 0 where invalid
     pa.field("uid_lo", pa.uint64(), nullable=False),
     pa.field("failed_reason", pa.string()),  # null when the sample is usable
+    pa.field("failed_stage", pa.string()),  # read | embed, null when usable
     pa.field("clip_score", pa.float32()),
 ])
 

@@ -283,3 +283,40 @@ def test_bad_uid_is_a_counted_failure(tmp_path: Path) -> None:
                          "progress": False, "semdedup": {"k": 2}, "dbp": {"k": 2}}))
     row = ledger(out).to_pylist()[3]
     assert row["status"] == "failed" and "not-a-uid" in row["reason"]
+
+
+def test_embed_stage_contract_columns(tmp_path: Path) -> None:
+    """Metadata written by the embed stage: earlier failures and precomputed CLIP scores."""
+    data = synth_embeddings(tmp_path / "data", SynthSpec(samples=300, dim=16, concepts=3,
+                                                         with_text=False))
+    meta_path = data / "metadata" / "metadata_0.parquet"
+    meta = pq.read_table(meta_path)
+    n = meta.num_rows
+    reasons = [None] * n
+    stages = [None] * n
+    reasons[4], stages[4] = "undecodable image: cannot identify image file", "embed"
+    reasons[6], stages[6] = "missing caption", "read"
+    scores = np.linspace(0.0, 0.5, n).astype(np.float32)
+    meta = meta.append_column("failed_reason", pa.array(reasons, pa.string()))
+    meta = meta.append_column("failed_stage", pa.array(stages, pa.string()))
+    meta = meta.append_column("clip_score", pa.array(scores))
+    meta = meta.append_column("shard", pa.array(["00007"] * n))
+    pq.write_table(meta, meta_path)
+    img = np.load(data / "img_emb" / "img_emb_0.npy")
+    img[[4, 6]] = 0
+    np.save(data / "img_emb" / "img_emb_0.npy", img)
+
+    out = tmp_path / "out"
+    run(config(data, out, semdedup__enabled=False, clip_filter__keep_fraction=None,
+               clip_filter__threshold=0.25, dbp__k=3))
+    led = ledger(out).to_pylist()
+    assert (led[4]["status"], led[4]["stage"]) == ("failed", "embed")
+    assert led[4]["reason"].startswith("undecodable image")
+    assert (led[6]["status"], led[6]["stage"], led[6]["reason"]) == \
+        ("failed", "read", "missing caption")
+    assert {r["shard"] for r in led} == {"00007"}
+    for i, row in enumerate(led):
+        if row["status"] != "failed":
+            assert row["clip_score"] == pytest.approx(scores[i])
+            if scores[i] < 0.25:
+                assert (row["status"], row["stage"]) == ("removed", "clip_filter")

@@ -47,6 +47,11 @@ class PartData:
     shards: list[str]
     image: np.ndarray
     text: np.ndarray | None
+    # Written by our own embed stage: samples that failed before embedding (their vectors
+    # are zeros), and CLIP scores when the clustering vectors come from another encoder.
+    failed_reason: list[str | None] | None = None
+    failed_stage: list[str | None] | None = None
+    clip_score: np.ndarray | None = None
 
 
 def _fs(root: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -211,9 +216,14 @@ def read_part(part: EmbeddingPart) -> PartData:
                 f"{part.text_path} has dimension {text.shape[1]} but {part.image_path} has "
                 f"{image.shape[1]}: image and text embeddings must come from one CLIP model"
             )
+    score = None
+    if "clip_score" in table.column_names and text is None:
+        score = table.column("clip_score").to_numpy(zero_copy_only=False).astype(np.float32)
     return PartData(keys=[None if k is None else str(k) for k in keys],
                     uids=uids if uids is not None else [None] * rows,
-                    shards=[str(s) for s in shards], image=image, text=text)
+                    shards=[str(s) for s in shards], image=image, text=text,
+                    failed_reason=_column(table, "failed_reason"),
+                    failed_stage=_column(table, "failed_stage"), clip_score=score)
 
 
 def discover(input_cfg) -> list[EmbeddingPart]:  # noqa: ANN001 - InputConfig, avoid a cycle

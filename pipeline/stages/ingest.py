@@ -71,8 +71,12 @@ def write_unit_vectors(path: Path, image: np.ndarray, text: np.ndarray | None,
 
 
 def _failed_reasons(keys: np.ndarray, uids: list[str | None], uid_ok: np.ndarray,
-                    norms: np.ndarray) -> np.ndarray:
-    """Per row, why the sample cannot be used (None when it can); the first reason wins."""
+                    norms: np.ndarray, earlier: list[str | None] | None
+                    ) -> np.ndarray:
+    """Per row, why the sample cannot be used (None when it can); the first reason wins.
+
+    ``earlier`` holds reasons recorded before the embeddings were made (by the embed stage).
+    """
     reasons = np.full(len(keys), None, dtype=object)
     finite = np.isfinite(norms)
     reasons[finite & (norms < MIN_NORM)] = "image embedding is a zero vector"
@@ -80,6 +84,9 @@ def _failed_reasons(keys: np.ndarray, uids: list[str | None], uid_ok: np.ndarray
     for i in np.flatnonzero(~uid_ok):
         reasons[i] = f"uid {uids[i]!r} is not 32 hex digits"
     reasons[(keys == None) | (keys == "")] = "missing key"  # noqa: E711 - object array
+    if earlier is not None:
+        before = np.array(earlier, dtype=object)
+        reasons = np.where(before != None, before, reasons)  # noqa: E711 - object array
     return reasons
 
 
@@ -118,7 +125,14 @@ def ingest_part(part: EmbeddingPart, out_dir: Path, keep_vectors: bool = False
     vectors = out_dir / f"vectors-{part.index:05d}.npy"
     norms, score, unit = write_unit_vectors(vectors, data.image, data.text, keep_vectors)
     reasons = _failed_reasons(keys, uids.to_pylist() if not uid_ok.all() else [], uid_ok,
-                              norms)
+                              norms, data.failed_reason)
+    failed = reasons != None  # noqa: E711 - object array
+    stage = np.where(failed, "read", None).astype(object)
+    if data.failed_stage is not None:
+        given = np.array(data.failed_stage, dtype=object)
+        stage = np.where(failed & (given != None), given, stage)  # noqa: E711
+    if data.clip_score is not None:
+        score = np.where(failed, np.nan, data.clip_score).astype(np.float32)
     table = pa.table({
         "key": pa.array(data.keys, pa.string()),
         "uid": uids,
@@ -127,11 +141,12 @@ def ingest_part(part: EmbeddingPart, out_dir: Path, keep_vectors: bool = False
         "uid_hi": pa.array(uid_hi, pa.uint64()),
         "uid_lo": pa.array(uid_lo, pa.uint64()),
         "failed_reason": pa.array(reasons, pa.string()),
+        "failed_stage": pa.array(stage, pa.string()),
         "clip_score": pa.array(score, pa.float32(), mask=np.isnan(score)),
     }, schema=schemas.INGEST)
     write_parquet(out_dir / f"part-{part.index:05d}.parquet", table)
     return IngestedPart(
         index=part.index, shard=part.shard, rows=n, dim=int(data.image.shape[1]),
-        vectors=str(vectors), has_text=data.text is not None,
-        failed=int(sum(r is not None for r in reasons)),
+        vectors=str(vectors), has_text=data.text is not None or data.clip_score is not None,
+        failed=int(failed.sum()),
     ), unit

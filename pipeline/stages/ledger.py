@@ -23,7 +23,8 @@ def decide(failed: np.ndarray, removals: list[tuple[str, np.ndarray, np.ndarray]
     """Per-sample (status, stage, reason) from the failures and each step's removals.
 
     ``removals`` lists (step name, removed mask, reason per sample) in step order; a sample
-    belongs to the first step that removed it.
+    belongs to the first step that removed it. Failed samples get their stage and reason
+    from the ingest table when the ledger is written.
     """
     n = len(failed)
     status = np.full(n, "kept", dtype=object)
@@ -31,7 +32,6 @@ def decide(failed: np.ndarray, removals: list[tuple[str, np.ndarray, np.ndarray]
     reason = np.full(n, None, dtype=object)
     decided = failed.copy()
     status[failed] = "failed"
-    stage[failed] = "read"
     for name, removed, why in removals:
         hit = removed & ~decided
         status[hit] = "removed"
@@ -46,8 +46,11 @@ def ledger_table(ingest: pa.Table, status: np.ndarray, stage: np.ndarray, reason
                  dup_of_lo: np.ndarray, has_dup: np.ndarray, dup_similarity: np.ndarray,
                  cluster: np.ndarray, distance: np.ndarray) -> pa.Table:
     """One part's ledger rows; every array is that part's slice."""
-    failed_reason = ingest.column("failed_reason").to_numpy(zero_copy_only=False)
-    reason = np.where(status == "failed", failed_reason, reason)
+    failed = status == "failed"
+    reason = np.where(failed, ingest.column("failed_reason").to_numpy(zero_copy_only=False),
+                      reason)
+    stage = np.where(failed, ingest.column("failed_stage").to_numpy(zero_copy_only=False),
+                     stage)
     dup_uid = pa.array(u128_to_uids(dup_of_hi, dup_of_lo), pa.binary(), mask=~has_dup)
     clip = ingest.column("clip_score")
     return pa.table({
