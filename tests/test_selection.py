@@ -201,3 +201,18 @@ def test_random_is_roughly_uniform() -> None:
 def test_unknown_mode_is_rejected() -> None:
     with pytest.raises(ValueError, match="medium"):
         select_within_concepts(CLUSTER, DISTANCE, UID_HI, UID_LO, BUDGET, "medium", 0)
+
+
+def test_targets_use_the_decimal_setting() -> None:
+    """0.145 x 100 is 14.5 on paper: floor(14.5 + 1/2) = 15, not the binary double's 14."""
+    from pipeline.algorithms.budget import lower_bounds
+    from pipeline.algorithms.selection import fraction_of
+
+    assert fraction_of(0.145, 100) == 15
+    assert fraction_of(0.5, 3) == 2
+    assert fraction_of(1.0, 7) == 7
+    # m = floor(0.57 x 200 / 57) = floor(2.0) = 2
+    assert lower_bounds(np.array([5, 5]), 200, 57, 0.57).tolist() == [2, 2]
+    score = np.array([0.3, 0.2999], dtype=np.float64)
+    z = np.zeros(2, dtype=np.uint64)
+    assert clip_filter_keep(score, z, z, threshold=0.3).tolist() == [True, False]

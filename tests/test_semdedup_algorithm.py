@@ -122,6 +122,17 @@ def test_threshold_is_strict() -> None:
     assert dedup_cluster(vectors, 0.39, 8)[0].tolist() == [False, False]
 
 
+@pytest.mark.parametrize("block_rows", [1, 2, 3, 64])
+def test_exact_ties_go_to_the_smallest_earlier_position(block_rows: int) -> None:
+    # coordinates 0 and 1 only: every product is exact, so the ties are exact in float32
+    a, b = [1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]
+    vectors = np.array([a, b, a, a, b, a, b], dtype=np.float32)
+    removed, dup_pos, sim = dedup_cluster(vectors, 0.05, block_rows)
+    assert removed.tolist() == [False, False, True, True, True, True, True]
+    assert dup_pos.tolist() == [-1, 0, 0, 0, 1, 0, 1]
+    assert sim[1] == 0.0 and (sim[2:] == 1.0).all()
+
+
 @pytest.mark.parametrize("block_rows", [1, 2, 5, 64])
 def test_planted_exact_duplicates_collapse_to_first_in_dedup_order(block_rows: int) -> None:
     rng = np.random.default_rng(11 + block_rows)

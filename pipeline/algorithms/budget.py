@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from pipeline.algorithms.selection import decimal
 
 
 class BudgetError(ValueError):
@@ -56,7 +60,7 @@ def concept_probability(complexity: np.ndarray, temperature: float) -> np.ndarra
 
 def lower_bounds(size: np.ndarray, target: int, k: int, balance: float) -> np.ndarray:
     """lb_j = min(m, M_j) with m = max(1, floor(b N / k)); 0 for empty clusters."""
-    m = max(1, int(np.floor(balance * target / k)))
+    m = max(1, math.floor(decimal(balance) * target / k))
     return np.minimum(m, size)
 
 

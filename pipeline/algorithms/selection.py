@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import numpy as np
 
 
 def round_half_up(x: float) -> int:
     """floor(x + 1/2), the rounding SPEC uses for every target count."""
     return int(np.floor(x + 0.5))
+
+
+def decimal(setting: float) -> Fraction:
+    """A setting as the decimal number the user wrote (0.145, not its nearest binary double),
+    so that floor() of a product is the one SPEC's formulas give on paper."""
+    return Fraction(repr(float(setting)))
+
+
+def fraction_of(fraction: float, total: int) -> int:
+    """floor(q x M + 1/2) computed exactly for the decimal q."""
+    return math.floor(decimal(fraction) * total + Fraction(1, 2))
 
 
 def clip_filter_keep(score: np.ndarray, uid_hi: np.ndarray, uid_lo: np.ndarray,
@@ -18,9 +32,9 @@ def clip_filter_keep(score: np.ndarray, uid_hi: np.ndarray, uid_lo: np.ndarray,
     Ties in score are broken by uid ascending.
     """
     if threshold is not None:
-        return score >= np.float32(threshold)
+        return score >= threshold
     assert keep_fraction is not None
-    n_keep = round_half_up(keep_fraction * len(score))
+    n_keep = fraction_of(keep_fraction, len(score))
     order = np.lexsort((uid_lo, uid_hi, -score.astype(np.float64)))
     keep = np.zeros(len(score), dtype=bool)
     keep[order[:n_keep]] = True

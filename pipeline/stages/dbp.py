@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.algorithms import budget as bud
-from pipeline.algorithms.selection import round_half_up, select_within_concepts
+from pipeline.algorithms.selection import fraction_of, select_within_concepts
 from pipeline.io.tables import masked, numpy_column
 from pipeline.stages.context import RunContext
 from pipeline.stages.semdedup import fit_and_assign
@@ -50,7 +50,7 @@ def dbp_target(cfg, reaching: int) -> int:  # noqa: ANN001 - DBPConfig
                 "lower dbp.keep_count or use dbp.keep_fraction"
             )
         return int(cfg.keep_count)
-    return round_half_up(cfg.keep_fraction * reaching)
+    return fraction_of(cfg.keep_fraction, reaching)
 
 
 def concept_table(size: np.ndarray, d_intra: np.ndarray, d_inter: np.ndarray,
