@@ -7,10 +7,13 @@ sample) and ``NNNNN_stats.json``, written last, as img2dataset does; a tar is wr
 temporary name and renamed when complete.
 
 Headers come from a template made by ``tarfile`` (ustar fields, as ``tarfile`` writes them)
-with the name, size and checksum filled in, and each sample goes to the file in one
-``os.writev``: ``tarfile.addfile`` costs tens of microseconds per member and copies the data
-in 16 KiB pieces, too slow next to a plain file copy. Names that do not fit a ustar header
-(over 100 bytes, or not ASCII) and members of 8 GiB or more get ``tarfile``'s pax headers.
+with the name, size and checksum filled in, and the headers and member bytes of many samples
+go to the file in one ``os.writev``, without copying: ``tarfile.addfile`` costs tens of
+microseconds per member and copies the data in 16 KiB pieces, too slow next to a plain file
+copy. Names that do not fit a ustar header (over 100 bytes, or not ASCII) and members of
+8 GiB or more get ``tarfile``'s pax headers. A tar ends with the two zero blocks of the
+end-of-archive marker, unpadded to tarfile's 10 KiB records (readers do not need them).
+Output folders are local paths (the tar is renamed into place when complete).
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ _BLOCK = 512
 _END = bytes(2 * _BLOCK)  # end-of-archive marker
 _PADS = [bytes(n) for n in range(_BLOCK)]
 _MAX_USTAR_SIZE = 8**11 - 1
+# pending writes are flushed in one os.writev at these bounds (Linux IOV_MAX is 1024):
+# a system call per sample costs as much as the copy itself on some machines
+_FLUSH_PARTS = 960
+_FLUSH_BYTES = 8 << 20
 
 
 def _template() -> bytes:
@@ -46,6 +53,9 @@ def _template() -> bytes:
 
 _TEMPLATE = _template()
 _TEMPLATE_SUM = sum(_TEMPLATE)
+_NAME_PADS = [_TEMPLATE[n:124] for n in range(101)]  # after a name of n bytes
+_MIDDLE = _TEMPLATE[136:148]
+_TAIL = _TEMPLATE[156:]
 
 
 def tar_header(name: str, size: int) -> bytes:
@@ -58,8 +68,7 @@ def tar_header(name: str, size: int) -> bytes:
         return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
     size_field = b"%011o\0" % size
     checksum = _TEMPLATE_SUM + sum(raw) + sum(size_field)
-    return b"".join((raw, _TEMPLATE[len(raw) : 124], size_field, _TEMPLATE[136:148],
-                     b"%06o\0 " % checksum, _TEMPLATE[156:]))
+    return raw + _NAME_PADS[len(raw)] + size_field + _MIDDLE + b"%06o\0 " % checksum + _TAIL
 
 
 def member_bytes(members: list[tuple[str, bytes]]) -> int:
@@ -133,6 +142,8 @@ class ShardWriter:
         self._keys: list[str] = []
         self._records: list[dict[str, Any]] = []
         self._started = 0.0
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -151,20 +162,25 @@ class ShardWriter:
         self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self._count = self._bytes = 0
         self._keys, self._records = [], []
+        self._pending, self._pending_bytes = [], 0
         self._started = time.time()
 
-    def _writev(self, parts: list[bytes]) -> None:
+    def _flush(self) -> None:
         assert self._fd is not None
-        total = sum(len(p) for p in parts)
-        written = os.writev(self._fd, parts)
-        if written != total:  # short write: finish the rest one part at a time
-            rest = memoryview(b"".join(parts))[written:]
-            while rest:
-                rest = rest[os.write(self._fd, rest):]
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        for start in range(0, len(pending), _FLUSH_PARTS):
+            parts = pending[start : start + _FLUSH_PARTS]
+            written = os.writev(self._fd, parts)
+            if written != sum(len(p) for p in parts):  # short write: write the rest plainly
+                rest = memoryview(b"".join(parts))[written:]
+                while rest:
+                    rest = rest[os.write(self._fd, rest) :]
 
     def write(self, sample_members: list[tuple[str, bytes]], key: str,
               record: dict[str, Any]) -> None:
         """Append one sample's members (name, bytes) and its parquet row (``key`` + record)."""
+        if not sample_members:
+            raise ValueError(f"sample {key!r} has no members")
         parts: list[bytes] = []
         size = 0
         for name, data in sample_members:
@@ -175,10 +191,13 @@ class ShardWriter:
         if self._fd is not None and self._count and (
                 self._count + 1 > self.max_count
                 or self._bytes + size + len(_END) > self.max_bytes):
-            self._finish()
+            self.close()
         if self._fd is None:
             self._open()
-        self._writev(parts)
+        self._pending += parts
+        self._pending_bytes += size
+        if len(self._pending) >= _FLUSH_PARTS or self._pending_bytes >= _FLUSH_BYTES:
+            self._flush()
         self._count += 1
         self._bytes += size
         self._keys.append(key)
@@ -191,11 +210,13 @@ class ShardWriter:
     def _finish(self) -> None:
         assert self._fd is not None and self._path is not None and self._tmp is not None
         try:
-            self._writev([_END])
+            self._pending.append(_END)
+            self._flush()
         finally:
             os.close(self._fd)
             self._fd = None
         os.replace(self._tmp, self._path)
+        self._tmp = None
         size = self._bytes + len(_END)
         stem = self.out_dir / self._path.stem
         write_parquet(stem.with_suffix(".parquet"), records_table(self._keys, self._records))
@@ -215,13 +236,19 @@ class ShardWriter:
     def close(self) -> list[WrittenShard]:
         """Finish the current shard; returns every shard written."""
         if self._fd is not None:
-            self._finish()
+            try:
+                self._finish()
+            except BaseException:
+                self.abort()
+                raise
         return self.shards
 
     def abort(self) -> None:
         """Drop the unfinished shard (finished ones stay)."""
+        self._pending, self._pending_bytes = [], 0
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-            if self._tmp is not None and self._tmp.exists():
-                self._tmp.unlink()
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None

@@ -9,10 +9,12 @@ Damaged shards: when a tar is truncated or a header is corrupt, ``iter_samples``
 every complete sample read before the damage, then raises ``CorruptShardError`` carrying the
 number of samples it yielded. A caller that wants to go on (record a ledger entry for the
 shard, move to the next one) catches it, or iterates a ``ShardStream``, which stops quietly
-and keeps the error in ``.error``. The sample being read when the damage was found is dropped
-(its members may be incomplete). A tar cut exactly at a member boundary cannot be told apart
-from a tar without an end-of-archive marker (tarfile accepts both); its last sample then
-usually fails as "missing caption" or "missing image".
+and keeps the error in ``.error``. The sample whose members were being read when the damage
+was found is dropped: more of its members (its json with the uid, say) may have followed.
+A tar that ends without an end-of-archive marker counts as truncated (``tarfile`` accepts
+one; every tar writer writes the marker, and a shard cut off at a member boundary is the
+common way to lose one). An ``OSError`` while streaming (a dropped connection, say) is
+reported the same way; a caller may retry a remote shard before recording it as damaged.
 
 The tar parser is a small streaming one: ``tarfile`` costs tens of microseconds per header
 and copies every member several times in stream mode, which made reading alone slower than
@@ -31,7 +33,8 @@ import os
 import re
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -39,6 +42,8 @@ import braceexpand
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.utils import infer_compression
 from PIL import Image
 
 from pipeline.ids import derive_uid, is_valid_uid
@@ -50,9 +55,13 @@ TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
 
 _BLOCK = 512
 _ZERO_BLOCK = bytes(_BLOCK)
-_REGULAR = (b"0", b"\0", b"7")
+_READ_BUFFER = 1 << 20
+_BIG_MEMBER = 64 << 20
+_REGULAR = (ord("0"), 0, ord("7"))  # regular file, old regular, contiguous
+_PAX, _GNU_LONGNAME = ord("x"), ord("L")
+_NO_SAMPLE_KINDS = (ord("g"), ord("K"))
 _GLOB_CHARS = re.compile(r"[*?\[]")
-_META_MEMBER = re.compile(r"__[^/]*__($|/)")  # webdataset's skip_meta: __index__ and the like
+_META_MEMBER = re.compile(r"__[^/]*__($|/)")  # webdataset's skip_meta: __index__ and such
 
 
 class ShardError(ValueError):
@@ -68,6 +77,9 @@ class CorruptShardError(ShardError):
         self.samples_read = samples_read
         self.detail = detail
         super().__init__(f"corrupt shard {url}: {detail} (after {samples_read} samples)")
+
+    def __reduce__(self) -> tuple[type, tuple[str, int, str]]:  # picklable for Ray / Spark
+        return (type(self), (self.url, self.samples_read, self.detail))
 
 
 class ImageDecodeError(ValueError):
@@ -193,37 +205,57 @@ class _Damage(Exception):
 _READ_ERRORS = (_Damage, EOFError, OSError, zlib.error, lzma.LZMAError)
 
 
-def _read_exact(f: BinaryIO, n: int, what: str) -> bytes:
-    data = f.read(n)
-    if len(data) != n:
-        raise _Damage(f"truncated {what} ({len(data)} of {n} bytes)")
-    return data
-
-
 def _number(field_: bytes) -> int:
-    if field_[:1] and field_[0] & 0x80:  # GNU base-256
+    """A numeric header field: octal text up to the first NUL, or GNU base-256."""
+    if field_[0] & 0x80:
         return tarfile.nti(field_)
     text = field_.split(b"\0", 1)[0].strip()
     return int(text, 8) if text else 0
 
 
-def _check_header(block: bytes, offset: int) -> None:
+def _read_big(read: Callable[[int], bytes], size: int) -> bytes:
+    """Read a large member in pieces, so a garbled size cannot ask for a huge buffer."""
+    parts = []
+    while size > 0:
+        part = read(min(size, _BIG_MEMBER))
+        if not part:
+            break
+        parts.append(part)
+        size -= len(part)
+    return b"".join(parts)
+
+
+def _size(block: bytes) -> int:
     try:
-        stored = _number(block[148:156])
-    except ValueError as err:
-        raise _Damage(f"unreadable header at byte {offset}") from err
-    if stored != sum(block) - sum(block[148:156]) + 256 and stored not in tarfile.calc_chksums(
-            block):
-        raise _Damage(f"bad header checksum at byte {offset}")
+        return int(block[124:135], 8)  # eleven octal digits and a NUL, the usual form
+    except ValueError:
+        return _number(block[124:136])
+
+
+def _checksum_ok(block: bytes) -> bool:
+    """The header checksum (sum of the bytes, the checksum field read as spaces) matches.
+
+    ``sum(block)`` costs microseconds per header; adler32's low half is ``1 + sum`` modulo
+    65521, which is as good a test of a garbled header and ten times cheaper.
+    """
+    try:
+        stored = int(block[148:154], 8)  # "%06o\0 ", as tarfile and GNU tar write it
+    except ValueError:
+        try:
+            stored = _number(block[148:156])
+        except ValueError:
+            return False
+    total = (zlib.adler32(block) & 0xFFFF) - 1 - sum(block[148:156]) + 256
+    return (total - stored) % 65521 == 0 or stored in tarfile.calc_chksums(block)
 
 
 def _pax_records(data: bytes) -> dict[str, str]:
     records: dict[str, str] = {}
     pos = 0
     while pos < len(data) and data[pos] != 0:
-        length = int(data[pos : data.index(b" ", pos)])
-        record = data[data.index(b" ", pos) + 1 : pos + length - 1]
-        k, _, v = record.partition(b"=")
+        space = data.index(b" ", pos)
+        length = int(data[pos:space])
+        k, _, v = data[space + 1 : pos + length - 1].partition(b"=")
         records[k.decode("utf-8")] = v.decode("utf-8", "surrogateescape")
         pos += length
     return records
@@ -234,50 +266,61 @@ def iter_tar_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
 
     Raises ``_Damage`` where the stream is truncated or a header is corrupt.
     """
+    read = f.read
     offset = 0
     long_name: str | None = None
     pax: dict[str, str] = {}
     while True:
-        block = f.read(_BLOCK)
-        if not block or block == _ZERO_BLOCK:
+        block = read(_BLOCK)
+        if block == _ZERO_BLOCK:
             return
         if len(block) != _BLOCK:
-            raise _Damage(f"truncated header at byte {offset}")
-        _check_header(block, offset)
-        kind = block[156:157]
-        size = int(pax["size"]) if "size" in pax else _number(block[124:136])
-        data = _read_exact(f, size, f"member at byte {offset}")
+            raise _Damage(f"truncated header at byte {offset}" if block else
+                          f"no end-of-archive marker after byte {offset} (truncated)")
+        if not _checksum_ok(block):
+            raise _Damage(f"bad header at byte {offset}")
+        try:
+            size = int(pax["size"]) if "size" in pax else _size(block)
+        except ValueError as err:
+            raise _Damage(f"unreadable header at byte {offset}: {err}") from err
+        data = read(size) if size <= _BIG_MEMBER else _read_big(read, size)
         pad = -size % _BLOCK
-        if pad:
-            _read_exact(f, pad, f"padding at byte {offset}")
+        if len(data) != size or (pad and len(read(pad)) != pad):
+            raise _Damage(f"truncated member at byte {offset}")
         offset += _BLOCK + size + pad
-        if kind == b"x":
-            pax = _pax_records(data)
-            continue
-        if kind == b"L":
-            long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-            continue
-        if kind in (b"g", b"K"):
-            continue
+        kind = block[156]
         if kind in _REGULAR:
-            name = pax.get("path") or long_name
-            if name is None:
-                name = block[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-                prefix = block[345:500].split(b"\0", 1)[0]
-                if block[257:265] == b"ustar\x0000" and prefix:
+            if pax and "path" in pax:
+                name = pax["path"]
+            elif long_name is not None:
+                name = long_name
+            else:
+                end = block.find(0, 0, 100)
+                name = block[: end if end >= 0 else 100].decode("utf-8", "surrogateescape")
+                if block[345] and block[257:265] == b"ustar\x0000":  # POSIX name prefix
+                    prefix = block[345:500].split(b"\0", 1)[0]
                     name = prefix.decode("utf-8", "surrogateescape") + "/" + name
             yield name, data
+        elif kind == _PAX:
+            try:
+                pax = _pax_records(data)
+            except ValueError as err:
+                raise _Damage(f"unreadable pax header at byte {offset}: {err}") from err
+            continue
+        elif kind == _GNU_LONGNAME:
+            long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            continue
+        elif kind in _NO_SAMPLE_KINDS:
+            continue  # global pax header, GNU long link name: they describe no sample
         long_name, pax = None, {}
 
 
 def split_member_name(name: str) -> tuple[str, str] | None:
     """(key, extension) of a member, webdataset's way: the key runs to the basename's first
     dot. None for members that belong to no sample (no dot, or ``__meta__`` files)."""
-    if _META_MEMBER.search(name):
-        return None
     slash = name.rfind("/") + 1
     dot = name.find(".", slash)
-    if dot <= slash:
+    if dot <= slash or (name.startswith("__") and _META_MEMBER.match(name)):
         return None
     return name[:dot], name[dot + 1 :]
 
@@ -285,43 +328,59 @@ def split_member_name(name: str) -> tuple[str, str] | None:
 def make_sample(shard: str, key: str, members: list[tuple[str, bytes]]) -> Sample:
     """Build a Sample from one key's members; problems go into ``failed_reason``."""
     sample = Sample(key=key, uid="", shard=shard, members=members)
-    reasons: list[str] = []
-    seen: set[str] = set()
-    caption_bytes: bytes | None = None
+    problems: list[str] = []
+    exts: set[str] = set()
+    caption: bytes | None = None
+    cut = len(key) + 1
     for name, data in members:
-        ext = name[name.find(".", name.rfind("/") + 1) + 1 :].lower()
-        if ext in seen:
-            reasons.append(f"duplicate member {name}")
-        seen.add(ext)
-        if ext in IMAGE_EXTS and sample.image_bytes is None:
-            sample.image_ext, sample.image_bytes = ext, data
-        elif ext == CAPTION_EXT:
-            caption_bytes = data
+        ext = name[cut:].lower()
+        if ext in exts:
+            problems.append(f"duplicate member {name}")
+        exts.add(ext)
+        if ext == CAPTION_EXT:
+            caption = data
         elif ext == JSON_EXT:
             try:
                 meta = json.loads(data)
             except ValueError as err:
-                reasons.append(f"undecodable json {name}: {err}")
+                problems.append(f"undecodable json {name}: {err}")
                 continue
             if isinstance(meta, dict):
                 sample.meta = meta
             else:
-                reasons.append(f"json {name} is not an object")
+                problems.append(f"json {name} is not an object")
+        elif ext in IMAGE_EXTS and sample.image_bytes is None:
+            sample.image_ext, sample.image_bytes = ext, data
     uid = sample.meta.get("uid")
     if uid is not None and not is_valid_uid(uid):
-        reasons.append(f"invalid uid {uid!r} in {key}.json (not 32 hex digits)")
-    sample.uid = uid if is_valid_uid(uid) else derive_uid(shard, key)
-    if caption_bytes is not None:
+        problems.append(f"invalid uid {uid!r} in {key}.json (not 32 hex digits)")
+        uid = None
+    sample.uid = uid if uid is not None else derive_uid(shard, key)
+    if caption is not None:
         try:
-            sample.caption = caption_bytes.decode("utf-8")
+            sample.caption = caption.decode("utf-8")
         except UnicodeDecodeError:
-            reasons.append(f"undecodable caption {key}.txt (not utf-8)")
+            problems.append(f"undecodable caption {key}.txt (not utf-8)")
     if sample.image_bytes is None:
-        reasons.insert(0, "missing image")
-    elif caption_bytes is None:
-        reasons.insert(0, "missing caption")
-    sample.failed_reason = "; ".join(reasons) or None
+        problems.insert(0, "missing image")
+    elif caption is None:
+        problems.insert(0, "missing caption")
+    if problems:
+        sample.failed_reason = "; ".join(problems)
     return sample
+
+
+@contextmanager
+def _open_stream(url: str) -> Iterator[BinaryIO]:
+    """The shard as a byte stream behind one large buffer, so that the reads of headers and
+    members are served from memory; local uncompressed files skip fsspec's wrapper."""
+    fs, path = fsspec.core.url_to_fs(url)
+    if isinstance(fs, LocalFileSystem) and infer_compression(path) is None:
+        with open(path, "rb", buffering=_READ_BUFFER) as f:
+            yield f
+        return
+    with fsspec.open(url, "rb", compression="infer") as raw:
+        yield io.BufferedReader(raw, _READ_BUFFER)
 
 
 def iter_samples(url: str) -> Iterator[Sample]:
@@ -334,7 +393,7 @@ def iter_samples(url: str) -> Iterator[Sample]:
     count = 0
     key: str | None = None
     members: list[tuple[str, bytes]] = []
-    with fsspec.open(url, "rb", compression="infer") as f:
+    with _open_stream(url) as f:
         stream = iter_tar_members(f)
         while True:
             try:
@@ -343,15 +402,18 @@ def iter_samples(url: str) -> Iterator[Sample]:
                 raise CorruptShardError(url, count, str(err) or type(err).__name__) from err
             if item is None:
                 break
-            parts = split_member_name(item[0])
+            name = item[0]
+            if key is not None and name.startswith(key) and name[len(key) : len(key) + 1] == "." \
+                    and "/" not in name[len(key) :]:
+                members.append(item)  # the common case: the sample goes on
+                continue
+            parts = split_member_name(name)
             if parts is None:
                 continue
-            if parts[0] != key:
-                if key is not None:
-                    count += 1
-                    yield make_sample(shard, key, members)
-                key, members = parts[0], []
-            members.append(item)
+            if key is not None:
+                count += 1
+                yield make_sample(shard, key, members)
+            key, members = parts[0], [item]
     if key is not None:
         yield make_sample(shard, key, members)
 
