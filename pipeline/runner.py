@@ -17,7 +17,12 @@ import pyarrow.parquet as pq
 from pipeline.config import RunConfig
 from pipeline.engines.local import LocalEngine
 from pipeline.ids import subset_array
-from pipeline.io.embeddings import EmbeddingPart, discover, local_path
+from pipeline.io.embeddings import (
+    EmbeddingPart,
+    discover,
+    discover_clip_retrieval,
+    local_path,
+)
 from pipeline.io.tables import numpy_column
 from pipeline.io.vector_store import VectorStore
 from pipeline.stages.clip_filter import ClipFilterResult, run_clip_filter
@@ -71,6 +76,8 @@ class Runner:
         self.output = Path(cfg.output)
         self.timings: dict[str, float] = {}
         self.skipped: list[str] = []
+        self.shard_urls: list[str] | None = None  # the image path's input shards
+        self.embedded: list[dict[str, Any]] = []
 
     # -- steps ---------------------------------------------------------------------------
     def _ingest(self, parts: list[EmbeddingPart], fps: list[str]
@@ -113,7 +120,8 @@ class Runner:
             section = getattr(cfg, step).model_dump()
             fp = fps[step] = fingerprint(step, fp, section,
                                          seed_fp if step != "clip_filter" else None)
-        fps["write"] = fingerprint("write", fp, str(Path(cfg.output).resolve()))
+        fps["write"] = fingerprint("write", fp, str(Path(cfg.output).resolve()),
+                                   cfg.write.model_dump() if cfg.input.shards else None)
         return fps
 
     def _context(self, parts: list[IngestedPart]) -> RunContext:
@@ -189,9 +197,62 @@ class Runner:
         return self._step("dbp", fp, compute, load)
 
     # -- the run -------------------------------------------------------------------------
+    def _embed(self) -> list[EmbeddingPart]:
+        """Embed the input shards not embedded yet; their clip-retrieval folder's parts."""
+        from pipeline.io.shards import expand_shards
+
+        cfg = self.cfg
+        self.shard_urls = expand_shards(cfg.input.shards)
+        out_dir = self.work.step_dir("embed")
+        settings = cfg.embed.model_dump(exclude={"workers"})
+        fps = {i: fingerprint("embed", _file_identity(url), settings)
+               for i, url in enumerate(self.shard_urls)}
+        todo = [(i, url) for i, url in enumerate(self.shard_urls)
+                if not self.work.done(f"embed-{i:05d}", fps[i])]
+        start = time.perf_counter()
+        if todo:
+            self._embed_shards(todo, out_dir, fps)
+        self.timings["embed"] = time.perf_counter() - start
+        self.embedded = [self.work.stats(f"embed-{i:05d}") for i in range(len(self.shard_urls))]
+        return discover_clip_retrieval(str(out_dir))
+
+    def _embed_shards(self, todo: list[tuple[int, str]], out_dir: Path,
+                      fps: dict[int, str]) -> None:
+        from pipeline.embed.encoder import BatchEncoder
+        from pipeline.embed.models import load_clip, load_cluster_encoder
+        from pipeline.stages.embed import EmbeddedShard, embed_shards
+
+        cfg = self.cfg.embed
+        clip = load_clip(cfg.model, cfg.pretrained, cfg.device, cfg.precision,
+                         seed=self.cfg.seed)
+        cluster = None
+        if cfg.cluster_model:
+            cluster = load_cluster_encoder(cfg.cluster_model, cfg.cluster_weights, cfg.device,
+                                           seed=self.cfg.seed)
+        models = {"clip": clip.describe(), "clip_random_weights": clip.random_weights,
+                  "cluster": None if cluster is None else cluster.describe(),
+                  "cluster_random_weights": None if cluster is None else cluster.random_weights}
+        log.info("embedding %d shards with %s%s", len(todo), models["clip"],
+                 f"; clustering on {models['cluster']}" if cluster else "")
+        bar = self.engine.bar("embed", total=0, unit="img")
+        bar.total = None
+
+        def done(shard: EmbeddedShard) -> None:
+            self.work.mark(f"embed-{shard.index:05d}", fps[shard.index],
+                           {**shard.to_json(), "models": models})
+
+        with bar:
+            embed_shards(todo, BatchEncoder(clip, cluster), out_dir, cfg.batch_size, cfg.workers,
+                         done, progress=bar.update)
+
+    def _parts(self) -> list[EmbeddingPart]:
+        if self.cfg.input.shards:
+            return self._embed()
+        return discover(self.cfg.input)
+
     def run(self) -> RunSummary:
         cfg = self.cfg
-        parts = discover(cfg.input)
+        parts = self._parts()
         part_fps = [_part_fingerprint(p) for p in parts]
         fps = self.step_fingerprints(part_fps)
         report_path = self.output / "report" / "report.json"
@@ -238,6 +299,7 @@ class Runner:
         start = time.perf_counter()
         shards = self._write(ctx, removals, last, alive, sem, dbp)
         self.timings["write"] = time.perf_counter() - start
+        written = self._write_shards(len(parts))
 
         extra: dict[str, Any] = {}
         if sem is not None:
@@ -245,6 +307,10 @@ class Runner:
         if dbp is not None:
             extra["dbp"] = {"k": cfg.dbp.k, "target": dbp.target,
                             "reaching": steps[-1][1], "keep": cfg.dbp.keep}
+        if self.shard_urls is not None:
+            extra["embed"] = self._embed_report()
+        if written is not None:
+            extra["output_shards"] = written
         failed = int((~ctx.usable).sum())
         report = build_report(cfg, n, int(alive.sum()), failed, steps,
                               dbp.clusters if dbp is not None else None, extra, shards,
@@ -286,6 +352,33 @@ class Runner:
         kept = np.flatnonzero(alive)
         write_npy(self.output / "subset.npy", subset_array(ctx.uid_hi[kept], ctx.uid_lo[kept]))
         return check_invariant(ledger_dir, read_per_shard)
+
+
+    def _write_shards(self, n_parts: int) -> dict[str, Any] | None:
+        """Copy the kept samples into new shards (image path, write.enabled)."""
+        if self.shard_urls is None or not self.cfg.write.enabled:
+            return None
+        from pipeline.stages.write_shards import write_kept
+
+        start = time.perf_counter()
+        ledger = [self.output / "ledger" / f"part-{i:05d}.parquet" for i in range(n_parts)]
+        with self.engine.bar("write shards", total=0, unit="sample") as bar:
+            bar.total = None
+            written = write_kept(self.shard_urls, ledger, self.output / "shards",
+                                 self.cfg.write.max_count, self.cfg.write.max_bytes,
+                                 progress=bar.update)
+        self.timings["write_shards"] = time.perf_counter() - start
+        return {"folder": str(self.output / "shards"), "count": len(written),
+                "samples": sum(w.count for w in written), "bytes": sum(w.bytes for w in written)}
+
+    def _embed_report(self) -> dict[str, Any]:
+        damaged = [{"shard": e["url"], "samples_read": e["samples"], "damage": e["damage"],
+                    "expected": e["expected"]} for e in self.embedded if e.get("damage")]
+        models = self.embedded[0]["models"] if self.embedded else {}
+        if models.get("clip_random_weights"):
+            log.warning("the CLIP model had RANDOM WEIGHTS: clip scores carry no meaning")
+        return {"models": models, "shards": len(self.embedded), "damaged_shards": damaged,
+                "failed": sum(e["failed"] for e in self.embedded)}
 
 
 def run(cfg: RunConfig, engine: LocalEngine | None = None) -> RunSummary:

