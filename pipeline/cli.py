@@ -25,7 +25,8 @@ app = typer.Typer(
 log = logging.getLogger("conceptprune")
 
 
-def _setup_logging(verbose: bool, log_file: Path | None = None) -> None:
+def setup_logging(verbose: bool, log_file: Path | None = None) -> None:
+    """Log to stderr and, when given, to the run's log file."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -58,7 +59,7 @@ def run(
         raise typer.Exit(2) from None
     if no_progress:
         cfg.progress = False
-    _setup_logging(verbose, Path(cfg.output) / "logs" / "run.log")
+    setup_logging(verbose, Path(cfg.output) / "logs" / "run.log")
     try:
         summary = run_pipeline(cfg)
     except (ValueError, OSError) as err:

@@ -107,7 +107,7 @@ class SemDeDupConfig(_Section):
         0.07, gt=0, lt=1, description="remove a member whose max cosine to an earlier one > 1-eps"
     )
     block_rows: int = Field(
-        1024, ge=1,
+        256, ge=1,
         description="most rows per block of the pairwise products (memory ~ block x size)",
     )
 

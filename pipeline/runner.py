@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -86,6 +87,7 @@ class Runner:
         out_dir = self.work.step_dir("ingest")
         budget = int(self.cfg.vector_cache_gb * 2**30)
         cached: dict[int, np.ndarray] = {}
+        lock = threading.Lock()  # parts are ingested on several threads
 
         def one(item: tuple[EmbeddingPart, str]) -> IngestedPart:
             nonlocal budget
@@ -94,16 +96,18 @@ class Runner:
             if self.work.done(name, fp):
                 return IngestedPart(**self.work.stats(name))
             done, vectors = ingest_part(part, out_dir, keep_vectors=budget > 0)
-            if vectors is not None and vectors.nbytes <= budget:
-                cached[part.index] = vectors
-                budget -= vectors.nbytes
-            else:
-                budget = 0
+            with lock:
+                if vectors is not None and vectors.nbytes <= budget:
+                    cached[part.index] = vectors
+                    budget -= vectors.nbytes
+                else:
+                    budget = 0
             self.work.mark(name, fp, done.to_json())
             return done
 
         ingested = list(self.engine.map(one, list(zip(parts, fps, strict=True)),
-                                        desc="read", total=len(parts), unit="part"))
+                                        desc="read", total=len(parts), unit="part",
+                                        concurrent=True))
         dims = {p.dim for p in ingested}
         if len(dims) > 1:
             raise ValueError(f"input parts have different embedding dimensions {sorted(dims)}: "
@@ -332,16 +336,14 @@ class Runner:
         dup_lo = ctx.uid_lo[np.maximum(dup_rows, 0)]
         ledger_dir = self.output / "ledger"
         ledger_dir.mkdir(parents=True, exist_ok=True)
-        read_per_shard: Counter = Counter()
         offsets = ctx.store.offsets
-        for part in self.engine.map(lambda p: p, ctx.parts, desc="ledger", total=len(ctx.parts),
-                                    unit="part"):
+
+        def write_part(part: IngestedPart) -> Counter:
+            """Write one part's ledger; returns the samples read per source shard."""
             sl = slice(int(offsets[part.index]), int(offsets[part.index + 1]))
             ingest = pq.read_table(self._ingest_path(part),
                                    columns=["key", "uid", "shard", "failed_reason", "failed_stage",
                                             "clip_score"])
-            for entry in ingest.column("shard").value_counts().to_pylist():
-                read_per_shard[entry["values"]] += entry["counts"]
             table = ledger_table(
                 ingest, status[sl], stage[sl], reason[sl],
                 (sem.cluster if sem else none_i)[sl], (sem.distance if sem else none_f)[sl],
@@ -349,6 +351,13 @@ class Runner:
                 (sem.similarity if sem else none_f)[sl],
                 (dbp.cluster if dbp else none_i)[sl], (dbp.distance if dbp else none_f)[sl])
             write_parquet(ledger_dir / f"part-{part.index:05d}.parquet", table)
+            return Counter({e["values"]: e["counts"]
+                            for e in ingest.column("shard").value_counts().to_pylist()})
+
+        read_per_shard: Counter = Counter()
+        for counts in self.engine.map(write_part, ctx.parts, desc="ledger",
+                                      total=len(ctx.parts), unit="part", concurrent=True):
+            read_per_shard.update(counts)
         kept = np.flatnonzero(alive)
         write_npy(self.output / "subset.npy", subset_array(ctx.uid_hi[kept], ctx.uid_lo[kept]))
         return check_invariant(ledger_dir, read_per_shard)

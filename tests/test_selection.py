@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from pipeline.algorithms.ordering import grouped_order
 from pipeline.algorithms.selection import (
     clip_filter_keep,
     rank_within_groups,
@@ -216,3 +219,17 @@ def test_targets_use_the_decimal_setting() -> None:
     score = np.array([0.3, 0.2999], dtype=np.float64)
     z = np.zeros(2, dtype=np.uint64)
     assert clip_filter_keep(score, z, z, threshold=0.3).tolist() == [True, False]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 60), st.integers(1, 4), st.integers(1, 5), st.integers(0, 2**31 - 1))
+def test_grouped_order_equals_four_key_lexsort(n: int, groups: int, keys: int, seed: int) -> None:
+    """Few distinct keys and uids force ties at every level, including equal uids."""
+    rng = np.random.default_rng(seed)
+    group = rng.integers(0, groups, n).astype(np.int32)
+    key = rng.integers(0, keys, n).astype(np.float32) / 7
+    hi = rng.integers(0, 3, n).astype(np.uint64)
+    lo = rng.integers(0, 3, n).astype(np.uint64)
+    # both sorts are stable, so even rows equal on all four keys come in the same order
+    np.testing.assert_array_equal(grouped_order(group, key, hi, lo),
+                                  np.lexsort((lo, hi, key, group)))

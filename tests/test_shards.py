@@ -352,3 +352,15 @@ def test_any_damage_is_reported_never_raised(tmp_path: Path, cut: int,
     assert stream.count == len(got) <= 3
     if stream.error is not None:
         assert stream.error.samples_read == len(got)
+
+
+def test_garbled_base256_checksum_is_damage_not_a_crash(tmp_path: Path) -> None:
+    """A checksum field whose first byte has the high bit set reads as GNU base-256, which
+    tarfile rejects with its own error type: it must end the shard as damage."""
+    raw = bytearray(tar_bytes(sample_members("a")))
+    raw[148] = 0x81
+    path = tmp_path / "00000.tar"
+    path.write_bytes(bytes(raw))
+    stream = ShardStream(str(path))
+    assert list(stream) == []
+    assert stream.error is not None and "bad header at byte 0" in str(stream.error)

@@ -7,6 +7,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from pipeline.algorithms.ordering import grouped_order
+
 
 def round_half_up(x: float) -> int:
     """floor(x + 1/2), the rounding SPEC uses for every target count."""
@@ -61,14 +63,14 @@ def select_within_concepts(cluster: np.ndarray, distance: np.ndarray, uid_hi: np
     Distance ties are broken by uid ascending.
     """
     if mode == "hard":
-        key = -distance.astype(np.float64)
+        key = -distance
     elif mode == "easy":
-        key = distance.astype(np.float64)
+        key = distance
     elif mode == "random":
         key = _random_keys(cluster, uid_hi, uid_lo, seed)
     else:
         raise ValueError(f"dbp.keep must be hard, easy or random, got {mode!r}")
-    order = np.lexsort((uid_lo, uid_hi, key, cluster))
+    order = grouped_order(cluster, key, uid_hi, uid_lo)
     rank = rank_within_groups(cluster, order)
     return rank < budget[cluster]
 

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.algorithms.ordering import grouped_order
+
 
 def dedup_order(distance: np.ndarray, uid_hi: np.ndarray, uid_lo: np.ndarray) -> np.ndarray:
     """Positions of the members, farthest from the centroid first, ties by uid ascending."""
-    return np.lexsort((uid_lo, uid_hi, -distance.astype(np.float64)))
+    return grouped_order(np.zeros(len(distance), dtype=np.int32), -distance, uid_hi, uid_lo)
 
 
 def auto_block_rows(n: int, cap: int) -> int:
     """Rows per block: about an eighth of the cluster (more blocks skip more of the upper
-    triangle, fewer blocks run bigger, faster products), between 128 and ``cap``."""
+    triangle, fewer blocks run bigger, faster products), at least 128, at most ``cap``."""
     return max(1, min(cap, max(128, n // 8)))
 
 

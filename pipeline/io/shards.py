@@ -206,9 +206,14 @@ _READ_ERRORS = (_Damage, EOFError, OSError, zlib.error, lzma.LZMAError)
 
 
 def _number(field_: bytes) -> int:
-    """A numeric header field: octal text up to the first NUL, or GNU base-256."""
+    """A numeric header field: octal text up to the first NUL, or GNU base-256.
+
+    Raises ValueError for a garbled field (tarfile's own header error included)."""
     if field_[0] & 0x80:
-        return tarfile.nti(field_)
+        try:
+            return tarfile.nti(field_)
+        except tarfile.HeaderError as err:
+            raise ValueError(f"bad numeric field {field_!r}") from err
     text = field_.split(b"\0", 1)[0].strip()
     return int(text, 8) if text else 0
 

@@ -63,8 +63,8 @@ class VectorStore:
             for start in range(lo, hi, batch_size):
                 chunk = rows[start : min(hi, start + batch_size)]
                 local = chunk - self.offsets[part]
-                if local[-1] - local[0] + 1 == len(local):  # contiguous: a slice, no fancy index
-                    yield chunk, np.array(arr[local[0] : local[-1] + 1])
+                if local[-1] - local[0] + 1 == len(local):  # contiguous: a view, no copy
+                    yield chunk, arr[local[0] : local[-1] + 1]
                 else:
                     yield chunk, arr[local]
 

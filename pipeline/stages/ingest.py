@@ -51,18 +51,22 @@ def write_unit_vectors(path: Path, image: np.ndarray, text: np.ndarray | None,
     score = np.full(n, np.nan, dtype=np.float32)
     kept = np.empty((n, d), dtype=np.float32) if keep else None
 
+    rows = min(n, CHUNK_ROWS)
+    scratch = np.empty((rows, d), dtype=np.float32) if kept is None else None
+    text_scratch = np.empty((rows, d), dtype=np.float32) if text is not None else None
+
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             np.lib.format.write_array_header_1_0(
                 f, {"descr": "<f4", "fortran_order": False, "shape": (n, d)})
             for start in range(0, n, CHUNK_ROWS):
                 sl = slice(start, min(n, start + CHUNK_ROWS))
-                img, norms[sl] = unit_rows(image[sl])
+                m = sl.stop - sl.start
+                out = kept[sl] if kept is not None else scratch[:m]
+                img, norms[sl] = unit_rows(image[sl], out)
                 img.tofile(f)
-                if kept is not None:
-                    kept[sl] = img
                 if text is not None:
-                    txt, txt_norms = unit_rows(text[sl])
+                    txt, txt_norms = unit_rows(text[sl], text_scratch[:m])
                     ok = usable(txt_norms) & usable(norms[sl])
                     score[sl] = np.where(ok, np.einsum("ij,ij->i", img, txt), np.nan)
 

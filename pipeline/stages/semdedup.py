@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.algorithms import kmeans
+from pipeline.algorithms.ordering import grouped_order
 from pipeline.algorithms.semdedup import auto_block_rows, dedup_cluster
 from pipeline.io.tables import masked, numpy_column
 from pipeline.stages.context import RunContext
@@ -100,7 +101,7 @@ def run_semdedup(ctx: RunContext, alive: np.ndarray) -> SemDeDupResult:
     removed = np.zeros(n, dtype=bool)
 
     # farthest first within each cluster, ties by uid ascending
-    order = rows[np.lexsort((ctx.uid_lo[rows], ctx.uid_hi[rows], -dist.astype(np.float64), cl))]
+    order = rows[grouped_order(cl, -dist, ctx.uid_hi[rows], ctx.uid_lo[rows])]
     bounds = np.searchsorted(cluster[order], np.arange(k + 1), side="left")
     groups = [order[bounds[c] : bounds[c + 1]] for c in range(k) if bounds[c + 1] > bounds[c]]
 

@@ -1,0 +1,24 @@
+"""Deterministic orderings shared by the steps: by group, then a key, then uid ascending."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def grouped_order(group: np.ndarray, key: np.ndarray, uid_hi: np.ndarray, uid_lo: np.ndarray
+                  ) -> np.ndarray:
+    """Positions sorted by (group, key, uid): the same as a four-key lexsort.
+
+    Sorting by two keys and breaking the rare (group, key) ties by uid afterwards is several
+    times faster on millions of rows than sorting by all four.
+    """
+    order = np.lexsort((key, group))
+    g, k = group[order], key[order]
+    tie = (g[1:] == g[:-1]) & (k[1:] == k[:-1])
+    if tie.any():
+        run = np.cumsum(np.r_[True, ~tie])  # run id of equal (group, key), per position
+        in_tie = np.r_[tie, False] | np.r_[False, tie]  # positions inside a run of 2 or more
+        pos = np.flatnonzero(in_tie)
+        rows = order[pos]
+        order[pos] = rows[np.lexsort((uid_lo[rows], uid_hi[rows], run[pos]))]
+    return order
