@@ -25,9 +25,17 @@ app = typer.Typer(
 log = logging.getLogger("conceptprune")
 
 
+def _not_library_chatter(record: logging.LogRecord) -> bool:
+    """Drop INFO lines that libraries (open_clip) log through the root logger."""
+    return record.name != "root" or record.levelno >= logging.WARNING
+
+
 def setup_logging(verbose: bool, log_file: Path | None = None) -> None:
-    """Log to stderr and, when given, to the run's log file."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    """Log to stderr and, when given, to the run's log file (which keeps everything)."""
+    console = logging.StreamHandler(sys.stderr)
+    if not verbose:
+        console.addFilter(_not_library_chatter)
+    handlers: list[logging.Handler] = [console]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file))

@@ -214,6 +214,9 @@ class Runner:
         todo = [(i, url) for i, url in enumerate(self.shard_urls)
                 if not self.work.done(f"embed-{i:05d}", fps[i])]
         start = time.perf_counter()
+        if len(todo) < len(self.shard_urls):
+            log.info("embed: %d of %d shards already embedded with these settings, reusing "
+                     "them", len(self.shard_urls) - len(todo), len(self.shard_urls))
         if todo:
             self._embed_shards(todo, out_dir, fps)
         self.timings["embed"] = time.perf_counter() - start

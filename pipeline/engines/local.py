@@ -32,7 +32,7 @@ class LocalEngine:
         With ``concurrent`` up to ``threads`` items run at once; ``fn`` must then be safe to
         call from several threads.
         """
-        bar = tqdm(total=total, desc=desc, unit=unit, disable=not self.progress, leave=False,
+        bar = tqdm(total=total, desc=desc, unit=unit, disable=self._disable, leave=False,
                    dynamic_ncols=True)
         with bar:
             if not concurrent or self.threads == 1:
@@ -46,5 +46,10 @@ class LocalEngine:
                     bar.update(1)
 
     def bar(self, desc: str, total: int, unit: str = "it") -> tqdm:
-        return tqdm(desc=desc, total=total, unit=unit, disable=not self.progress, leave=False,
+        return tqdm(desc=desc, total=total, unit=unit, disable=self._disable, leave=False,
                     unit_scale=True, dynamic_ncols=True)
+
+    @property
+    def _disable(self) -> bool | None:
+        """tqdm's disable: True when progress is off; None hides bars off a terminal."""
+        return True if not self.progress else None

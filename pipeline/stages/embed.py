@@ -27,6 +27,7 @@ import pyarrow as pa
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.embed.encoder import BatchEncoder, PreparedBatch, Preprocessor, collate
+from pipeline.embed.memory import reuse_freed_memory
 from pipeline.io.shards import ImageDecodeError, ShardStream, decode_image, read_stats
 from pipeline.workdir import write_npy, write_parquet
 
@@ -173,18 +174,19 @@ def embed_shards(shards: list[tuple[int, str]], encoder: BatchEncoder, out_dir: 
     pending: dict[int, _Pending] = {}
     clip_dim = encoder.clip.embed_dim
     cluster_dim = None if encoder.cluster is None else encoder.cluster.feature_dim
-    for item in loader:
-        if isinstance(item, ShardBatch):
-            out = encoder.encode_prepared(item.batch)
-            slot = pending.setdefault(item.index, _Pending())
-            slot.positions.append(np.asarray(item.positions))
-            slot.outputs.append(out)
-            if progress is not None:
-                progress(len(item.positions))
-            continue
-        slot = pending.pop(item.index, _Pending())
-        failed = write_shard_outputs(out_dir, item, slot, clip_dim, cluster_dim)
-        if item.damage:
-            log.warning("shard %s is damaged: %s", urls[item.index], item.damage)
-        on_done(EmbeddedShard(item.index, urls[item.index], len(item.records), failed,
-                              item.damage, item.expected))
+    with reuse_freed_memory():
+        for item in loader:
+            if isinstance(item, ShardBatch):
+                out = encoder.encode_prepared(item.batch)
+                slot = pending.setdefault(item.index, _Pending())
+                slot.positions.append(np.asarray(item.positions))
+                slot.outputs.append(out)
+                if progress is not None:
+                    progress(len(item.positions))
+                continue
+            slot = pending.pop(item.index, _Pending())
+            failed = write_shard_outputs(out_dir, item, slot, clip_dim, cluster_dim)
+            if item.damage:
+                log.warning("shard %s is damaged: %s", urls[item.index], item.damage)
+            on_done(EmbeddedShard(item.index, urls[item.index], len(item.records), failed,
+                                  item.damage, item.expected))
