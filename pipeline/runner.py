@@ -370,18 +370,23 @@ class Runner:
         """Copy the kept samples into new shards (image path, write.enabled)."""
         if self.shard_urls is None or not self.cfg.write.enabled:
             return None
-        from pipeline.stages.write_shards import write_kept
+        from pipeline.stages.write_shards import write_kept_counted
 
         start = time.perf_counter()
         ledger = [self.output / "ledger" / f"part-{i:05d}.parquet" for i in range(n_parts)]
+        metadata = self.work.step_dir("embed") / "metadata"
         with self.engine.bar("write shards", total=0, unit="sample") as bar:
             bar.total = None
-            written = write_kept(self.shard_urls, ledger, self.output / "shards",
-                                 self.cfg.write.max_count, self.cfg.write.max_bytes,
-                                 progress=bar.update)
+            written, counts = write_kept_counted(
+                self.shard_urls, ledger, self.output / "shards", self.cfg.write.max_count,
+                self.cfg.write.max_bytes, progress=bar.update,
+                metadata_parts=[metadata / f"metadata_{i}.parquet" for i in range(n_parts)])
+        log.info("write: %d samples copied by their recorded spans, %d by reading their shard "
+                 "again", counts.by_span, counts.by_parsing)
         self.timings["write_shards"] = time.perf_counter() - start
         return {"folder": str(self.output / "shards"), "count": len(written),
-                "samples": sum(w.count for w in written), "bytes": sum(w.bytes for w in written)}
+                "samples": sum(w.count for w in written), "bytes": sum(w.bytes for w in written),
+                "copied_by_span": counts.by_span, "copied_by_parsing": counts.by_parsing}
 
     def _embed_report(self) -> dict[str, Any]:
         damaged = [{"shard": e["url"], "samples_read": e["samples"], "damage": e["damage"],

@@ -88,6 +88,9 @@ def test_output_shards_are_byte_copies(shards: Path, clean_run: Path) -> None:
     kept_keys = kept["key"].to_pylist()
     outputs = sorted((clean_run / "shards").glob("*.tar"))
     assert len(outputs) == report["output_shards"]["count"] >= 2  # rolled at 50 samples
+    # the embed step recorded where each sample lies, so the write copied by span
+    assert report["output_shards"]["copied_by_span"] == len(kept_keys) > 0
+    assert report["output_shards"]["copied_by_parsing"] == 0
     assert all((t.with_suffix(".parquet")).exists() for t in outputs)
     assert all(t.with_name(t.stem + "_stats.json").exists() for t in outputs)
 

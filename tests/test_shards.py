@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from tar_helpers import seven_digit_checksums
 
 from pipeline.ids import derive_uid
 from pipeline.io.shards import (
@@ -364,3 +365,14 @@ def test_garbled_base256_checksum_is_damage_not_a_crash(tmp_path: Path) -> None:
     stream = ShardStream(str(path))
     assert list(stream) == []
     assert stream.error is not None and "bad header at byte 0" in str(stream.error)
+
+
+def test_checksums_in_any_standard_form_are_accepted(tmp_path: Path) -> None:
+    members = sample_members("a") + sample_members("b")
+    path = tmp_path / "00000.tar"
+    path.write_bytes(seven_digit_checksums(tar_bytes(members, fmt=tarfile.USTAR_FORMAT)))
+    with tarfile.open(path) as tar:  # still a sound tar
+        assert [m.name for m in tar.getmembers()] == [n for n, _ in members]
+    stream = ShardStream(str(path))
+    assert [s.key for s in stream] == ["a", "b"]
+    assert stream.error is None

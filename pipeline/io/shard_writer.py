@@ -14,19 +14,29 @@ copy. Names that do not fit a ustar header (over 100 bytes, or not ASCII) and me
 8 GiB or more get ``tarfile``'s pax headers. A tar ends with the two zero blocks of the
 end-of-archive marker, unpadded to tarfile's 10 KiB records (readers do not need them).
 Output folders are local paths (the tar is renamed into place when complete).
+
+``copy_spans`` appends samples by byte range of an input tar mapped in memory instead, header
+blocks included as they are, handing the mapped pages to ``os.writev``: the copy then costs
+what a plain file copy costs. The write step uses it where the embed step recorded where
+each sample lies.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tarfile
 import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from pipeline.io.shards import Sample
@@ -40,6 +50,36 @@ _MAX_USTAR_SIZE = 8**11 - 1
 # a system call per sample costs as much as the copy itself on some machines
 _FLUSH_PARTS = 960
 _FLUSH_BYTES = 8 << 20
+_MAX_QUEUED = 8  # background writes waiting at most: bounds the memory they hold
+
+
+def _write_all(fd: int, pending: list[bytes | memoryview]) -> None:
+    for start in range(0, len(pending), _FLUSH_PARTS):
+        parts = pending[start : start + _FLUSH_PARTS]
+        written = os.writev(fd, parts)
+        if written != sum(len(p) for p in parts):  # short write: write the rest plainly
+            rest = memoryview(b"".join(parts))[written:]
+            while rest:
+                rest = rest[os.write(fd, rest) :]
+
+
+def _complete(fd: int, tmp: Path, path: Path, table: pa.Table, stats: dict[str, Any]) -> None:
+    """Close a written tar, move it into place, then write its parquet and stats."""
+    try:
+        os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # the fd is closed, or beyond saving
+        raise
+    write_parquet(path.with_suffix(".parquet"), table)
+    write_json(path.with_name(f"{path.stem}_stats.json"), stats)
+
+
+def _discard(fd: int, tmp: Path) -> None:
+    """Close and remove a shard that cannot be completed."""
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    tmp.unlink(missing_ok=True)
 
 
 def _template() -> bytes:
@@ -122,10 +162,16 @@ class ShardWriter:
     padded data and the end-of-archive marker); a single sample larger than ``max_bytes``
     gets a shard of its own. Use as a context manager: leaving it normally finishes the
     current shard; leaving it on an exception removes the unfinished one.
+
+    With ``background=True`` the writes, and the finishing of each shard, run in order on
+    a thread of their own while the caller goes on; ``close`` waits for them and raises the
+    first error any of them met. Buffers given to it (``copy_spans``' source) must then stay
+    open until ``after_writes`` says so.
     """
 
     def __init__(self, out_dir: str | Path, max_count: int = 10000,
-                 max_bytes: int = 1_000_000_000, start_index: int = 0) -> None:
+                 max_bytes: int = 1_000_000_000, start_index: int = 0,
+                 background: bool = False) -> None:
         if max_count < 1 or max_bytes < 1:
             raise ValueError(f"max_count and max_bytes must be positive, got {max_count}, "
                              f"{max_bytes}")
@@ -142,8 +188,12 @@ class ShardWriter:
         self._keys: list[str] = []
         self._records: list[dict[str, Any]] = []
         self._started = 0.0
-        self._pending: list[bytes] = []
+        self._pending: list[bytes | memoryview] = []
         self._pending_bytes = 0
+        self._background = background
+        self._pool: ThreadPoolExecutor | None = None
+        self._jobs: deque[Future[None]] = deque()
+        self._broken = False  # a background job failed: the ones after it are skipped
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -165,16 +215,63 @@ class ShardWriter:
         self._pending, self._pending_bytes = [], 0
         self._started = time.time()
 
+    def _run(self, job: Callable[..., None], *args: Any, reap: bool = True,
+             always: bool = False) -> None:
+        """Run ``job`` now, or queue it after the earlier ones (background mode), first
+        raising the error of any earlier job that failed (unless ``reap`` is false).
+
+        Once a queued job failed, the jobs after it are skipped (a shard's completion
+        instead removes the shard), except those marked ``always``."""
+        if not self._background:
+            job(*args)
+            return
+        if reap:
+            self._reap()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="shard-writer")
+        self._jobs.append(self._pool.submit(self._guarded, job, args, always))
+
+    def _guarded(self, job: Callable[..., None], args: tuple[Any, ...], always: bool) -> None:
+        """Runs on the writer thread, one job at a time."""
+        if self._broken and not always:
+            if job is _complete:
+                _discard(*args[:2])
+            return
+        try:
+            job(*args)
+        except BaseException:
+            self._broken = True
+            raise
+
+    def _reap(self) -> None:
+        """Collect finished jobs (and wait while too many are queued); raise their errors."""
+        while self._jobs and (self._jobs[0].done() or len(self._jobs) >= _MAX_QUEUED):
+            self._jobs.popleft().result()
+
+    def _wait(self) -> None:
+        """Wait for every queued job; raise the first error met."""
+        error: BaseException | None = None
+        while self._jobs:
+            try:
+                self._jobs.popleft().result()
+            except BaseException as err:  # noqa: BLE001 - re-raised below, after the rest
+                error = error or err
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        self._broken = False
+        if error is not None:
+            raise error
+
+    def after_writes(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once everything handed over so far is written (or has failed)."""
+        self._run(callback, reap=False, always=True)
+
     def _flush(self) -> None:
         assert self._fd is not None
         pending, self._pending, self._pending_bytes = self._pending, [], 0
-        for start in range(0, len(pending), _FLUSH_PARTS):
-            parts = pending[start : start + _FLUSH_PARTS]
-            written = os.writev(self._fd, parts)
-            if written != sum(len(p) for p in parts):  # short write: write the rest plainly
-                rest = memoryview(b"".join(parts))[written:]
-                while rest:
-                    rest = rest[os.write(self._fd, rest) :]
+        if pending:
+            self._run(_write_all, self._fd, pending)
 
     def write(self, sample_members: list[tuple[str, bytes]], key: str,
               record: dict[str, Any]) -> None:
@@ -191,7 +288,7 @@ class ShardWriter:
         if self._fd is not None and self._count and (
                 self._count + 1 > self.max_count
                 or self._bytes + size + len(_END) > self.max_bytes):
-            self.close()
+            self._end_shard()
         if self._fd is None:
             self._open()
         self._pending += parts
@@ -203,24 +300,63 @@ class ShardWriter:
         self._keys.append(key)
         self._records.append(record)
 
+    def copy_spans(self, source: memoryview, starts: np.ndarray, ends: np.ndarray,
+                   keys: list[str], records: list[dict[str, Any]]) -> None:
+        """Append samples that lie whole, headers and padding included, at [start, end) of
+        ``source``, an input tar mapped in memory; consecutive spans go as one piece.
+
+        The samples' header blocks are copied as they are, not rewritten: the write step
+        uses this where the embed step recorded the spans, to copy at file-copy speed. It
+        rolls shards as ``write`` does; in background mode ``source`` must stay open until
+        ``after_writes`` says so, otherwise no reference to it remains when it returns.
+        """
+        sizes = ends - starts
+        n, i = len(sizes), 0
+        try:
+            while i < n:
+                if self._fd is not None and self._count and (
+                        self._count + 1 > self.max_count
+                        or self._bytes + int(sizes[i]) + len(_END) > self.max_bytes):
+                    self._end_shard()
+                if self._fd is None:
+                    self._open()
+                room = self.max_bytes - self._bytes - len(_END)
+                total = np.cumsum(sizes[i : i + self.max_count - self._count])
+                take = max(int(np.searchsorted(total, room, side="right")), 1)
+                first, last = starts[i : i + take], ends[i : i + take]
+                cut = np.flatnonzero(first[1:] != last[:-1]) + 1  # where a run ends
+                for a, b in zip(first[np.r_[0, cut]].tolist(),
+                                last[np.r_[cut - 1, take - 1]].tolist(), strict=True):
+                    self._add_piece(source[a:b])
+                self._count += take
+                self._bytes += int(total[take - 1])
+                self._keys += keys[i : i + take]
+                self._records += records[i : i + take]
+                i += take
+            if self._fd is not None:
+                self._flush()
+        except BaseException:
+            self._pending, self._pending_bytes = [], 0  # let go of source
+            raise
+
+    def _add_piece(self, piece: memoryview) -> None:
+        self._pending.append(piece)
+        self._pending_bytes += len(piece)
+        if len(self._pending) >= _FLUSH_PARTS or self._pending_bytes >= _FLUSH_BYTES:
+            self._flush()
+
     def write_sample(self, sample: Sample) -> None:
         """Append a Sample read by ``iter_samples``, with ``sample_record`` as its row."""
         self.write(sample.members, sample.key, sample_record(sample))
 
     def _finish(self) -> None:
+        """Hand the current shard's last bytes and its completion over (see ``_run``)."""
         assert self._fd is not None and self._path is not None and self._tmp is not None
-        try:
-            self._pending.append(_END)
-            self._flush()
-        finally:
-            os.close(self._fd)
-            self._fd = None
-        os.replace(self._tmp, self._path)
-        self._tmp = None
-        size = self._bytes + len(_END)
-        stem = self.out_dir / self._path.stem
-        write_parquet(stem.with_suffix(".parquet"), records_table(self._keys, self._records))
-        write_json(stem.with_name(f"{stem.name}_stats.json"), {
+        self._pending.append(_END)
+        self._flush()
+        fd, tmp, path = self._fd, self._tmp, self._path
+        table = records_table(self._keys, self._records)
+        stats = {
             "count": self._count,
             "successes": self._count,
             "failed_to_download": 0,
@@ -229,23 +365,36 @@ class ShardWriter:
             "start_time": self._started,
             "end_time": time.time(),
             "status_dict": {"success": self._count},
-        })
-        self.shards.append(WrittenShard(self._path, self._count, size))
+        }
+        self._reap()  # an earlier error is raised while the shard is still ours to remove
+        self._fd = self._tmp = None
+        self._run(_complete, fd, tmp, path, table, stats, reap=False)  # it cleans up now
+        self.shards.append(WrittenShard(path, self._count, self._bytes + len(_END)))
         self.index += 1
 
-    def close(self) -> list[WrittenShard]:
-        """Finish the current shard; returns every shard written."""
+    def _end_shard(self) -> None:
         if self._fd is not None:
             try:
                 self._finish()
             except BaseException:
                 self.abort()
                 raise
+
+    def close(self) -> list[WrittenShard]:
+        """Finish the current shard and wait for every write; returns every shard written."""
+        self._end_shard()
+        try:
+            self._wait()
+        except BaseException:
+            self.abort()
+            raise
         return self.shards
 
     def abort(self) -> None:
         """Drop the unfinished shard (finished ones stay)."""
         self._pending, self._pending_bytes = [], 0
+        with contextlib.suppress(BaseException):
+            self._wait()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

@@ -99,6 +99,11 @@ class Sample:
     meta: dict[str, Any] = field(default_factory=dict)
     members: list[tuple[str, bytes]] = field(default_factory=list)
     failed_reason: str | None = None
+    # where the members lie in the (uncompressed) tar: (start, end) of them all, headers and
+    # padding included, and (start, end) of the json member's bytes; span is None where
+    # anything else lies between them. The write step copies such spans without parsing.
+    span: tuple[int, int] | None = None
+    json_span: tuple[int, int] | None = None
 
     @property
     def failed(self) -> bool:
@@ -237,21 +242,25 @@ def _size(block: bytes) -> int:
         return _number(block[124:136])
 
 
-def _checksum_ok(block: bytes) -> bool:
+def checksum_ok(block: bytes) -> bool:
     """The header checksum (sum of the bytes, the checksum field read as spaces) matches.
 
     ``sum(block)`` costs microseconds per header; adler32's low half is ``1 + sum`` modulo
-    65521, which is as good a test of a garbled header and ten times cheaper.
+    65521, which is as good a test of a garbled header and ten times cheaper. The field is
+    read as writers commonly write it (six octal digits, NUL, space) first, then in any
+    form the standard allows (seven digits, leading spaces, base-256).
     """
-    try:
-        stored = int(block[148:154], 8)  # "%06o\0 ", as tarfile and GNU tar write it
-    except ValueError:
-        try:
-            stored = _number(block[148:156])
-        except ValueError:
-            return False
     total = (zlib.adler32(block) & 0xFFFF) - 1 - sum(block[148:156]) + 256
-    return (total - stored) % 65521 == 0 or stored in tarfile.calc_chksums(block)
+    try:
+        if (total - int(block[148:154], 8)) % 65521 == 0:
+            return True
+    except ValueError:
+        pass
+    try:
+        stored = _number(block[148:156])
+    except ValueError:
+        return False
+    return stored in tarfile.calc_chksums(block)
 
 
 def _pax_records(data: bytes) -> dict[str, str]:
@@ -271,8 +280,21 @@ def iter_tar_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
 
     Raises ``_Damage`` where the stream is truncated or a header is corrupt.
     """
+    for name, data, _, _ in iter_tar_member_spans(f):
+        yield name, data
+
+
+def iter_tar_member_spans(f: BinaryIO) -> Iterator[tuple[str, bytes, int, int]]:
+    """(name, bytes, start, data_start) of every regular-file member, in order.
+
+    ``start`` is the byte offset of the member's first header block (its pax or GNU long-name
+    header where it has one), or -1 where anything else (a global pax header, a long link
+    name) sits between that and the member; ``data_start`` is where its bytes begin. The
+    member, padding included, ends at ``data_start + len(bytes)`` rounded up to 512.
+    """
     read = f.read
     offset = 0
+    start = 0
     long_name: str | None = None
     pax: dict[str, str] = {}
     while True:
@@ -282,7 +304,7 @@ def iter_tar_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
         if len(block) != _BLOCK:
             raise _Damage(f"truncated header at byte {offset}" if block else
                           f"no end-of-archive marker after byte {offset} (truncated)")
-        if not _checksum_ok(block):
+        if not checksum_ok(block):
             raise _Damage(f"bad header at byte {offset}")
         try:
             size = int(pax["size"]) if "size" in pax else _size(block)
@@ -292,7 +314,8 @@ def iter_tar_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
         pad = -size % _BLOCK
         if len(data) != size or (pad and len(read(pad)) != pad):
             raise _Damage(f"truncated member at byte {offset}")
-        offset += _BLOCK + size + pad
+        data_start = offset + _BLOCK
+        offset = data_start + size + pad
         kind = block[156]
         if kind in _REGULAR:
             if pax and "path" in pax:
@@ -305,7 +328,7 @@ def iter_tar_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
                 if block[345] and block[257:265] == b"ustar\x0000":  # POSIX name prefix
                     prefix = block[345:500].split(b"\0", 1)[0]
                     name = prefix.decode("utf-8", "surrogateescape") + "/" + name
-            yield name, data
+            yield name, data, start, data_start
         elif kind == _PAX:
             try:
                 pax = _pax_records(data)
@@ -316,8 +339,10 @@ def iter_tar_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
             long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
             continue
         elif kind in _NO_SAMPLE_KINDS:
-            continue  # global pax header, GNU long link name: they describe no sample
+            start = -1  # global pax header, GNU long link name: they describe no sample
+            continue
         long_name, pax = None, {}
+        start = offset
 
 
 def split_member_name(name: str) -> tuple[str, str] | None:
@@ -388,6 +413,48 @@ def _open_stream(url: str) -> Iterator[BinaryIO]:
         yield io.BufferedReader(raw, _READ_BUFFER)
 
 
+def _with_span(sample: Sample, offsets: list[tuple[int, int]]) -> Sample:
+    """Set the sample's spans from its members' (start, data_start) offsets."""
+    end = offsets[0][0]
+    for (name, data), (start, data_start) in zip(sample.members, offsets, strict=True):
+        if start < 0 or start != end:
+            sample.json_span = None
+            return sample
+        end = data_start + len(data) + (-len(data) % _BLOCK)
+        if name[len(sample.key) + 1 :].lower() == JSON_EXT:
+            sample.json_span = (data_start, data_start + len(data))
+    sample.span = (offsets[0][0], end)
+    return sample
+
+
+def tar_identity(url: str) -> tuple[int, int] | None:
+    """(size, mtime in ns) of a local, uncompressed shard, whose spans the write step may
+    copy; None for any other."""
+    fs, path = fsspec.core.url_to_fs(url)
+    if not isinstance(fs, LocalFileSystem) or infer_compression(path) is not None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+_IDENTITY_KEYS = (b"conceptprune.tar_size", b"conceptprune.tar_mtime_ns")
+
+
+def identity_metadata(identity: tuple[int, int]) -> dict[bytes, bytes]:
+    """Parquet schema metadata naming the tar (by ``tar_identity``) that spans describe."""
+    return {k: str(v).encode() for k, v in zip(_IDENTITY_KEYS, identity, strict=True)}
+
+
+def identity_from_metadata(metadata: dict[bytes, bytes] | None) -> tuple[int, int] | None:
+    if not metadata or not all(k in metadata for k in _IDENTITY_KEYS):
+        return None
+    size, mtime_ns = (int(metadata[k]) for k in _IDENTITY_KEYS)
+    return size, mtime_ns
+
+
 def iter_samples(url: str) -> Iterator[Sample]:
     """Stream one shard's samples, in tar order (members of a sample are consecutive).
 
@@ -398,8 +465,9 @@ def iter_samples(url: str) -> Iterator[Sample]:
     count = 0
     key: str | None = None
     members: list[tuple[str, bytes]] = []
+    offsets: list[tuple[int, int]] = []
     with _open_stream(url) as f:
-        stream = iter_tar_members(f)
+        stream = iter_tar_member_spans(f)
         while True:
             try:
                 item = next(stream, None)
@@ -407,20 +475,21 @@ def iter_samples(url: str) -> Iterator[Sample]:
                 raise CorruptShardError(url, count, str(err) or type(err).__name__) from err
             if item is None:
                 break
-            name = item[0]
+            name, data, start, data_start = item
             if key is not None and name.startswith(key) and name[len(key) : len(key) + 1] == "." \
                     and "/" not in name[len(key) :]:
-                members.append(item)  # the common case: the sample goes on
+                members.append((name, data))  # the common case: the sample goes on
+                offsets.append((start, data_start))
                 continue
             parts = split_member_name(name)
             if parts is None:
-                continue
+                continue  # a member of no sample: the next member's start shows the gap
             if key is not None:
                 count += 1
-                yield make_sample(shard, key, members)
-            key, members = parts[0], [item]
+                yield _with_span(make_sample(shard, key, members), offsets)
+            key, members, offsets = parts[0], [(name, data)], [(start, data_start)]
     if key is not None:
-        yield make_sample(shard, key, members)
+        yield _with_span(make_sample(shard, key, members), offsets)
 
 
 class ShardStream:

@@ -4,9 +4,10 @@ Worker processes read whole shards, decode and preprocess images and tokenise ca
 send batches that never span two shards; the main process runs the models on them. When a
 shard's last batch is embedded its files are written (``img_emb_{i}.npy`` holding the
 clustering vectors, ``text_emb_{i}.npy`` when those are CLIP's, and ``metadata_{i}.parquet``
-with key, uid, shard, caption, clip_score and any failure), then its marker: a killed run
-redoes only unfinished shards, and since batches depend only on their shard, the vectors do
-not depend on how many workers ran.
+with key, uid, shard, caption, clip_score, any failure, and where the sample's members and
+its json lie in the tar, so the write step can copy it without parsing), then its marker:
+a killed run redoes only unfinished shards, and since batches depend only on their shard,
+the vectors do not depend on how many workers ran.
 
 Every sample read gets a row: one that failed to read (missing image or caption, bad json)
 or to decode keeps a zero vector and its reason, so nothing disappears unaccounted. A damaged
@@ -28,7 +29,14 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.embed.encoder import BatchEncoder, PreparedBatch, Preprocessor, collate
 from pipeline.embed.memory import reuse_freed_memory
-from pipeline.io.shards import ImageDecodeError, ShardStream, decode_image, read_stats
+from pipeline.io.shards import (
+    ImageDecodeError,
+    ShardStream,
+    decode_image,
+    identity_metadata,
+    read_stats,
+    tar_identity,
+)
 from pipeline.workdir import write_npy, write_parquet
 
 log = logging.getLogger(__name__)
@@ -55,6 +63,7 @@ class ShardEnd:
     records: list[dict[str, Any]]
     damage: str | None = None
     expected: int | None = None
+    identity: tuple[int, int] | None = None  # of the tar as read: its spans hold for it
 
 
 class ShardBatches(IterableDataset):
@@ -73,6 +82,7 @@ class ShardBatches(IterableDataset):
             yield from self._shard(index, url)
 
     def _shard(self, index: int, url: str) -> Iterator[ShardBatch | ShardEnd]:
+        identity = tar_identity(url)
         stream = ShardStream(url)
         records: list[dict[str, Any]] = []
         positions: list[int] = []
@@ -80,7 +90,8 @@ class ShardBatches(IterableDataset):
         for pos, sample in enumerate(stream):
             record = {"key": sample.key, "uid": sample.uid, "shard": sample.shard,
                       "caption": sample.caption, "failed_reason": sample.failed_reason,
-                      "failed_stage": "read" if sample.failed else None}
+                      "failed_stage": "read" if sample.failed else None,
+                      "span": sample.span, "json_span": sample.json_span}
             records.append(record)
             if sample.failed:
                 continue
@@ -97,7 +108,8 @@ class ShardBatches(IterableDataset):
             yield ShardBatch(index, positions, collate(prepared))
         stats = read_stats(url) if stream.error is not None else None
         yield ShardEnd(index, records, None if stream.error is None else str(stream.error),
-                       None if stats is None else stats.get("successes", stats.get("count")))
+                       None if stats is None else stats.get("successes", stats.get("count")),
+                       identity)
 
 
 @dataclass
@@ -153,6 +165,13 @@ def write_shard_outputs(out_dir: Path, end: ShardEnd, pending: _Pending, clip_di
         **{name: pa.array(values, pa.string()) for name, values in cols.items()},
         "clip_score": pa.array(score, pa.float32(), mask=np.isnan(score)),
     })
+    for name, spans in (("tar", [r["span"] for r in end.records]),
+                        ("json", [r["json_span"] for r in end.records])):
+        for j, column in enumerate(("start", "end")):
+            table = table.append_column(f"{name}_{column}", pa.array(
+                [None if sp is None else sp[j] for sp in spans], pa.int64()))
+    if end.identity is not None:
+        table = table.replace_schema_metadata(identity_metadata(end.identity))
     write_parquet(out_dir / "metadata" / f"metadata_{i}.parquet", table)
     return sum(r["failed_reason"] is not None for r in end.records)
 
