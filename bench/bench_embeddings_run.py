@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -57,7 +57,8 @@ def main() -> None:
         synth_embeddings(data, SynthSpec(samples=args.samples, dim=args.dim, concepts=200,
                                          files=args.files, seed=0))
         # measure in a fresh process, so that its start time and peak RSS are the run's own
-        os.execv(sys.executable, [sys.executable, *sys.argv])
+        # (exec would keep both: the pid's start time and the kernel's peak RSS survive it)
+        sys.exit(subprocess.run([sys.executable, *sys.argv], check=False).returncode)
 
     out = args.out / "run"
     shutil.rmtree(out, ignore_errors=True)
