@@ -6,7 +6,6 @@ import io
 import json
 import os
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -224,22 +223,7 @@ def test_failed_write_leaves_no_partial_tar(tmp_path: Path,
         ShardWriter(tmp_path).write([], "k", {})
 
 
-def test_background_writes_give_the_same_bytes(tmp_path: Path) -> None:
-    samples = make_samples(40, size=20_000)
-    sync = write_all(tmp_path / "sync", samples, max_count=15)
-    with ShardWriter(tmp_path / "bg", max_count=15, background=True) as writer:
-        for key, members, record in samples:
-            writer.write(members, key, record)
-    assert [(s.name, s.count, s.bytes) for s in writer.shards] == \
-        [(s.name, s.count, s.bytes) for s in sync.shards]
-    for a, b in zip(sync.shards, writer.shards, strict=True):
-        assert a.path.read_bytes() == b.path.read_bytes()
-        assert pq.read_table(a.path.with_suffix(".parquet")).equals(
-            pq.read_table(b.path.with_suffix(".parquet")))
-    assert not list((tmp_path / "bg").glob(".*tmp*"))
-
-
-def test_a_failed_background_write_surfaces_and_leaves_no_partial_shard(
+def test_a_failed_write_surfaces_and_leaves_no_partial_shard(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
@@ -251,15 +235,13 @@ def test_a_failed_background_write_surfaces_and_leaves_no_partial_shard(
     def disk_full_on_third(fd: int, pending: list) -> None:
         calls["n"] += 1
         if calls["n"] == 3:
-            time.sleep(0.3)  # the caller queues more meanwhile, the shard's completion too
             raise OSError(errno.ENOSPC, "No space left on device")
         real(fd, pending)
 
     monkeypatch.setattr(shard_writer, "_write_all", disk_full_on_third)
     monkeypatch.setattr(shard_writer, "_FLUSH_BYTES", 50_000)  # a flush every few samples
-    out = tmp_path / "bg"
-    with pytest.raises(OSError, match="No space"), \
-            ShardWriter(out, max_count=10, background=True) as writer:
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="No space"), ShardWriter(out, max_count=10) as writer:
         for key, members, record in make_samples(60, size=20_000):
             writer.write(members, key, record)
     assert calls["n"] >= 3

@@ -23,14 +23,10 @@ each sample lies.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tarfile
 import time
-from collections import deque
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -50,7 +46,6 @@ _MAX_USTAR_SIZE = 8**11 - 1
 # a system call per sample costs as much as the copy itself on some machines
 _FLUSH_PARTS = 960
 _FLUSH_BYTES = 8 << 20
-_MAX_QUEUED = 8  # background writes waiting at most: bounds the memory they hold
 
 
 def _write_all(fd: int, pending: list[bytes | memoryview]) -> None:
@@ -73,13 +68,6 @@ def _complete(fd: int, tmp: Path, path: Path, table: pa.Table, stats: dict[str, 
         raise
     write_parquet(path.with_suffix(".parquet"), table)
     write_json(path.with_name(f"{path.stem}_stats.json"), stats)
-
-
-def _discard(fd: int, tmp: Path) -> None:
-    """Close and remove a shard that cannot be completed."""
-    with contextlib.suppress(OSError):
-        os.close(fd)
-    tmp.unlink(missing_ok=True)
 
 
 def _template() -> bytes:
@@ -162,16 +150,10 @@ class ShardWriter:
     padded data and the end-of-archive marker); a single sample larger than ``max_bytes``
     gets a shard of its own. Use as a context manager: leaving it normally finishes the
     current shard; leaving it on an exception removes the unfinished one.
-
-    With ``background=True`` the writes, and the finishing of each shard, run in order on
-    a thread of their own while the caller goes on; ``close`` waits for them and raises the
-    first error any of them met. Buffers given to it (``copy_spans``' source) must then stay
-    open until ``after_writes`` says so.
     """
 
     def __init__(self, out_dir: str | Path, max_count: int = 10000,
-                 max_bytes: int = 1_000_000_000, start_index: int = 0,
-                 background: bool = False) -> None:
+                 max_bytes: int = 1_000_000_000, start_index: int = 0) -> None:
         if max_count < 1 or max_bytes < 1:
             raise ValueError(f"max_count and max_bytes must be positive, got {max_count}, "
                              f"{max_bytes}")
@@ -190,10 +172,6 @@ class ShardWriter:
         self._started = 0.0
         self._pending: list[bytes | memoryview] = []
         self._pending_bytes = 0
-        self._background = background
-        self._pool: ThreadPoolExecutor | None = None
-        self._jobs: deque[Future[None]] = deque()
-        self._broken = False  # a background job failed: the ones after it are skipped
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -215,63 +193,11 @@ class ShardWriter:
         self._pending, self._pending_bytes = [], 0
         self._started = time.time()
 
-    def _run(self, job: Callable[..., None], *args: Any, reap: bool = True,
-             always: bool = False) -> None:
-        """Run ``job`` now, or queue it after the earlier ones (background mode), first
-        raising the error of any earlier job that failed (unless ``reap`` is false).
-
-        Once a queued job failed, the jobs after it are skipped (a shard's completion
-        instead removes the shard), except those marked ``always``."""
-        if not self._background:
-            job(*args)
-            return
-        if reap:
-            self._reap()
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="shard-writer")
-        self._jobs.append(self._pool.submit(self._guarded, job, args, always))
-
-    def _guarded(self, job: Callable[..., None], args: tuple[Any, ...], always: bool) -> None:
-        """Runs on the writer thread, one job at a time."""
-        if self._broken and not always:
-            if job is _complete:
-                _discard(*args[:2])
-            return
-        try:
-            job(*args)
-        except BaseException:
-            self._broken = True
-            raise
-
-    def _reap(self) -> None:
-        """Collect finished jobs (and wait while too many are queued); raise their errors."""
-        while self._jobs and (self._jobs[0].done() or len(self._jobs) >= _MAX_QUEUED):
-            self._jobs.popleft().result()
-
-    def _wait(self) -> None:
-        """Wait for every queued job; raise the first error met."""
-        error: BaseException | None = None
-        while self._jobs:
-            try:
-                self._jobs.popleft().result()
-            except BaseException as err:  # noqa: BLE001 - re-raised below, after the rest
-                error = error or err
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
-        self._broken = False
-        if error is not None:
-            raise error
-
-    def after_writes(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once everything handed over so far is written (or has failed)."""
-        self._run(callback, reap=False, always=True)
-
     def _flush(self) -> None:
         assert self._fd is not None
         pending, self._pending, self._pending_bytes = self._pending, [], 0
         if pending:
-            self._run(_write_all, self._fd, pending)
+            _write_all(self._fd, pending)
 
     def write(self, sample_members: list[tuple[str, bytes]], key: str,
               record: dict[str, Any]) -> None:
@@ -307,8 +233,7 @@ class ShardWriter:
 
         The samples' header blocks are copied as they are, not rewritten: the write step
         uses this where the embed step recorded the spans, to copy at file-copy speed. It
-        rolls shards as ``write`` does; in background mode ``source`` must stay open until
-        ``after_writes`` says so, otherwise no reference to it remains when it returns.
+        rolls shards as ``write`` does; no reference to ``source`` remains when it returns.
         """
         sizes = ends - starts
         n, i = len(sizes), 0
@@ -335,9 +260,8 @@ class ShardWriter:
                 i += take
             if self._fd is not None:
                 self._flush()
-        except BaseException:
-            self._pending, self._pending_bytes = [], 0  # let go of source
-            raise
+        finally:
+            self._pending, self._pending_bytes = [], 0  # after an error too: let go of source
 
     def _add_piece(self, piece: memoryview) -> None:
         self._pending.append(piece)
@@ -350,7 +274,7 @@ class ShardWriter:
         self.write(sample.members, sample.key, sample_record(sample))
 
     def _finish(self) -> None:
-        """Hand the current shard's last bytes and its completion over (see ``_run``)."""
+        """Write the current shard's end, move it into place, write its sidecars."""
         assert self._fd is not None and self._path is not None and self._tmp is not None
         self._pending.append(_END)
         self._flush()
@@ -366,9 +290,8 @@ class ShardWriter:
             "end_time": time.time(),
             "status_dict": {"success": self._count},
         }
-        self._reap()  # an earlier error is raised while the shard is still ours to remove
         self._fd = self._tmp = None
-        self._run(_complete, fd, tmp, path, table, stats, reap=False)  # it cleans up now
+        _complete(fd, tmp, path, table, stats)  # removes the tar where it fails
         self.shards.append(WrittenShard(path, self._count, self._bytes + len(_END)))
         self.index += 1
 
@@ -381,20 +304,13 @@ class ShardWriter:
                 raise
 
     def close(self) -> list[WrittenShard]:
-        """Finish the current shard and wait for every write; returns every shard written."""
+        """Finish the current shard; returns every shard written."""
         self._end_shard()
-        try:
-            self._wait()
-        except BaseException:
-            self.abort()
-            raise
         return self.shards
 
     def abort(self) -> None:
         """Drop the unfinished shard (finished ones stay)."""
         self._pending, self._pending_bytes = [], 0
-        with contextlib.suppress(BaseException):
-            self._wait()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
