@@ -33,7 +33,14 @@ from pipeline.stages.ingest import IngestedPart, ingest_part
 from pipeline.stages.ledger import check_invariant, decide, ledger_table
 from pipeline.stages.report import build_report
 from pipeline.stages.semdedup import SemDeDupResult, run_semdedup
-from pipeline.workdir import WorkDir, fingerprint, write_json, write_npy, write_parquet
+from pipeline.workdir import (
+    WorkDir,
+    fingerprint,
+    staged_dir,
+    write_json,
+    write_npy,
+    write_parquet,
+)
 
 log = logging.getLogger(__name__)
 
@@ -375,10 +382,13 @@ class Runner:
         start = time.perf_counter()
         ledger = [self.output / "ledger" / f"part-{i:05d}.parquet" for i in range(n_parts)]
         metadata = self.work.step_dir("embed") / "metadata"
-        with self.engine.bar("write shards", total=0, unit="sample") as bar:
+        # written beside the output's shards/ and swapped in whole: no shard of an earlier
+        # run (more shards, other samples) or of a killed one is ever left among them
+        with self.engine.bar("write shards", total=0, unit="sample") as bar, \
+                staged_dir(self.output / "shards") as staging:
             bar.total = None
             written, counts = write_kept_counted(
-                self.shard_urls, ledger, self.output / "shards", self.cfg.write.max_count,
+                self.shard_urls, ledger, staging, self.cfg.write.max_count,
                 self.cfg.write.max_bytes, progress=bar.update,
                 metadata_parts=[metadata / f"metadata_{i}.parquet" for i in range(n_parts)])
         log.info("write: %d samples copied by their recorded spans, %d by reading their shard "

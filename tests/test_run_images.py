@@ -118,6 +118,18 @@ def test_output_shards_are_byte_copies(shards: Path, clean_run: Path) -> None:
     assert report["embed"]["models"]["cluster_random_weights"] is False
 
 
+def test_a_rerun_with_other_settings_leaves_only_its_own_shards(
+        shards: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = run(config(shards, out, dbp__keep_fraction=0.9, write__max_count=20))
+    assert first.report["output_shards"]["count"] >= 6
+    second = run(config(shards, out, dbp__keep_fraction=0.2, write__max_count=20))
+    tars = sorted((out / "shards").glob("*.tar"))
+    assert len(tars) == second.report["output_shards"]["count"] < 6
+    assert sum(len(list(ShardStream(str(t)))) for t in tars) == second.kept
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
 def test_kill_during_embedding_then_rerun_gives_same_subset(
         shards: Path, clean_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import pipeline.stages.embed as embed_stage

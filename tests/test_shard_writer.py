@@ -223,7 +223,7 @@ def test_failed_write_leaves_no_partial_tar(tmp_path: Path,
         ShardWriter(tmp_path).write([], "k", {})
 
 
-def test_a_failed_write_surfaces_and_leaves_no_partial_shard(
+def test_a_failed_write_mid_run_keeps_finished_shards_whole(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
