@@ -344,8 +344,6 @@ class Runner:
         has_dup = dup_rows >= 0
         dup_hi = ctx.uid_hi[np.maximum(dup_rows, 0)]
         dup_lo = ctx.uid_lo[np.maximum(dup_rows, 0)]
-        ledger_dir = self.output / "ledger"
-        ledger_dir.mkdir(parents=True, exist_ok=True)
         offsets = ctx.store.offsets
 
         def write_part(part: IngestedPart) -> Counter:
@@ -360,17 +358,21 @@ class Runner:
                 dup_hi[sl], dup_lo[sl], has_dup[sl],
                 (sem.similarity if sem else none_f)[sl],
                 (dbp.cluster if dbp else none_i)[sl], (dbp.distance if dbp else none_f)[sl])
-            write_parquet(ledger_dir / f"part-{part.index:05d}.parquet", table)
+            write_parquet(staging / f"part-{part.index:05d}.parquet", table)
             return Counter({e["values"]: e["counts"]
                             for e in ingest.column("shard").value_counts().to_pylist()})
 
         read_per_shard: Counter = Counter()
-        for counts in self.engine.map(write_part, ctx.parts, desc="ledger",
-                                      total=len(ctx.parts), unit="part", concurrent=True):
-            read_per_shard.update(counts)
+        # a fresh folder swapped in whole: parts of an earlier run over other inputs never
+        # mix with these, and a broken invariant leaves the last good ledger in place
+        with staged_dir(self.output / "ledger") as staging:
+            for counts in self.engine.map(write_part, ctx.parts, desc="ledger",
+                                          total=len(ctx.parts), unit="part", concurrent=True):
+                read_per_shard.update(counts)
+            shards = check_invariant(staging, read_per_shard)
         kept = np.flatnonzero(alive)
         write_npy(self.output / "subset.npy", subset_array(ctx.uid_hi[kept], ctx.uid_lo[kept]))
-        return check_invariant(ledger_dir, read_per_shard)
+        return shards
 
 
     def _write_shards(self, n_parts: int) -> dict[str, Any] | None:

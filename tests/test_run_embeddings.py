@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -320,3 +321,21 @@ def test_embed_stage_contract_columns(tmp_path: Path) -> None:
             assert row["clip_score"] == pytest.approx(scores[i])
             if scores[i] < 0.25:
                 assert (row["status"], row["stage"]) == ("removed", "clip_filter")
+
+
+def test_a_rerun_over_fewer_files_leaves_only_its_own_ledger(emb_dir: Path,
+                                                             tmp_path: Path) -> None:
+    fewer = tmp_path / "fewer"
+    for sub, name in (("img_emb", "img_emb_{}.npy"), ("text_emb", "text_emb_{}.npy"),
+                      ("metadata", "metadata_{}.parquet")):
+        (fewer / sub).mkdir(parents=True)
+        for i in range(2):
+            shutil.copyfile(emb_dir / sub / name.format(i), fewer / sub / name.format(i))
+    out = tmp_path / "out"
+    run(config(emb_dir, out))
+    summary = run(config(fewer, out))  # the same output folder, fewer input files
+    rows = sum(pq.ParquetFile(fewer / "metadata" / f"metadata_{i}.parquet").metadata.num_rows
+               for i in range(2))
+    assert summary.input_samples == rows == ledger(out).num_rows
+    assert len(np.load(out / "subset.npy")) == summary.kept
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
