@@ -75,7 +75,8 @@ def good_shard(path: Path, n: int = 5) -> str:
 # --- expand_shards / shard_name -----------------------------------------------------------
 
 
-def test_expand_directory_brace_glob_and_list(tmp_path: Path) -> None:
+def test_expand_directory_brace_glob_and_list(tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
     for i in (2, 0, 1):
         good_shard(tmp_path / "d" / f"{i:05d}.tar", 1)
     (tmp_path / "d" / "00000.parquet").write_bytes(b"")
@@ -84,8 +85,10 @@ def test_expand_directory_brace_glob_and_list(tmp_path: Path) -> None:
     assert expand_shards(str(tmp_path / "d" / "{00000..00002}.tar")) == names
     assert expand_shards(str(tmp_path / "d" / "*.tar")) == names
     assert expand_shards([names[2], names[0]]) == [names[2], names[0]]
-    # gaps in a brace range (img2dataset leaves them) are skipped
+    assert not caplog.records
+    # gaps in a brace range (img2dataset leaves them) are skipped, and said
     assert expand_shards(str(tmp_path / "d" / "{00001..00005}.tar")) == names[1:]
+    assert "3 of the 5 shards" in caplog.text and "00003.tar" in caplog.text
 
 
 def test_expand_nothing_matches_names_the_pattern(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import glob
 import io
 import json
+import logging
 import lzma
 import os
 import re
@@ -47,6 +48,8 @@ from fsspec.utils import infer_compression
 from PIL import Image
 
 from pipeline.ids import derive_uid, is_valid_uid
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 CAPTION_EXT = "txt"
@@ -154,9 +157,19 @@ def expand_shards(spec: str | list[str]) -> list[str]:
         raise ShardError("no shards given")
     out: list[str] = []
     for pattern in items:
-        found = [s for part in braceexpand.braceexpand(pattern) for s in _expand_one(part)]
+        found: list[str] = []
+        missing: list[str] = []
+        for part in braceexpand.braceexpand(pattern):
+            shards = _expand_one(part)
+            found += shards
+            if not shards:
+                missing.append(part)
         if not found:
             raise ShardError(f"no shards match {pattern!r}")
+        if missing:
+            log.warning("%d of the %d shards %r names do not exist and are skipped: %s%s",
+                        len(missing), len(missing) + len(found), pattern,
+                        ", ".join(missing[:5]), ", ..." if len(missing) > 5 else "")
         out.extend(found)
     return out
 
