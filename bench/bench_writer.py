@@ -29,8 +29,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io.shard_writer import ShardWriter
-from pipeline.io.shards import identity_metadata, iter_samples, tar_identity
-from pipeline.stages.write_shards import write_kept, write_kept_counted
+from pipeline.io.shards import identity_metadata, iter_samples, span_columns, tar_identity
+from pipeline.stages.write_shards import write_kept
 
 
 def build_inputs(root: Path, samples: int, image_kb: int, per_shard: int) -> list[Path]:
@@ -58,13 +58,10 @@ def build_ledger(root: Path, inputs: list[Path], keep: float) -> tuple[list[Path
         ledger = root / f"part-{shard_index:05d}.parquet"
         pq.write_table(pa.table({"key": [s.key for s in samples], "status": status.tolist()}),
                        ledger)
-        spans, json_spans = [s.span for s in samples], [s.json_span for s in samples]
         table = pa.table({
             "key": [s.key for s in samples], "uid": [s.uid for s in samples],
             "caption": [s.caption for s in samples],
-            "tar_start": [sp[0] for sp in spans], "tar_end": [sp[1] for sp in spans],
-            "json_start": [sp[0] for sp in json_spans], "json_end": [sp[1] for sp in json_spans],
-        })
+            **span_columns([s.span for s in samples], [s.json_span for s in samples])})
         meta = root / f"metadata_{shard_index}.parquet"
         pq.write_table(table.replace_schema_metadata(
             identity_metadata(tar_identity(str(path)))), meta)
@@ -99,19 +96,19 @@ def main() -> None:
         parts, metas = build_ledger(scratch / "ledger", inputs, args.keep)
         urls = [str(p) for p in inputs]
         kept = scratch / "kept"  # the reference output: its tars are the bytes to copy
-        written = write_kept(urls, parts, kept, args.per_shard, 1 << 40, metadata_parts=metas)
+        written, _ = write_kept(urls, parts, kept, args.per_shard, 1 << 40, metadata_parts=metas)
         kept_tars = [s.path for s in written]
         for path in inputs:  # the page cache warm for all
             path.read_bytes()
 
         def by_span(out: Path) -> int:
-            shards, counts = write_kept_counted(urls, parts, out, args.per_shard, 1 << 40,
+            shards, counts = write_kept(urls, parts, out, args.per_shard, 1 << 40,
                                                 metadata_parts=metas)
             assert counts.by_parsing == 0
             return sum(s.bytes for s in shards)
 
         def by_parsing(out: Path) -> int:
-            return sum(s.bytes for s in write_kept(urls, parts, out, args.per_shard, 1 << 40))
+            return sum(s.bytes for s in write_kept(urls, parts, out, args.per_shard, 1 << 40)[0])
 
         def plain_copy(out: Path) -> int:
             out.mkdir(parents=True)

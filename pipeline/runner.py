@@ -379,7 +379,7 @@ class Runner:
         """Copy the kept samples into new shards (image path, write.enabled)."""
         if self.shard_urls is None or not self.cfg.write.enabled:
             return None
-        from pipeline.stages.write_shards import write_kept_counted
+        from pipeline.stages.write_shards import write_kept
 
         start = time.perf_counter()
         ledger = [self.output / "ledger" / f"part-{i:05d}.parquet" for i in range(n_parts)]
@@ -389,7 +389,7 @@ class Runner:
         with self.engine.bar("write shards", total=0, unit="sample") as bar, \
                 staged_dir(self.output / "shards") as staging:
             bar.total = None
-            written, counts = write_kept_counted(
+            written, counts = write_kept(
                 self.shard_urls, ledger, staging, self.cfg.write.max_count,
                 self.cfg.write.max_bytes, progress=bar.update,
                 metadata_parts=[metadata / f"metadata_{i}.parquet" for i in range(n_parts)])

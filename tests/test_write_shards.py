@@ -16,8 +16,14 @@ import pytest
 from tar_helpers import seven_digit_checksums
 
 from pipeline.io.shard_writer import ShardWriter
-from pipeline.io.shards import identity_metadata, iter_samples, iter_tar_members, tar_identity
-from pipeline.stages.write_shards import write_kept_counted
+from pipeline.io.shards import (
+    identity_metadata,
+    iter_samples,
+    iter_tar_members,
+    span_columns,
+    tar_identity,
+)
+from pipeline.stages.write_shards import write_kept
 
 
 def sample_members(i: int, rng: np.random.Generator, key: str | None = None) -> list:
@@ -67,15 +73,10 @@ def embed_like(urls: list[str], folder: Path, keep: float, seed: int = 1
         ledger, meta = folder / f"ledger-{i}.parquet", folder / f"metadata_{i}.parquet"
         pq.write_table(pa.table({"key": [s.key for s in samples], "status": status}), ledger)
 
-        def column(spans: list, j: int) -> pa.Array:
-            return pa.array([None if sp is None else sp[j] for sp in spans], pa.int64())
-
-        spans, json_spans = [s.span for s in samples], [s.json_span for s in samples]
         table = pa.table({
             "key": [s.key for s in samples], "uid": [s.uid for s in samples],
             "caption": [s.caption for s in samples],
-            "tar_start": column(spans, 0), "tar_end": column(spans, 1),
-            "json_start": column(json_spans, 0), "json_end": column(json_spans, 1)})
+            **span_columns([s.span for s in samples], [s.json_span for s in samples])})
         pq.write_table(table.replace_schema_metadata(identity_metadata(tar_identity(url))), meta)
         ledgers.append(ledger)
         metas.append(meta)
@@ -118,9 +119,9 @@ def test_a_member_of_no_sample_between_members_leaves_no_span(tmp_path: Path) ->
 def test_span_copy_is_byte_identical_on_our_own_shards(tmp_path: Path, keep: float) -> None:
     urls = ours(tmp_path / "in", shards=3, per_shard=40)
     ledgers, metas = embed_like(urls, tmp_path / "work", keep)
-    fast, fast_n = write_kept_counted(urls, ledgers, tmp_path / "fast", 25, 1 << 30,
+    fast, fast_n = write_kept(urls, ledgers, tmp_path / "fast", 25, 1 << 30,
                                       metadata_parts=metas)
-    slow, slow_n = write_kept_counted(urls, ledgers, tmp_path / "slow", 25, 1 << 30)
+    slow, slow_n = write_kept(urls, ledgers, tmp_path / "slow", 25, 1 << 30)
     assert fast_n.by_parsing == 0 and slow_n.by_span == 0
     assert fast_n.by_span == slow_n.by_parsing == sum(w.count for w in slow)
     assert [(w.name, w.count, w.bytes) for w in fast] == [(w.name, w.count, w.bytes) for w in slow]
@@ -134,9 +135,9 @@ def test_span_copy_is_byte_identical_on_our_own_shards(tmp_path: Path, keep: flo
 def test_span_copy_rolls_by_bytes_like_the_writer(tmp_path: Path) -> None:
     urls = ours(tmp_path / "in", shards=2, per_shard=30)
     ledgers, metas = embed_like(urls, tmp_path / "work", 0.7)
-    fast, _ = write_kept_counted(urls, ledgers, tmp_path / "fast", 1000, 40_000,
+    fast, _ = write_kept(urls, ledgers, tmp_path / "fast", 1000, 40_000,
                                  metadata_parts=metas)
-    slow, _ = write_kept_counted(urls, ledgers, tmp_path / "slow", 1000, 40_000)
+    slow, _ = write_kept(urls, ledgers, tmp_path / "slow", 1000, 40_000)
     assert len(fast) > 3
     assert [(w.count, w.bytes) for w in fast] == [(w.count, w.bytes) for w in slow]
     assert all(w.bytes <= 40_000 for w in fast)
@@ -149,9 +150,9 @@ def test_foreign_headers_are_copied_as_they_are(tmp_path: Path) -> None:
     entries += sample_members(12, rng, "p" * 130)  # pax long names
     urls = [by_tarfile(tmp_path / "00000.tar", entries, pax=True)]
     ledgers, metas = embed_like(urls, tmp_path / "work", 0.6)
-    fast, counts = write_kept_counted(urls, ledgers, tmp_path / "fast", 100, 1 << 30,
+    fast, counts = write_kept(urls, ledgers, tmp_path / "fast", 100, 1 << 30,
                                       metadata_parts=metas)
-    slow, _ = write_kept_counted(urls, ledgers, tmp_path / "slow", 100, 1 << 30)
+    slow, _ = write_kept(urls, ledgers, tmp_path / "slow", 100, 1 << 30)
     assert counts.by_span == sum(w.count for w in fast) > 0
     assert read_back(fast) == read_back(slow)
     with tarfile.open(fast[0].path) as tar:  # a valid tar, the input's own headers
@@ -165,7 +166,7 @@ def test_a_shard_with_gaps_is_copied_by_parsing(tmp_path: Path) -> None:
     a, b = sample_members(0, rng), sample_members(1, rng)
     urls = [by_tarfile(tmp_path / "00000.tar", [a[0], ("junk", b"x"), *a[1:], *b])]
     ledgers, metas = embed_like(urls, tmp_path / "work", 1.0)
-    fast, counts = write_kept_counted(urls, ledgers, tmp_path / "fast", 100, 1 << 30,
+    fast, counts = write_kept(urls, ledgers, tmp_path / "fast", 100, 1 << 30,
                                       metadata_parts=metas)
     assert (counts.by_span, counts.by_parsing) == (0, 2)
     assert [k for k, _ in read_back(fast)[0]] == ["000000000", "000000001"]
@@ -177,9 +178,9 @@ def test_a_shard_changed_since_embedding_is_read_again(
     ledgers, metas = embed_like(urls, tmp_path / "work", 0.5)
     ours(tmp_path / "in", shards=2, per_shard=20, seed=9)  # rewritten: other bytes, sizes
     with caplog.at_level(logging.WARNING):
-        fast, counts = write_kept_counted(urls, ledgers, tmp_path / "fast", 100, 1 << 30,
+        fast, counts = write_kept(urls, ledgers, tmp_path / "fast", 100, 1 << 30,
                                           metadata_parts=metas)
-    slow, _ = write_kept_counted(urls, ledgers, tmp_path / "slow", 100, 1 << 30)
+    slow, _ = write_kept(urls, ledgers, tmp_path / "slow", 100, 1 << 30)
     assert counts.by_span == 0 and counts.by_parsing == sum(w.count for w in slow)
     assert "changed since" in caplog.text and urls[0] in caplog.text
     assert read_back(fast) == read_back(slow)
@@ -197,7 +198,7 @@ def test_headers_are_checked_even_when_size_and_mtime_match(
     path.write_bytes(bytes(raw))
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     with caplog.at_level(logging.WARNING):
-        _, counts = write_kept_counted(urls, ledgers, tmp_path / "fast", 100, 1 << 30,
+        _, counts = write_kept(urls, ledgers, tmp_path / "fast", 100, 1 << 30,
                                        metadata_parts=metas)
     # read again: the tar is damaged from that header on, so what follows is not copied
     assert counts.by_span == 0 and 0 < counts.by_parsing < 19
@@ -209,8 +210,8 @@ def test_headers_in_another_checksum_form_still_copy_by_span(tmp_path: Path) -> 
     path = Path(urls[0])
     path.write_bytes(seven_digit_checksums(path.read_bytes()))
     ledgers, metas = embed_like(urls, tmp_path / "work", 1.0)
-    fast, counts = write_kept_counted(urls, ledgers, tmp_path / "fast", 100, 1 << 30,
+    fast, counts = write_kept(urls, ledgers, tmp_path / "fast", 100, 1 << 30,
                                       metadata_parts=metas)
-    slow, _ = write_kept_counted(urls, ledgers, tmp_path / "slow", 100, 1 << 30)
+    slow, _ = write_kept(urls, ledgers, tmp_path / "slow", 100, 1 << 30)
     assert counts.by_span == 15
     assert read_back(fast) == read_back(slow)

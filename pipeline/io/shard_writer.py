@@ -217,10 +217,7 @@ class ShardWriter:
             self._end_shard()
         if self._fd is None:
             self._open()
-        self._pending += parts
-        self._pending_bytes += size
-        if len(self._pending) >= _FLUSH_PARTS or self._pending_bytes >= _FLUSH_BYTES:
-            self._flush()
+        self._queue(parts, size)
         self._count += 1
         self._bytes += size
         self._keys.append(key)
@@ -252,7 +249,7 @@ class ShardWriter:
                 cut = np.flatnonzero(first[1:] != last[:-1]) + 1  # where a run ends
                 for a, b in zip(first[np.r_[0, cut]].tolist(),
                                 last[np.r_[cut - 1, take - 1]].tolist(), strict=True):
-                    self._add_piece(source[a:b])
+                    self._queue([source[a:b]], b - a)
                 self._count += take
                 self._bytes += int(total[take - 1])
                 self._keys += keys[i : i + take]
@@ -263,9 +260,10 @@ class ShardWriter:
         finally:
             self._pending, self._pending_bytes = [], 0  # after an error too: let go of source
 
-    def _add_piece(self, piece: memoryview) -> None:
-        self._pending.append(piece)
-        self._pending_bytes += len(piece)
+    def _queue(self, parts: list[bytes] | list[memoryview], size: int) -> None:
+        """Add to what the next ``os.writev`` writes; write it once it is large enough."""
+        self._pending += parts
+        self._pending_bytes += size
         if len(self._pending) >= _FLUSH_PARTS or self._pending_bytes >= _FLUSH_BYTES:
             self._flush()
 

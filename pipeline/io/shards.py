@@ -60,7 +60,7 @@ _BLOCK = 512
 _ZERO_BLOCK = bytes(_BLOCK)
 _READ_BUFFER = 1 << 20
 _BIG_MEMBER = 64 << 20
-_REGULAR = (ord("0"), 0, ord("7"))  # regular file, old regular, contiguous
+REGULAR_KINDS = (ord("0"), 0, ord("7"))  # typeflags: regular file, old regular, contiguous
 _PAX, _GNU_LONGNAME = ord("x"), ord("L")
 _NO_SAMPLE_KINDS = (ord("g"), ord("K"))
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -330,7 +330,7 @@ def iter_tar_member_spans(f: BinaryIO) -> Iterator[tuple[str, bytes, int, int]]:
         data_start = offset + _BLOCK
         offset = data_start + size + pad
         kind = block[156]
-        if kind in _REGULAR:
+        if kind in REGULAR_KINDS:
             if pax and "path" in pax:
                 name = pax["path"]
             elif long_name is not None:
@@ -413,12 +413,21 @@ def make_sample(shard: str, key: str, members: list[tuple[str, bytes]]) -> Sampl
     return sample
 
 
+def local_tar_path(url: str) -> str | None:
+    """The file path of a local, uncompressed shard (one that can be opened, mapped and
+    copied from as is); None for any other."""
+    fs, path = fsspec.core.url_to_fs(url)
+    if isinstance(fs, LocalFileSystem) and infer_compression(path) is None:
+        return path
+    return None
+
+
 @contextmanager
 def _open_stream(url: str) -> Iterator[BinaryIO]:
     """The shard as a byte stream behind one large buffer, so that the reads of headers and
     members are served from memory; local uncompressed files skip fsspec's wrapper."""
-    fs, path = fsspec.core.url_to_fs(url)
-    if isinstance(fs, LocalFileSystem) and infer_compression(path) is None:
+    path = local_tar_path(url)
+    if path is not None:
         with open(path, "rb", buffering=_READ_BUFFER) as f:
             yield f
         return
@@ -443,8 +452,8 @@ def _with_span(sample: Sample, offsets: list[tuple[int, int]]) -> Sample:
 def tar_identity(url: str) -> tuple[int, int] | None:
     """(size, mtime in ns) of a local, uncompressed shard, whose spans the write step may
     copy; None for any other."""
-    fs, path = fsspec.core.url_to_fs(url)
-    if not isinstance(fs, LocalFileSystem) or infer_compression(path) is not None:
+    path = local_tar_path(url)
+    if path is None:
         return None
     try:
         st = os.stat(path)
@@ -466,6 +475,20 @@ def identity_from_metadata(metadata: dict[bytes, bytes] | None) -> tuple[int, in
         return None
     size, mtime_ns = (int(metadata[k]) for k in _IDENTITY_KEYS)
     return size, mtime_ns
+
+
+SPAN_COLUMNS = ("tar_start", "tar_end", "json_start", "json_end")
+
+
+def span_columns(spans: list[tuple[int, int] | None],
+                 json_spans: list[tuple[int, int] | None]) -> dict[str, pa.Array]:
+    """Samples' ``span`` and ``json_span`` as the int64 columns of the embed step's metadata
+    (null where a sample has none), which the write step copies by."""
+    def column(values: list[tuple[int, int] | None], j: int) -> pa.Array:
+        return pa.array([None if v is None else v[j] for v in values], pa.int64())
+
+    return dict(zip(SPAN_COLUMNS, (column(spans, 0), column(spans, 1), column(json_spans, 0),
+                                   column(json_spans, 1)), strict=True))
 
 
 def iter_samples(url: str) -> Iterator[Sample]:

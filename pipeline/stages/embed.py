@@ -35,6 +35,7 @@ from pipeline.io.shards import (
     decode_image,
     identity_metadata,
     read_stats,
+    span_columns,
     tar_identity,
 )
 from pipeline.workdir import write_npy, write_parquet
@@ -165,11 +166,9 @@ def write_shard_outputs(out_dir: Path, end: ShardEnd, pending: _Pending, clip_di
         **{name: pa.array(values, pa.string()) for name, values in cols.items()},
         "clip_score": pa.array(score, pa.float32(), mask=np.isnan(score)),
     })
-    for name, spans in (("tar", [r["span"] for r in end.records]),
-                        ("json", [r["json_span"] for r in end.records])):
-        for j, column in enumerate(("start", "end")):
-            table = table.append_column(f"{name}_{column}", pa.array(
-                [None if sp is None else sp[j] for sp in spans], pa.int64()))
+    for name, column in span_columns([r["span"] for r in end.records],
+                                     [r["json_span"] for r in end.records]).items():
+        table = table.append_column(name, column)
     if end.identity is not None:
         table = table.replace_schema_metadata(identity_metadata(end.identity))
     write_parquet(out_dir / "metadata" / f"metadata_{i}.parquet", table)

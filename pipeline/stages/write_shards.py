@@ -25,18 +25,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io.shard_writer import ShardWriter, WrittenShard
-from pipeline.io.shards import ShardStream, checksum_ok, identity_from_metadata, tar_identity
+from pipeline.io.shards import (
+    REGULAR_KINDS,
+    SPAN_COLUMNS,
+    ShardStream,
+    checksum_ok,
+    identity_from_metadata,
+    local_tar_path,
+    tar_identity,
+)
 
 log = logging.getLogger(__name__)
 
-_SPAN_COLUMNS = ["key", "uid", "caption", "tar_start", "tar_end", "json_start", "json_end"]
-_REGULAR_KINDS = (ord("0"), 0, ord("7"))
+_PLAN_COLUMNS = ["key", "uid", "caption", *SPAN_COLUMNS]
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux
 
 
@@ -62,18 +68,20 @@ def _span_plan(url: str, ledger: pa.Table, kept: np.ndarray, metadata: Path | No
     parquet = pq.ParquetFile(metadata)
     schema = parquet.schema_arrow
     recorded = identity_from_metadata(schema.metadata)
-    if recorded is None or not set(_SPAN_COLUMNS) <= set(schema.names):
+    if recorded is None or not set(_PLAN_COLUMNS) <= set(schema.names):
         return None  # embedded by a version that did not record spans
     if recorded != identity:
         _changed(url)
         return None
-    meta = parquet.read(columns=_SPAN_COLUMNS)
+    meta = parquet.read(columns=_PLAN_COLUMNS)
     if meta.num_rows != ledger.num_rows or not meta["key"].equals(ledger["key"]):
         return None
     rows = meta.take(kept)
     if rows["tar_start"].null_count or rows["tar_end"].null_count:
         return None  # a kept sample with other members between its own
-    return fsspec.core.url_to_fs(url)[1], rows
+    path = local_tar_path(url)
+    assert path is not None  # tar_identity found it
+    return path, rows
 
 
 def _key_bytes(keys: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
@@ -112,7 +120,7 @@ def _spans_hold(mapped: mmap.mmap, keys: pa.ChunkedArray, starts: np.ndarray, en
     # names: regular ustar headers hold "key." at the start (long names sit in extended ones)
     offsets, text = _key_bytes(keys)
     lengths = np.diff(offsets)
-    rows = np.flatnonzero(np.isin(headers[:, 156], _REGULAR_KINDS) & (lengths < 100))
+    rows = np.flatnonzero(np.isin(headers[:, 156], REGULAR_KINDS) & (lengths < 100))
     for j in range(int(lengths[rows].max(initial=0)) + 1):
         at = rows[lengths[rows] >= j]
         want = np.where(lengths[at] == j, ord("."), text[np.minimum(offsets[at] + j,
@@ -125,9 +133,8 @@ def _spans_hold(mapped: mmap.mmap, keys: pa.ChunkedArray, starts: np.ndarray, en
 def _records(mapped: mmap.mmap, rows: pa.Table) -> list[dict[str, Any]] | None:
     """The kept samples' parquet rows: json fields, key, uid, caption; None where a json
     member does not hold an object."""
-    spans = [(a, b) for a, b in zip(rows["json_start"].to_pylist(),
-                                    rows["json_end"].to_pylist(), strict=True)]
-    texts = [b"{}" if a is None else mapped[a:b] for a, b in spans]
+    texts = [b"{}" if a is None else mapped[a:b] for a, b in
+             zip(rows["json_start"].to_pylist(), rows["json_end"].to_pylist(), strict=True)]
     try:  # one parse for all: a call per sample costs more than the parsing
         metas = json.loads(b"[" + b",".join(texts) + b"]")
     except ValueError:
@@ -142,10 +149,9 @@ def _records(mapped: mmap.mmap, rows: pa.Table) -> list[dict[str, Any]] | None:
                    rows["caption"].to_pylist(), strict=True)]
 
 
-def _changed(url: str) -> bool:
+def _changed(url: str) -> None:
     log.warning("shard %s does not match what the embed step recorded (changed since?): "
                 "its kept samples are copied by reading it again", url)
-    return False
 
 
 def _map(path: str) -> mmap.mmap | None:
@@ -169,18 +175,8 @@ class _ShardPlan:
     starts: np.ndarray | None = None
     ends: np.ndarray | None = None
     records: list[dict[str, Any]] | None = None
-    _view: memoryview | None = None
-
-    def view(self) -> memoryview:
-        assert self.mapped is not None
-        if self._view is None:
-            self._view = memoryview(self.mapped)
-        return self._view
 
     def close(self) -> None:
-        if self._view is not None:
-            self._view.release()
-            self._view = None
         if self.mapped is not None:
             # a piece still referenced (by an error's traceback, say) keeps it open until GC
             with contextlib.suppress(BufferError):
@@ -216,20 +212,12 @@ def _prepare(url: str, ledger_part: Path, metadata: Path | None) -> _ShardPlan:
 
 def write_kept(shards: list[str], ledger_parts: list[Path], out_dir: Path, max_count: int,
                max_bytes: int, progress: Callable[[int], None] | None = None,
-               metadata_parts: list[Path] | None = None) -> list[WrittenShard]:
-    """Copy the kept samples of ``shards`` (ledger part i describes shard i) to ``out_dir``.
+               metadata_parts: list[Path] | None = None
+               ) -> tuple[list[WrittenShard], WriteCounts]:
+    """Copy the kept samples of ``shards`` (ledger part i describes shard i) to ``out_dir``;
+    the shards written, and how many samples went each way.
 
-    ``metadata_parts[i]``, the embed step's metadata of shard i, lets it copy by span."""
-    return write_kept_counted(shards, ledger_parts, out_dir, max_count, max_bytes, progress,
-                              metadata_parts)[0]
-
-
-def write_kept_counted(shards: list[str], ledger_parts: list[Path], out_dir: Path,
-                       max_count: int, max_bytes: int,
-                       progress: Callable[[int], None] | None = None,
-                       metadata_parts: list[Path] | None = None
-                       ) -> tuple[list[WrittenShard], WriteCounts]:
-    """``write_kept``, also saying how many samples went each way.
+    ``metadata_parts[i]``, the embed step's metadata of shard i, lets it copy by span.
 
     The next shard is made ready (ledger read, tar mapped, spans checked, json parsed) on a
     thread while this one is written: the writes leave Python's lock free, so the two
@@ -252,8 +240,9 @@ def write_kept_counted(shards: list[str], ledger_parts: list[Path], out_dir: Pat
                                                               progress)
                     continue
                 try:
-                    writer.copy_spans(plan.view(), plan.starts, plan.ends, plan.keys,
-                                      plan.records)
+                    with memoryview(plan.mapped) as view:
+                        writer.copy_spans(view, plan.starts, plan.ends, plan.keys,
+                                          plan.records)
                 finally:
                     plan.close()
                 counts.by_span += len(plan.keys)
