@@ -215,3 +215,21 @@ def test_headers_in_another_checksum_form_still_copy_by_span(tmp_path: Path) -> 
     slow, _ = write_kept(urls, ledgers, tmp_path / "slow", 100, 1 << 30)
     assert counts.by_span == 15
     assert read_back(fast) == read_back(slow)
+
+
+def test_a_json_member_that_no_longer_holds_an_object_is_read_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    urls = ours(tmp_path / "in", shards=1, per_shard=10)
+    ledgers, metas = embed_like(urls, tmp_path / "work", 1.0)
+    path = Path(urls[0])
+    st = path.stat()
+    raw = bytearray(path.read_bytes())
+    js, je = next(iter_samples(urls[0])).json_span
+    raw[js:je] = b"[" + b" " * (je - js - 2) + b"]"  # same size, headers untouched
+    path.write_bytes(bytes(raw))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with caplog.at_level(logging.WARNING):
+        _, counts = write_kept(urls, ledgers, tmp_path / "out", 100, 1 << 30,
+                               metadata_parts=metas)
+    assert (counts.by_span, counts.by_parsing) == (0, 10)
+    assert "changed since" in caplog.text
