@@ -83,6 +83,14 @@ def embed_like(urls: list[str], folder: Path, keep: float, seed: int = 1
     return ledgers, metas
 
 
+def rewrite_keeping_size_and_mtime(path: Path, raw: bytes) -> None:
+    """Change a tar's bytes so that its size and mtime still match what was recorded."""
+    st = path.stat()
+    assert len(raw) == st.st_size
+    path.write_bytes(raw)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
 def read_back(written: list) -> tuple[list, list]:
     """(samples as (key, members), parquet rows) of the written shards."""
     samples = [(s.key, s.members) for w in written for s in iter_samples(str(w.path))]
@@ -120,7 +128,7 @@ def test_span_copy_is_byte_identical_on_our_own_shards(tmp_path: Path, keep: flo
     urls = ours(tmp_path / "in", shards=3, per_shard=40)
     ledgers, metas = embed_like(urls, tmp_path / "work", keep)
     fast, fast_n = write_kept(urls, ledgers, tmp_path / "fast", 25, 1 << 30,
-                                      metadata_parts=metas)
+                              metadata_parts=metas)
     slow, slow_n = write_kept(urls, ledgers, tmp_path / "slow", 25, 1 << 30)
     assert fast_n.by_parsing == 0 and slow_n.by_span == 0
     assert fast_n.by_span == slow_n.by_parsing == sum(w.count for w in slow)
@@ -136,7 +144,7 @@ def test_span_copy_rolls_by_bytes_like_the_writer(tmp_path: Path) -> None:
     urls = ours(tmp_path / "in", shards=2, per_shard=30)
     ledgers, metas = embed_like(urls, tmp_path / "work", 0.7)
     fast, _ = write_kept(urls, ledgers, tmp_path / "fast", 1000, 40_000,
-                                 metadata_parts=metas)
+                         metadata_parts=metas)
     slow, _ = write_kept(urls, ledgers, tmp_path / "slow", 1000, 40_000)
     assert len(fast) > 3
     assert [(w.count, w.bytes) for w in fast] == [(w.count, w.bytes) for w in slow]
@@ -151,7 +159,7 @@ def test_foreign_headers_are_copied_as_they_are(tmp_path: Path) -> None:
     urls = [by_tarfile(tmp_path / "00000.tar", entries, pax=True)]
     ledgers, metas = embed_like(urls, tmp_path / "work", 0.6)
     fast, counts = write_kept(urls, ledgers, tmp_path / "fast", 100, 1 << 30,
-                                      metadata_parts=metas)
+                              metadata_parts=metas)
     slow, _ = write_kept(urls, ledgers, tmp_path / "slow", 100, 1 << 30)
     assert counts.by_span == sum(w.count for w in fast) > 0
     assert read_back(fast) == read_back(slow)
@@ -167,7 +175,7 @@ def test_a_shard_with_gaps_is_copied_by_parsing(tmp_path: Path) -> None:
     urls = [by_tarfile(tmp_path / "00000.tar", [a[0], ("junk", b"x"), *a[1:], *b])]
     ledgers, metas = embed_like(urls, tmp_path / "work", 1.0)
     fast, counts = write_kept(urls, ledgers, tmp_path / "fast", 100, 1 << 30,
-                                      metadata_parts=metas)
+                              metadata_parts=metas)
     assert (counts.by_span, counts.by_parsing) == (0, 2)
     assert [k for k, _ in read_back(fast)[0]] == ["000000000", "000000001"]
 
@@ -179,7 +187,7 @@ def test_a_shard_changed_since_embedding_is_read_again(
     ours(tmp_path / "in", shards=2, per_shard=20, seed=9)  # rewritten: other bytes, sizes
     with caplog.at_level(logging.WARNING):
         fast, counts = write_kept(urls, ledgers, tmp_path / "fast", 100, 1 << 30,
-                                          metadata_parts=metas)
+                                  metadata_parts=metas)
     slow, _ = write_kept(urls, ledgers, tmp_path / "slow", 100, 1 << 30)
     assert counts.by_span == 0 and counts.by_parsing == sum(w.count for w in slow)
     assert "changed since" in caplog.text and urls[0] in caplog.text
@@ -190,16 +198,13 @@ def test_headers_are_checked_even_when_size_and_mtime_match(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     urls = ours(tmp_path / "in", shards=1, per_shard=20)
     ledgers, metas = embed_like(urls, tmp_path / "work", 1.0)
-    path = Path(urls[0])
-    st = path.stat()
-    raw = bytearray(path.read_bytes())
     last = next(s for s in iter_samples(urls[0]) if s.key == "000000019")
+    raw = bytearray(Path(urls[0]).read_bytes())
     raw[last.span[0] + 10] ^= 0xFF  # a name byte: the header's checksum no longer holds
-    path.write_bytes(bytes(raw))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    rewrite_keeping_size_and_mtime(Path(urls[0]), bytes(raw))
     with caplog.at_level(logging.WARNING):
         _, counts = write_kept(urls, ledgers, tmp_path / "fast", 100, 1 << 30,
-                                       metadata_parts=metas)
+                               metadata_parts=metas)
     # read again: the tar is damaged from that header on, so what follows is not copied
     assert counts.by_span == 0 and 0 < counts.by_parsing < 19
     assert "changed since" in caplog.text
@@ -211,7 +216,7 @@ def test_headers_in_another_checksum_form_still_copy_by_span(tmp_path: Path) -> 
     path.write_bytes(seven_digit_checksums(path.read_bytes()))
     ledgers, metas = embed_like(urls, tmp_path / "work", 1.0)
     fast, counts = write_kept(urls, ledgers, tmp_path / "fast", 100, 1 << 30,
-                                      metadata_parts=metas)
+                              metadata_parts=metas)
     slow, _ = write_kept(urls, ledgers, tmp_path / "slow", 100, 1 << 30)
     assert counts.by_span == 15
     assert read_back(fast) == read_back(slow)
@@ -221,13 +226,10 @@ def test_a_json_member_that_no_longer_holds_an_object_is_read_again(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     urls = ours(tmp_path / "in", shards=1, per_shard=10)
     ledgers, metas = embed_like(urls, tmp_path / "work", 1.0)
-    path = Path(urls[0])
-    st = path.stat()
-    raw = bytearray(path.read_bytes())
     js, je = next(iter_samples(urls[0])).json_span
+    raw = bytearray(Path(urls[0]).read_bytes())
     raw[js:je] = b"[" + b" " * (je - js - 2) + b"]"  # same size, headers untouched
-    path.write_bytes(bytes(raw))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    rewrite_keeping_size_and_mtime(Path(urls[0]), bytes(raw))
     with caplog.at_level(logging.WARNING):
         _, counts = write_kept(urls, ledgers, tmp_path / "out", 100, 1 << 30,
                                metadata_parts=metas)
