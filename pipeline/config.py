@@ -210,7 +210,8 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     key, raw = item.split("=", 1)
     key = key.strip()
     if not key:
-        raise ConfigError(f"--set {item!r} has no key before '='")
+        raise ConfigError(f"--set {item!r} has no key before '=': write --set "
+                          "section.setting=value (example: --set dbp.k=200)")
     return key.split("."), yaml.safe_load(raw) if raw.strip() else None
 
 
@@ -219,12 +220,17 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     for item in overrides:
         path, value = _parse_override(item)
         node = data
-        for part in path[:-1]:
+        for depth, part in enumerate(path[:-1], 1):
             child = node.get(part)
-            if child is None:
+            if child is None and not _is_single_setting(path[:depth]):
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+                setting = ".".join(path[:depth])
+                raise ConfigError(
+                    f"--set {item!r}: {setting} is a single setting, not a section, so it has "
+                    f"no {path[depth]!r} inside; set it directly (--set {setting}=VALUE) or "
+                    "check the name (`conceptprune config-schema` lists every setting)"
+                )
             node = child
         node[path[-1]] = value
     return data
@@ -236,16 +242,29 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
+            raise ConfigError(
+                f"config file {p} does not exist; check the path, or leave it out and give "
+                "every setting with --set (--set input.embeddings=DIR --set output=DIR)"
+            )
         try:
             loaded = yaml.safe_load(p.read_text())
         except yaml.YAMLError as err:
-            raise ConfigError(f"config file {p} is not valid YAML: {err}") from err
+            raise ConfigError(
+                f"config file {p} is not valid YAML; fix the syntax where the parser stopped:"
+                f"\n{err}"
+            ) from err
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+            raise ConfigError(
+                f"config file {p} holds a {type(loaded).__name__} at the top level; it must "
+                "hold a mapping of settings (input:, output:, dbp: ...), as in the README's "
+                "prune.yaml"
+            )
         data = loaded or {}
     apply_overrides(data, overrides or [])
-    return validate_config(data, source=str(path) if path else "--set")
+    source = str(path) if path else "--set"
+    if path is not None and overrides:
+        source += " with its --set overrides"
+    return validate_config(data, source=source)
 
 
 def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
@@ -255,8 +274,47 @@ def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
         lines = []
         for e in err.errors():
             loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-            lines.append(f"  {loc}: {e['msg']}")
+            lines.append(f"  {loc}: {_explain(e, loc)}")
         raise ConfigError(f"invalid configuration in {source}:\n" + "\n".join(lines)) from None
+
+
+def _is_single_setting(path: list[str]) -> bool:
+    """Whether the dotted ``path`` names a setting that holds a value, not a section."""
+    model: type[BaseModel] = RunConfig
+    for depth, name in enumerate(path, 1):
+        field = model.model_fields.get(name)
+        if field is None:
+            return False
+        sub = field.annotation
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            return depth == len(path)
+        model = sub
+    return False
+
+
+def _section_fields(loc: tuple) -> list[str] | None:
+    """The setting names of the section at ``loc`` (a pydantic error location)."""
+    model: type[BaseModel] = RunConfig
+    for name in loc:
+        field = model.model_fields.get(str(name))
+        sub = field.annotation if field is not None else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            return None
+        model = sub
+    return list(model.model_fields)
+
+
+def _explain(error: dict[str, Any], loc: str) -> str:
+    """A validation error's message, with the fix for the common kinds."""
+    kind, msg = error["type"], error["msg"]
+    if kind == "extra_forbidden":
+        known = _section_fields(tuple(error["loc"][:-1]))
+        where = f" (settings here: {', '.join(known)})" if known else ""
+        return (f"unknown setting; remove it or correct its name{where}; "
+                "`conceptprune config-schema` lists every setting")
+    if kind == "missing":
+        return f"required; set it in the config file or with --set {loc}=VALUE"
+    return msg.removeprefix("Value error, ")
 
 
 def config_json_schema() -> str:

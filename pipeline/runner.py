@@ -117,8 +117,14 @@ class Runner:
                                         concurrent=True))
         dims = {p.dim for p in ingested}
         if len(dims) > 1:
-            raise ValueError(f"input parts have different embedding dimensions {sorted(dims)}: "
-                             "every part must come from the same model")
+            first = {d: next(p.image_path for p, i in zip(parts, ingested, strict=True)
+                             if i.dim == d) for d in sorted(dims)}
+            raise ValueError(
+                "input parts have different embedding dimensions ("
+                + ", ".join(f"{path} has dimension {d}" for d, path in first.items())
+                + "): every part must come from the same model; re-embed the odd parts with "
+                "it or move them out of the input"
+            )
         return ingested, cached
 
     def step_fingerprints(self, part_fps: list[str]) -> dict[str, str]:

@@ -86,7 +86,10 @@ def discover_clip_retrieval(root: str) -> list[EmbeddingPart]:
     """The parts of a clip-retrieval folder, in numeric order."""
     fs, base = _fs(root)
     if not fs.isdir(base):
-        raise InputError(f"input.embeddings folder {root} does not exist")
+        raise InputError(
+            f"input.embeddings folder {root} does not exist; set input.embeddings to a "
+            "clip-retrieval output folder (img_emb/, text_emb/, metadata/)"
+        )
     images = _numbered(fs, f"{base}/img_emb", "img_emb", "npy")
     if not images:
         raise InputError(
@@ -100,7 +103,8 @@ def discover_clip_retrieval(root: str) -> list[EmbeddingPart]:
         if num not in metas:
             raise InputError(
                 f"{_join(fs, base, 'img_emb/' + images[num])} has no metadata file "
-                f"metadata/metadata_{num}.parquet beside it"
+                f"metadata/metadata_{num}.parquet beside it; add it (one row per embedding, "
+                "in the same order, with an image_path column) or move the img_emb file out"
             )
         parts.append(EmbeddingPart(
             index=index,
@@ -116,17 +120,25 @@ def discover_datacomp(root: str, model: str = "l14") -> list[EmbeddingPart]:
     """The parts of a DataComp folder: every ``{shard}.parquet`` with its ``{shard}.npz``."""
     fs, base = _fs(root)
     if not fs.isdir(base):
-        raise InputError(f"input.datacomp folder {root} does not exist")
+        raise InputError(
+            f"input.datacomp folder {root} does not exist; set input.datacomp to a folder of "
+            "DataComp {shard}.parquet and {shard}.npz pairs"
+        )
     names = sorted(PurePosixPath(p).name for p in fs.ls(base, detail=False))
     parquets = [n for n in names if n.endswith(".parquet")]
     if not parquets:
-        raise InputError(f"no {{shard}}.parquet files under {root} (input.datacomp)")
+        raise InputError(
+            f"no {{shard}}.parquet files under {root}: input.datacomp must point at a folder "
+            "of DataComp {shard}.parquet and {shard}.npz pairs"
+        )
     parts = []
     for index, name in enumerate(parquets):
         stem = name[: -len(".parquet")]
         if f"{stem}.npz" not in names:
             raise InputError(
-                f"{_join(fs, base, name)} has no embeddings file {stem}.npz beside it"
+                f"{_join(fs, base, name)} has no embeddings file {stem}.npz beside it; add it "
+                f"(arrays {model}_img and {model}_txt in the parquet's row order) or move the "
+                "parquet out of input.datacomp"
             )
         parts.append(EmbeddingPart(
             index=index,
@@ -148,7 +160,10 @@ def _load_npy(path: str) -> np.ndarray:
         with fs.open(p, "rb") as f:
             return np.load(f, allow_pickle=False)
     except (ValueError, OSError) as err:
-        raise InputError(f"cannot read embeddings file {path}: {err}") from err
+        raise InputError(
+            f"cannot read embeddings file {path} ({str(err).rstrip('.')}); it must be a "
+            ".npy file holding a float16 or float32 (rows, dim) array"
+        ) from err
 
 
 def _load_npz_member(path: str, key: str) -> np.ndarray:
@@ -161,8 +176,13 @@ def _load_npz_member(path: str, key: str) -> np.ndarray:
                     "set input.datacomp_model to one that is present"
                 )
             return z[key]
+    except InputError:
+        raise
     except (ValueError, OSError) as err:
-        raise InputError(f"cannot read embeddings file {path}: {err}") from err
+        raise InputError(
+            f"cannot read embeddings file {path} ({str(err).rstrip('.')}); it must be a "
+            ".npz file holding float16 or float32 (rows, dim) arrays"
+        ) from err
 
 
 def _column(table: pa.Table, name: str) -> list | None:
@@ -171,13 +191,19 @@ def _column(table: pa.Table, name: str) -> list | None:
 
 def _check_matrix(arr: np.ndarray, path: str, rows: int, meta_path: str) -> None:
     if arr.ndim != 2:
-        raise InputError(f"{path} holds an array of shape {arr.shape}; expected (rows, dim)")
+        raise InputError(
+            f"{path} holds an array of shape {arr.shape}; expected a 2-D (rows, dim) array, one "
+            "embedding per row: reshape it to (rows, dim) and save it again"
+        )
     if arr.dtype not in (np.float16, np.float32, np.float64):
-        raise InputError(f"{path} holds {arr.dtype} values; expected float16 or float32")
+        raise InputError(
+            f"{path} holds {arr.dtype} values; expected float16 or float32 embeddings: save "
+            "them again as float16 or float32"
+        )
     if arr.shape[0] != rows:
         raise InputError(
             f"row counts differ: {path} has {arr.shape[0]} rows but {meta_path} has {rows}; "
-            "the embeddings and the metadata must be in the same row order"
+            "the embeddings and the metadata must hold one row per sample, in the same order"
         )
 
 
@@ -199,7 +225,8 @@ def read_part(part: EmbeddingPart) -> PartData:
     if keys is None:
         raise InputError(
             f"{part.metadata_path} has neither an 'image_path' nor a 'key' nor a 'uid' column: "
-            "samples cannot be named"
+            "samples cannot be named; add one of them (image_path in clip-retrieval metadata, "
+            "uid in DataComp parquet files)"
         )
     shards = _column(table, "shard") or [part.shard] * rows
     if part.npz_image_key is not None:
@@ -214,7 +241,8 @@ def read_part(part: EmbeddingPart) -> PartData:
         if text.shape[1] != image.shape[1]:
             raise InputError(
                 f"{part.text_path} has dimension {text.shape[1]} but {part.image_path} has "
-                f"{image.shape[1]}: image and text embeddings must come from one CLIP model"
+                f"{image.shape[1]}: image and text embeddings must come from one CLIP model; "
+                "use text embeddings of the model that made the image ones"
             )
     score = None
     if "clip_score" in table.column_names and text is None:

@@ -154,7 +154,8 @@ def expand_shards(spec: str | list[str]) -> list[str]:
     """
     items = [spec] if isinstance(spec, str) else list(spec)
     if not items:
-        raise ShardError("no shards given")
+        raise ShardError("no shards given: set input.shards to tar files, folders, globs or "
+                         "brace patterns")
     out: list[str] = []
     for pattern in items:
         found: list[str] = []
@@ -165,7 +166,11 @@ def expand_shards(spec: str | list[str]) -> list[str]:
             if not shards:
                 missing.append(part)
         if not found:
-            raise ShardError(f"no shards match {pattern!r}")
+            raise ShardError(
+                f"no shards match {pattern!r} (input.shards): point input.shards at existing "
+                ".tar files, folders holding them, globs or brace patterns such as "
+                "'data/{00000..00099}.tar'"
+            )
         if missing:
             log.warning("%d of the %d shards %r names do not exist and are skipped: %s%s",
                         len(missing), len(missing) + len(found), pattern,

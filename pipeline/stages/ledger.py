@@ -84,14 +84,23 @@ def check_invariant(ledger_dir: Path, read_per_shard: Counter) -> dict[str, dict
     for shard, read in read_per_shard.items():
         c = counts.get(shard, Counter())
         total = c["kept"] + c["removed"] + c["failed"]
-        if total != read or set(c) - {"kept", "removed", "failed"}:
-            bad.append(f"{shard}: read {read}, ledger kept {c['kept']} + removed "
-                       f"{c['removed']} + failed {c['failed']} = {total}")
+        unknown = sorted(set(c) - {"kept", "removed", "failed"}, key=str)
+        if total != read or unknown:
+            line = (f"{shard}: read {read}, ledger kept {c['kept']} + removed "
+                    f"{c['removed']} + failed {c['failed']} = {total}")
+            if unknown:
+                line += "; rows with unknown status " + ", ".join(
+                    f"{st!r} ({c[st]})" for st in unknown)
+            bad.append(line)
     extra = set(counts) - set(read_per_shard)
-    bad += [f"{s}: in the ledger but never read" for s in sorted(extra)]
+    bad += [f"{s}: {sum(counts[s].values())} rows in the ledger but the shard was never read"
+            for s in sorted(extra, key=str)]
     if bad:
-        raise LedgerInvariantError("ledger invariant broken:\n  " + "\n  ".join(bad))
-    return {s: {"read": read_per_shard[s], **{k: counts[s][k] for k in
+        raise LedgerInvariantError(
+            f"ledger invariant broken in {ledger_dir} (kept + removed + failed must equal the "
+            "samples read, per shard):\n  " + "\n  ".join(bad)
+        )
+    return {s: {"read": read_per_shard[s], **{k: counts.get(s, Counter())[k] for k in
                                                 ("kept", "removed", "failed")}}
             for s in sorted(read_per_shard)}
 

@@ -1,0 +1,199 @@
+"""A changed setting, seed or input redoes exactly the steps that depend on it, and the
+result equals a fresh run; a run killed anywhere resumes to the bytes of an unbroken one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+import pipeline.runner as runner_mod
+from pipeline.config import validate_config
+from pipeline.runner import run
+from pipeline.synth.embeddings import SynthSpec, synth_embeddings
+
+REPO = Path(__file__).resolve().parents[1]
+ALL = ["read", "semdedup", "clip_filter", "dbp", "write"]
+
+BASE: dict[str, Any] = {
+    "seed": 3, "progress": False,
+    "kmeans": {"niter": 10, "max_points_per_centroid": 64},
+    "semdedup": {"k": 4, "eps": 0.05},
+    "clip_filter": {"enabled": True, "keep_fraction": 0.8},
+    "dbp": {"k": 6, "l": 3, "temperature": 0.1, "keep_fraction": 0.5},
+}
+
+
+def settings(**dotted: Any) -> dict[str, Any]:
+    raw = json.loads(json.dumps(BASE))
+    for key, value in dotted.items():
+        node = raw
+        *path, last = key.split("__")
+        for p in path:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return raw
+
+
+def config(data: Path, out: Path, raw: dict[str, Any]) -> Any:
+    return validate_config({"input": {"embeddings": str(data)}, "output": str(out), **raw})
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synth_embeddings(tmp_path_factory.mktemp("resume") / "data",
+                            SynthSpec(samples=900, dim=16, concepts=6, files=3, seed=4,
+                                      near_dup_noise=0.05))
+
+
+@pytest.fixture(scope="module")
+def base(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("base") / "out"
+    run(config(data, out, settings()))
+    return out
+
+
+def outcome(out: Path) -> dict[str, Any]:
+    """Everything a run hands its user, less timings and where it ran."""
+    report = json.loads((out / "report" / "report.json").read_text())
+    for drop in ("timings_s", "parameters"):
+        report.pop(drop)
+    return {"subset": (out / "subset.npy").read_bytes(),
+            "ledger": pq.read_table(out / "ledger").to_pylist(), "report": report}
+
+
+# a change of each setting, with the steps that must be reused
+CHANGES = [
+    ({"seed": 4}, []),
+    ({"kmeans__niter": 3}, []),
+    ({"kmeans__max_points_per_centroid": 8}, []),
+    ({"semdedup__eps": 0.2}, []),
+    ({"semdedup__k": 3}, []),
+    ({"clip_filter__keep_fraction": 0.6}, ["semdedup"]),
+    ({"clip_filter__keep_fraction": None, "clip_filter__threshold": 0.45}, ["semdedup"]),
+    ({"clip_filter__enabled": False}, ["semdedup"]),
+    ({"dbp__k": 5}, ["semdedup", "clip_filter"]),
+    ({"dbp__l": 1}, ["semdedup", "clip_filter"]),
+    ({"dbp__temperature": 0.02}, ["semdedup", "clip_filter"]),
+    ({"dbp__keep_fraction": 0.3}, ["semdedup", "clip_filter"]),
+    ({"dbp__keep_count": 200}, ["semdedup", "clip_filter"]),
+    ({"dbp__balance": 0.9}, ["semdedup", "clip_filter"]),
+    ({"dbp__keep": "easy"}, ["semdedup", "clip_filter"]),
+    ({"dbp__keep": "random"}, ["semdedup", "clip_filter"]),
+    ({"semdedup__enabled": False}, []),
+]
+
+
+@pytest.mark.parametrize("change, reused", CHANGES,
+                         ids=[",".join(c) for c, _ in CHANGES])
+def test_a_changed_setting_redoes_what_depends_on_it(
+        data: Path, base: Path, tmp_path: Path, change: dict[str, Any], reused: list[str]
+) -> None:
+    out = tmp_path / "rerun"
+    shutil.copytree(base, out)
+    summary = run(config(data, out, settings(**change)))
+    assert summary.skipped_steps == reused
+    fresh = tmp_path / "fresh"
+    run(config(data, fresh, settings(**change)))
+    assert outcome(out) == outcome(fresh)
+    assert outcome(out) != outcome(base), "the change must change the result"
+
+
+def test_settings_that_change_nothing_reuse_everything(data: Path, base: Path,
+                                                       tmp_path: Path) -> None:
+    out = tmp_path / "rerun"
+    shutil.copytree(base, out)
+    # moved: only the write step, which names the output folder, is redone
+    assert run(config(data, out, settings())).skipped_steps == ["semdedup", "clip_filter",
+                                                               "dbp"]
+    for change in ({"vector_cache_gb": 0}, {"progress": True}):
+        raw = settings()
+        raw.update(change)
+        assert run(config(data, out, raw)).skipped_steps == ALL
+    assert outcome(out) == outcome(base)
+
+
+def test_an_input_file_edited_in_place_is_read_again(data: Path, base: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    out = tmp_path / "out"
+    run(config(copy, out, settings()))
+    assert outcome(out) == outcome(base)
+
+    path = copy / "img_emb" / "img_emb_1.npy"
+    img = np.load(path)
+    img[:40] = img[40:80]  # same name, same size, other contents
+    size = path.stat().st_size
+    np.save(path, img)
+    assert path.stat().st_size == size
+
+    ingested: list[int] = []
+    real = runner_mod.ingest_part
+
+    def counting(part, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        ingested.append(part.index)
+        return real(part, *a, **kw)
+
+    monkeypatch.setattr(runner_mod, "ingest_part", counting)
+    summary = run(config(copy, out, settings()))
+    assert ingested == [1], "only the edited file is read again"
+    assert summary.skipped_steps == []
+    fresh = tmp_path / "fresh"
+    run(config(copy, fresh, settings()))
+    assert outcome(out) == outcome(fresh) != outcome(base)
+
+
+# -- kills --------------------------------------------------------------------------------
+
+def run_killed(cfg_file: Path, target: str, nth: int, match: str = "") -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "kill_at.py"), target, str(nth), match, "--",
+         "run", str(cfg_file), "--no-progress"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, f"not killed at {target}: {proc.returncode}\n{proc.stderr}"
+
+
+def write_config(path: Path, data: Path, out: Path, raw: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump({"input": {"embeddings": str(data)}, "output": str(out),
+                                    **raw}))
+    return path
+
+
+KILLS = [
+    ("pipeline.stages.semdedup:dedup_cluster", 3, ""),  # inside semdedup, between clusters
+    ("pipeline.workdir:WorkDir.mark", 1, "'dbp'"),  # dbp written, its marker not yet
+    ("pipeline.runner:write_parquet", 2, ".ledger.staging"),  # inside the ledger write
+    ("pathlib:Path.rename", 1, ".ledger.staging"),  # ledger swap: old moved away, new not in
+    ("pipeline.runner:write_json", 1, "report.json"),  # everything but the report
+]
+
+
+@pytest.mark.parametrize("target, nth, match", KILLS, ids=[k[0] for k in KILLS])
+def test_a_killed_rerun_resumes_to_the_same_bytes(data: Path, base: Path, tmp_path: Path,
+                                                   target: str, nth: int, match: str) -> None:
+    """The output already holds a finished run; a rerun with another setting is killed."""
+    raw = settings(semdedup__eps=0.2, dbp__keep_fraction=0.3)
+    out = tmp_path / "out"
+    shutil.copytree(base, out)
+    cfg_file = write_config(tmp_path / "c.yaml", data, out, raw)
+    run_killed(cfg_file, target, nth, match)
+    run(config(data, out, raw))
+    fresh = tmp_path / "fresh"
+    run(config(data, fresh, raw))
+    assert outcome(out) == outcome(fresh)
+    assert (out / "subset.npy").read_bytes() == (fresh / "subset.npy").read_bytes()
+    for a, b in zip(sorted((out / "ledger").iterdir()), sorted((fresh / "ledger").iterdir()),
+                    strict=True):
+        assert a.name == b.name and a.read_bytes() == b.read_bytes()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "staging left behind"
