@@ -297,6 +297,11 @@ def check_run(out: Path, cfg: dict[str, Any], image: np.ndarray, uids: list[str]
                 cut = ranked[x_budget[c] - 1]
                 if dist[ranked[x_budget[c]]] == dist[cut]:
                     checked.tie_cuts["dbp_cut_tie"] = checked.tie_cuts.get("dbp_cut_tie", 0) + 1
+                    sign = -1 if db["keep"] == "hard" else 1
+                    by_row = sorted(members, key=lambda i: (sign * dist[i], i))
+                    if set(by_row[: x_budget[c]]) != set(chosen):
+                        checked.tie_cuts["dbp_uid_decides"] = checked.tie_cuts.get(
+                            "dbp_uid_decides", 0) + 1
             keep |= set(chosen)
         got = {i for i in range(n) if status[i] == "kept"}
         assert got == keep
