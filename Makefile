@@ -5,12 +5,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench mutation clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,embed]'
+	$(BIN)/python -m pip install -q -e '.[dev,embed,ray]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -27,5 +27,28 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_embeddings_run.py
 
+# Mutation testing with mutmut (settings: [tool.mutmut] in pyproject.toml). Slow, so it is
+# neither in `make test` nor in CI: a full run is ~6,000 mutants and takes hours on 2 cores.
+# Results are cached in mutants/: a rerun only tests mutants of functions that changed.
+#   make mutation                                  # every configured module
+#   make mutation MUTANTS='pipeline.stages.*'      # some modules (mutants named by glob)
+#   make mutation MUTATION_JOBS=4                  # parallel test runs (default: 2)
+# Then `$(BIN)/mutmut results` lists the survivors, `$(BIN)/mutmut show NAME` shows one.
+MUTANTS ?=
+MUTATION_JOBS ?= 2
+MUTATION_STAMP := $(VENV)/.installed-mutation
+
+$(MUTATION_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,embed,mutation]'
+	@touch $(MUTATION_STAMP)
+
+# Tests' tmp_path folders go to a private TMPDIR removed afterwards: each mutant's test run
+# ends with os._exit, so pytest never cleans its basetemp up.
+mutation: $(STAMP) $(MUTATION_STAMP)
+	@tmp=$$(mktemp -d -t conceptprune-mutation.XXXXXX) && \
+	  TMPDIR=$$tmp nice -n 19 $(BIN)/mutmut run --max-children $(MUTATION_JOBS) $(foreach m,$(MUTANTS),'$(m)'); \
+	  rc=$$?; rm -rf $$tmp; exit $$rc
+	$(BIN)/python bench/mutation_report.py
+
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) bench/out .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(DEMO_DIR) bench/out .pytest_cache .ruff_cache .hypothesis mutants

@@ -49,7 +49,7 @@ BUGS = [
         "select_within_concepts(cl, dist, ctx.uid_hi[rows], ctx.uid_lo[rows]",
         "select_within_concepts(cl, dist, 0 * ctx.uid_hi[rows], 0 * ctx.uid_lo[rows]"),
     Bug("semdedup: fixed eps", "pipeline/stages/semdedup.py",
-        "gather(members), cfg.eps, block)", "gather(members), 0.07, block)"),
+        "gather(members), task.eps, block)", "gather(members), 0.07, block)"),
     Bug("semdedup: closest first", "pipeline/stages/semdedup.py",
         "grouped_order(cl, -dist,", "grouped_order(cl, dist,"),
     Bug("semdedup: no uid tie-break", "pipeline/stages/semdedup.py",

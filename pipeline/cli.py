@@ -52,16 +52,24 @@ def run(
         "--set", help="override a setting, e.g. --set dbp.k=200 --set output=out/")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="hide progress bars")] = False,
+    engine: Annotated[str | None, typer.Option(
+        "--engine", help="where the steps' maps run: local (this machine, the default) or "
+        "ray (a Ray cluster: engine.address, or a Ray instance started here); the same as "
+        "--set engine.name=...")] = None,
 ) -> None:
     """Run semdedup -> clip_filter -> dbp and write subset.npy, ledger/ and report/.
 
     Re-running the same command resumes an interrupted run from its work folder, and does
     nothing more after a finished one.
     """
+    from pipeline.engines.base import EngineError
     from pipeline.runner import run as run_pipeline
 
     try:
-        cfg = load_config(config, list(set_ or []))
+        overrides = list(set_ or [])
+        if engine is not None:
+            overrides.append(f"engine.name={engine}")
+        cfg = load_config(config, overrides)
     except ConfigError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
@@ -70,7 +78,7 @@ def run(
     setup_logging(verbose, Path(cfg.output) / "logs" / "run.log")
     try:
         summary = run_pipeline(cfg)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, EngineError) as err:
         log.error("%s", err)
         raise typer.Exit(1) from None
     typer.echo(f"kept {summary.kept} of {summary.input_samples} samples "

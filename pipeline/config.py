@@ -173,6 +173,31 @@ class DBPConfig(_Section):
         return self
 
 
+class EngineConfig(_Section):
+    """Where the maps of every step run: this machine (local) or a Ray cluster (ray)."""
+
+    name: Literal["local", "ray"] = Field(
+        "local", description="local: this machine; ray: Ray tasks and actors"
+    )
+    address: str | None = Field(
+        None, description="ray: address of a running cluster ('auto' inside one); unset "
+        "starts a Ray instance on this machine",
+    )
+    num_cpus: int | None = Field(
+        None, ge=1, description="ray, no address: CPUs of the instance it starts (default all)"
+    )
+    object_store_gb: float | None = Field(
+        None, gt=0, description="ray, no address: object store size of the instance it starts"
+    )
+    temp_dir: str | None = Field(
+        None, description="ray, no address: Ray's session folder (keep the path short: Ray "
+        "puts unix sockets in it)",
+    )
+    max_retries: int = Field(
+        3, ge=0, description="ray: times a task is retried when its worker is lost"
+    )
+
+
 class RunConfig(_Section):
     """A whole run: input, output folder, seed and the steps in SPEC order."""
 
@@ -188,6 +213,7 @@ class RunConfig(_Section):
         description="keep the unit vectors read in memory up to this size, instead of reading "
         "them back from the work folder in every step; 0 always streams from disk",
     )
+    engine: EngineConfig = Field(default_factory=EngineConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     write: WriteConfig = Field(default_factory=WriteConfig)
     kmeans: KMeansConfig = Field(default_factory=KMeansConfig)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import RunConfig
-from pipeline.engines.local import LocalEngine
+from pipeline.engines.base import Engine
+from pipeline.engines.factory import make_engine
 from pipeline.ids import subset_array
 from pipeline.io.embeddings import (
     EmbeddingPart,
@@ -68,6 +69,33 @@ def _file_identity(url: str | None) -> Any:
     return [str(path.resolve()), st.st_size, st.st_mtime_ns]
 
 
+@dataclass(frozen=True)
+class IngestTask:
+    part: EmbeddingPart
+    out_dir: str
+    keep_vectors: bool
+
+
+def run_ingest_task(task: IngestTask) -> tuple[IngestedPart, np.ndarray | None]:
+    return ingest_part(task.part, Path(task.out_dir), keep_vectors=task.keep_vectors)
+
+
+@dataclass(frozen=True)
+class LedgerTask:
+    ingest_path: str
+    out_path: str
+    columns: tuple  # this part's slice of every per-sample decision, in ledger_table's order
+
+
+def write_ledger_part(task: LedgerTask) -> Counter:
+    """Write one part's ledger; returns the samples read per source shard."""
+    ingest = pq.read_table(task.ingest_path, columns=["key", "uid", "shard", "failed_reason",
+                                                      "failed_stage", "clip_score"])
+    write_parquet(Path(task.out_path), ledger_table(ingest, *task.columns))
+    return Counter({e["values"]: e["counts"]
+                    for e in ingest.column("shard").value_counts().to_pylist()})
+
+
 def _part_fingerprint(part: EmbeddingPart) -> str:
     return fingerprint("ingest", part.shard, part.npz_image_key, part.npz_text_key,
                        _file_identity(part.metadata_path), _file_identity(part.image_path),
@@ -77,9 +105,10 @@ def _part_fingerprint(part: EmbeddingPart) -> str:
 class Runner:
     """One run of the pipeline over precomputed embeddings."""
 
-    def __init__(self, cfg: RunConfig, engine: LocalEngine | None = None) -> None:
+    def __init__(self, cfg: RunConfig, engine: Engine | None = None) -> None:
         self.cfg = cfg
-        self.engine = engine or LocalEngine(progress=cfg.progress)
+        self.owns_engine = engine is None
+        self.engine = engine or make_engine(cfg)
         self.work = WorkDir(cfg.work_dir)
         self.output = Path(cfg.output)
         self.timings: dict[str, float] = {}
@@ -94,27 +123,28 @@ class Runner:
         out_dir = self.work.step_dir("ingest")
         budget = int(self.cfg.vector_cache_gb * 2**30)
         cached: dict[int, np.ndarray] = {}
-        lock = threading.Lock()  # parts are ingested on several threads
-
-        def one(item: tuple[EmbeddingPart, str]) -> IngestedPart:
-            nonlocal budget
-            part, fp = item
+        # vectors come back to this process only on the local engine, within the cache budget
+        keep = budget > 0 and self.engine.name == "local"
+        done: dict[int, IngestedPart] = {}
+        todo = []
+        for part, fp in zip(parts, fps, strict=True):
             name = f"ingest-{part.index:05d}"
             if self.work.done(name, fp):
-                return IngestedPart(**self.work.stats(name))
-            done, vectors = ingest_part(part, out_dir, keep_vectors=budget > 0)
-            with lock:
-                if vectors is not None and vectors.nbytes <= budget:
-                    cached[part.index] = vectors
-                    budget -= vectors.nbytes
-                else:
-                    budget = 0
-            self.work.mark(name, fp, done.to_json())
-            return done
-
-        ingested = list(self.engine.map(one, list(zip(parts, fps, strict=True)),
-                                        desc="read", total=len(parts), unit="part",
-                                        concurrent=True))
+                done[part.index] = IngestedPart(**self.work.stats(name))
+            else:
+                todo.append((part, fp))
+        tasks = [IngestTask(part, str(out_dir), keep) for part, _ in todo]
+        results = self.engine.map(run_ingest_task, tasks, desc="read", total=len(tasks),
+                                  unit="part", concurrent=True)
+        for (part, fp), (ingested_part, vectors) in zip(todo, results, strict=True):
+            if vectors is not None and vectors.nbytes <= budget:
+                cached[part.index] = vectors
+                budget -= vectors.nbytes
+            else:
+                budget = 0
+            self.work.mark(f"ingest-{part.index:05d}", fp, ingested_part.to_json())
+            done[part.index] = ingested_part
+        ingested = [done[part.index] for part in parts]
         dims = {p.dim for p in ingested}
         if len(dims) > 1:
             first = {d: next(p.image_path for p, i in zip(parts, ingested, strict=True)
@@ -331,6 +361,7 @@ class Runner:
             extra["embed"] = self._embed_report()
         if written is not None:
             extra["output_shards"] = written
+        extra["engine"] = self.engine.name
         failed = int((~ctx.usable).sum())
         report = build_report(cfg, n, int(alive.sum()), failed, steps,
                               dbp.clusters if dbp is not None else None, extra, shards,
@@ -352,27 +383,25 @@ class Runner:
         dup_lo = ctx.uid_lo[np.maximum(dup_rows, 0)]
         offsets = ctx.store.offsets
 
-        def write_part(part: IngestedPart) -> Counter:
-            """Write one part's ledger; returns the samples read per source shard."""
-            sl = slice(int(offsets[part.index]), int(offsets[part.index + 1]))
-            ingest = pq.read_table(self._ingest_path(part),
-                                   columns=["key", "uid", "shard", "failed_reason", "failed_stage",
-                                            "clip_score"])
-            table = ledger_table(
-                ingest, status[sl], stage[sl], reason[sl],
-                (sem.cluster if sem else none_i)[sl], (sem.distance if sem else none_f)[sl],
-                dup_hi[sl], dup_lo[sl], has_dup[sl],
-                (sem.similarity if sem else none_f)[sl],
-                (dbp.cluster if dbp else none_i)[sl], (dbp.distance if dbp else none_f)[sl])
-            write_parquet(staging / f"part-{part.index:05d}.parquet", table)
-            return Counter({e["values"]: e["counts"]
-                            for e in ingest.column("shard").value_counts().to_pylist()})
-
         read_per_shard: Counter = Counter()
         # a fresh folder swapped in whole: parts of an earlier run over other inputs never
         # mix with these, and a broken invariant leaves the last good ledger in place
         with staged_dir(self.output / "ledger") as staging:
-            for counts in self.engine.map(write_part, ctx.parts, desc="ledger",
+            def tasks() -> Iterator[LedgerTask]:  # slices are views: nothing copied here
+                for part in ctx.parts:
+                    sl = slice(int(offsets[part.index]), int(offsets[part.index + 1]))
+                    yield LedgerTask(
+                        str(self._ingest_path(part)),
+                        str(staging / f"part-{part.index:05d}.parquet"),
+                        (status[sl], stage[sl], reason[sl],
+                         (sem.cluster if sem else none_i)[sl],
+                         (sem.distance if sem else none_f)[sl],
+                         dup_hi[sl], dup_lo[sl], has_dup[sl],
+                         (sem.similarity if sem else none_f)[sl],
+                         (dbp.cluster if dbp else none_i)[sl],
+                         (dbp.distance if dbp else none_f)[sl]))
+
+            for counts in self.engine.map(write_ledger_part, tasks(), desc="ledger",
                                           total=len(ctx.parts), unit="part", concurrent=True):
                 read_per_shard.update(counts)
             shards = check_invariant(staging, read_per_shard)
@@ -416,5 +445,11 @@ class Runner:
                 "failed": sum(e["failed"] for e in self.embedded)}
 
 
-def run(cfg: RunConfig, engine: LocalEngine | None = None) -> RunSummary:
-    return Runner(cfg, engine).run()
+def run(cfg: RunConfig, engine: Engine | None = None) -> RunSummary:
+    """One run; an engine made here from ``cfg.engine`` is closed at the end."""
+    runner = Runner(cfg, engine)
+    try:
+        return runner.run()
+    finally:
+        if runner.owns_engine:
+            runner.engine.close()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
+
+from pipeline.engines.base import DEFAULT, Resources, progress_bar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -24,32 +26,37 @@ class LocalEngine:
         self.progress = progress
         self.threads = max(1, threads if threads is not None else (os.cpu_count() or 1))
 
-    def map(self, fn: Callable[[T], R], items: Iterable[T], desc: str,
-            total: int | None = None, unit: str = "it", concurrent: bool = False
+    def map(self, fn: Callable[..., R], items: Iterable[Any], *, desc: str,
+            total: int | None = None, unit: str = "it", resources: Resources = DEFAULT,
+            setup: Callable[[], Any] | None = None, concurrent: bool = False
             ) -> Iterator[R]:
         """Apply ``fn`` to every item, yielding results in item order.
 
-        With ``concurrent`` up to ``threads`` items run at once; ``fn`` must then be safe to
-        call from several threads.
+        With ``setup`` its result is built once and passed first to every call. With
+        ``concurrent`` up to ``threads`` items run at once; ``fn`` must then be safe to call
+        from several threads.
         """
-        bar = tqdm(total=total, desc=desc, unit=unit, disable=self._disable, leave=False,
-                   dynamic_ncols=True)
-        with bar:
+        if setup is not None:
+            state = setup()
+            call: Callable[[Any], R] = lambda item: fn(state, item)  # noqa: E731
+        else:
+            call = fn
+        with progress_bar(desc, total, unit, self.progress) as bar:
             if not concurrent or self.threads == 1:
                 for item in items:
-                    yield fn(item)
+                    yield call(item)
                     bar.update(1)
                 return
             with ThreadPoolExecutor(self.threads, thread_name_prefix=desc) as pool:
-                for result in pool.map(fn, items):
+                for result in pool.map(call, items):
                     yield result
                     bar.update(1)
 
-    def bar(self, desc: str, total: int, unit: str = "it") -> tqdm:
-        return tqdm(desc=desc, total=total, unit=unit, disable=self._disable, leave=False,
-                    unit_scale=True, dynamic_ncols=True)
+    def run_one(self, fn: Callable[[T], R], task: T, *, resources: Resources = DEFAULT) -> R:
+        return fn(task)
 
-    @property
-    def _disable(self) -> bool | None:
-        """tqdm's disable: True when progress is off; None hides bars off a terminal."""
-        return True if not self.progress else None
+    def bar(self, desc: str, total: int, unit: str = "it") -> tqdm:
+        return progress_bar(desc, total, unit, self.progress, scale=True)
+
+    def close(self) -> None:
+        pass

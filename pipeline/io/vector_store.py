@@ -19,6 +19,11 @@ class VectorStore:
         self.offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
         self._arrays: dict[int, np.ndarray] = {}
 
+    def __getstate__(self) -> dict:
+        """Pickled (sent to another worker) without the parts held in memory: the copy
+        memory-maps the same files."""
+        return {"paths": self.paths, "offsets": self.offsets, "_arrays": {}}
+
     @property
     def size(self) -> int:
         return int(self.offsets[-1])

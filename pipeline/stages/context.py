@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.config import RunConfig
-from pipeline.engines.local import LocalEngine
+from pipeline.engines.base import Engine
 from pipeline.io.vector_store import VectorStore
 from pipeline.stages.ingest import IngestedPart
 from pipeline.workdir import WorkDir
@@ -21,7 +21,7 @@ from pipeline.workdir import WorkDir
 class RunContext:
     cfg: RunConfig
     work: WorkDir
-    engine: LocalEngine
+    engine: Engine
     parts: list[IngestedPart]
     store: VectorStore
     uid_hi: np.ndarray

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -12,6 +13,7 @@ from pipeline.algorithms import kmeans
 from pipeline.algorithms.ordering import grouped_order
 from pipeline.algorithms.semdedup import auto_block_rows, dedup_cluster
 from pipeline.io.tables import masked, numpy_column
+from pipeline.io.vector_store import VectorStore
 from pipeline.stages.context import RunContext
 from schemas import arrow as schemas
 
@@ -50,6 +52,28 @@ class SemDeDupResult:
             removed=numpy_column(table, "removed", False, "bool"),
             centroids=centroids, k=len(centroids),
         )
+
+
+@dataclass(frozen=True)
+class DedupTask:
+    members: np.ndarray  # global rows of one cluster, in dedup order
+    eps: float
+    block_rows: int
+
+
+def _same(store: VectorStore) -> VectorStore:
+    """A worker's store: this one in-process; elsewhere a copy reading the work folder."""
+    return store
+
+
+def dedup_members(store: VectorStore, task: DedupTask
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One cluster's decisions: (members, removed, dup_of as global row or -1, m_j)."""
+    members = task.members
+    cap = max(1, min(task.block_rows, MAX_BLOCK_ELEMENTS // max(1, len(members))))
+    block = auto_block_rows(len(members), cap)
+    rem, arg, sim = dedup_cluster(store.gather(members), task.eps, block)
+    return members, rem, np.where(arg >= 0, members[np.maximum(arg, 0)], -1), sim
 
 
 def choose_k(setting: int | str, n: int) -> int:
@@ -105,15 +129,10 @@ def run_semdedup(ctx: RunContext, alive: np.ndarray) -> SemDeDupResult:
     bounds = np.searchsorted(cluster[order], np.arange(k + 1), side="left")
     groups = [order[bounds[c] : bounds[c + 1]] for c in range(k) if bounds[c + 1] > bounds[c]]
 
-    def dedup_group(members: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                    np.ndarray]:
-        cap = max(1, min(cfg.block_rows, MAX_BLOCK_ELEMENTS // max(1, len(members))))
-        block = auto_block_rows(len(members), cap)
-        rem, arg, sim = dedup_cluster(ctx.store.gather(members), cfg.eps, block)
-        return members, rem, np.where(arg >= 0, members[np.maximum(arg, 0)], -1), sim
-
+    tasks = (DedupTask(members, cfg.eps, cfg.block_rows) for members in groups)
     for members, rem, dups, sim in ctx.engine.map(
-            dedup_group, groups, desc="semdedup: clusters", total=len(groups), unit="cluster"):
+            dedup_members, tasks, setup=partial(_same, ctx.store), desc="semdedup: clusters",
+            total=len(groups), unit="cluster"):
         removed[members] = rem
         dup_of[members] = dups
         similarity[members] = sim

@@ -1,0 +1,169 @@
+"""Mutation score per source file, from what ``mutmut run`` left under ``mutants/``.
+
+mutmut 3 keeps one JSON file per mutated source file, ``mutants/<path>.py.meta``, whose
+``exit_code_by_key`` maps each mutant's name to the exit code of the test run against it
+(``null`` while not yet run). This reads those files and prints, per source file, killed /
+total mutants and the percentage, with the survivors and the mutants no selected test
+reaches, then a line per package (``pipeline/stages``, ``pipeline/runner.py``, ...) and one
+for everything.
+
+A file none of whose mutants has been run yet (a run limited to other modules) is left out
+of the table and only counted below it.
+
+    python bench/mutation_report.py [--mutants mutants] [--survivors]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# What an exit code means, as mutmut 3.8's mutmut.stats.status_by_exit_code has it; the
+# installed mutmut's own table is used when it can be imported.
+_FALLBACK_STATUS = {
+    1: "killed",
+    3: "killed",
+    0: "survived",
+    5: "no tests",
+    2: "check was interrupted by user",
+    None: "not checked",
+    33: "no tests",
+    34: "skipped",
+    35: "suspicious",
+    36: "timeout",
+    37: "caught by type check",
+    -24: "timeout",
+    24: "timeout",
+    152: "timeout",
+    255: "timeout",
+    -11: "segfault",
+    -9: "segfault",
+}
+
+
+def _status_table() -> dict:
+    try:
+        from mutmut.stats import status_by_exit_code
+    except Exception:  # mutmut not installed, or it cannot load its config here
+        return _FALLBACK_STATUS
+    return status_by_exit_code
+
+
+def status_of(code: int | None, table: dict) -> str:
+    try:
+        return table[code]
+    except KeyError:
+        return "suspicious"
+
+
+@dataclass
+class FileScore:
+    path: str
+    counts: Counter = field(default_factory=Counter)
+    survivors: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def killed(self) -> int:
+        return self.counts["killed"]
+
+    @property
+    def checked(self) -> int:
+        return self.total - self.counts["not checked"]
+
+    def add(self, other: FileScore) -> None:
+        self.counts.update(other.counts)
+        self.survivors += other.survivors
+
+
+def read_scores(mutants: Path) -> list[FileScore]:
+    table = _status_table()
+    scores = []
+    for meta in sorted(mutants.rglob("*.py.meta")):
+        data = json.loads(meta.read_text())
+        source = meta.relative_to(mutants).as_posix().removesuffix(".meta")
+        score = FileScore(source)
+        for name, code in data.get("exit_code_by_key", {}).items():
+            status = status_of(code, table)
+            score.counts[status] += 1
+            if status == "survived":
+                score.survivors.append(name)
+        if score.total:
+            scores.append(score)
+    return scores
+
+
+def group_of(path: str) -> str:
+    """pipeline/stages/ingest.py -> pipeline/stages; pipeline/runner.py stays itself."""
+    parent = path.rpartition("/")[0]
+    return path if parent == "pipeline" else parent
+
+
+def _row(name: str, s: FileScore) -> str:
+    pct = f"{100.0 * s.killed / s.total:5.1f}%" if s.total else "    -"
+    other = s.total - sum(s.counts[k] for k in ("killed", "survived", "no tests", "timeout",
+                                                 "not checked"))
+    return (f"{name:<36} {s.killed:>6} / {s.total:<6} {pct:>7} {s.counts['survived']:>8} "
+            f"{s.counts['no tests']:>8} {s.counts['timeout']:>7} {other:>5} "
+            f"{s.counts['not checked']:>7}")
+
+
+def report(scores: list[FileScore], out=sys.stdout) -> None:
+    run = [s for s in scores if s.checked]
+    header = (f"{'source file':<36} {'killed / total':>15} {'score':>7} {'survived':>8} "
+              f"{'no tests':>8} {'timeout':>7} {'other':>5} {'unrun':>7}")
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    groups: dict[str, FileScore] = {}
+    overall = FileScore("all")
+    for s in run:
+        print(_row(s.path, s), file=out)
+        groups.setdefault(group_of(s.path), FileScore(group_of(s.path))).add(s)
+        overall.add(s)
+    print("-" * len(header), file=out)
+    for name, g in groups.items():
+        print(_row(name + ("" if name.endswith(".py") else "/"), g), file=out)
+    print(_row("all", overall), file=out)
+    skipped = [s for s in scores if not s.checked]
+    if skipped:
+        n = sum(s.total for s in skipped)
+        print(f"\nnot run yet: {len(skipped)} files, {n} mutants "
+              f"({', '.join(s.path for s in skipped)})", file=out)
+    print("\nscore = killed / total mutants of the file; 'other' = suspicious, segfault, "
+          "skipped, interrupted; 'unrun' = not checked yet.", file=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mutants", type=Path, default=Path("mutants"),
+                    help="the folder mutmut ran in (default: mutants)")
+    ap.add_argument("--survivors", action="store_true",
+                    help="also list the surviving mutants' names, file by file")
+    args = ap.parse_args(argv)
+    if not args.mutants.is_dir():
+        print(f"{args.mutants}/ not found: run `make mutation` (mutmut run) first",
+              file=sys.stderr)
+        return 1
+    scores = read_scores(args.mutants)
+    if not scores:
+        print(f"no mutmut results (*.py.meta) under {args.mutants}/", file=sys.stderr)
+        return 1
+    report(scores)
+    if args.survivors:
+        for s in scores:
+            if s.survivors:
+                print(f"\n{s.path}: {len(s.survivors)} survived")
+                for name in s.survivors:
+                    print(f"    {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,62 @@
+"""What every engine offers the steps: an ordered map over small task descriptors, a global
+step on one worker, and progress bars.
+
+Tasks and results are small (paths, row ranges, counts); data moves through the work folder.
+A ``setup`` runs once per worker (load a model, open a store) and its result is handed to
+every task that worker runs, so costly state is never rebuilt per task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class EngineError(RuntimeError):
+    """An engine could not finish a map: its workers kept dying."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one task needs of a worker."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+    memory_gb: float | None = None
+
+
+DEFAULT = Resources()
+
+
+class Engine(Protocol):
+    name: str
+
+    def map(self, fn: Callable[..., R], tasks: Iterable[Any], *, desc: str,
+            total: int | None = None, unit: str = "task", resources: Resources = DEFAULT,
+            setup: Callable[[], Any] | None = None, concurrent: bool = False) -> Iterator[R]:
+        """``fn(task)`` (or ``fn(state, task)`` with ``setup``) for every task, results in
+        task order. ``concurrent`` says ``fn`` may run several at once in one process."""
+        ...
+
+    def run_one(self, fn: Callable[[T], R], task: T, *, resources: Resources = DEFAULT) -> R:
+        """A global step (a k-means fit, say) on one worker."""
+        ...
+
+    def bar(self, desc: str, total: int, unit: str = "it") -> tqdm:
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+def progress_bar(desc: str, total: int | None, unit: str, enabled: bool,
+                 scale: bool = False) -> tqdm:
+    """tqdm that hides itself off a terminal, and entirely when progress is off."""
+    return tqdm(desc=desc, total=total, unit=unit, disable=True if not enabled else None,
+                leave=False, unit_scale=scale, dynamic_ncols=True)

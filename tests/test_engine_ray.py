@@ -1,0 +1,156 @@
+"""The Ray engine (a real local Ray instance, 2 CPUs): ordered maps, per-worker setup, and
+runs whose outputs equal the local engine's byte for byte."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.config import validate_config
+from pipeline.engines.base import Resources
+from pipeline.engines.local import LocalEngine
+from pipeline.runner import run
+from pipeline.synth.embeddings import SynthSpec, synth_embeddings
+
+ray = pytest.importorskip("ray")
+from pipeline.engines.ray_engine import RayEngine  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[RayEngine]:
+    # Ray puts unix sockets in its session folder: the path must stay short
+    temp = tempfile.mkdtemp(prefix="cp-ray-", dir="/tmp")
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers lack tests/
+    eng = RayEngine(num_cpus=2, object_store_gb=0.25, temp_dir=temp, progress=False)
+    yield eng
+    eng.close()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def pid_and_square(state: int, x: int) -> tuple[int, int]:
+    return state, x * x
+
+
+def test_map_keeps_task_order_and_runs_setup_once_per_worker(engine: RayEngine) -> None:
+    assert list(engine.map(square, range(40), desc="sq")) == [x * x for x in range(40)]
+    out = list(engine.map(pid_and_square, range(40), desc="sq", setup=os.getpid,
+                          resources=Resources(cpus=0.5)))
+    assert [sq for _, sq in out] == [x * x for x in range(40)]
+    assert os.getpid() not in {pid for pid, _ in out}, "ran in worker processes"
+    assert len({pid for pid, _ in out}) <= engine.window // 2
+    assert engine.run_one(square, 7) == 49
+    local = LocalEngine(progress=False)
+    assert list(local.map(pid_and_square, range(5), desc="sq", setup=os.getpid)) == \
+        [(os.getpid(), x * x) for x in range(5)]
+
+
+def test_a_failing_task_names_its_error(engine: RayEngine) -> None:
+    with pytest.raises(ZeroDivisionError):
+        list(engine.map(lambda x: 1 // x, [3, 2, 0, 1], desc="div"))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synth_embeddings(tmp_path_factory.mktemp("rayemb") / "data",
+                            SynthSpec(samples=6000, dim=32, concepts=20, files=4, seed=2))
+
+
+def settings(data: Path, out: Path) -> dict[str, Any]:
+    return {"input": {"embeddings": str(data)}, "output": str(out), "seed": 5,
+            "progress": False, "semdedup": {"k": 6, "eps": 0.05},
+            "clip_filter": {"enabled": True, "keep_fraction": 0.85},
+            "dbp": {"k": 12, "keep_fraction": 0.4}}
+
+
+def outputs(out: Path) -> dict[str, Any]:
+    report = json.loads((out / "report" / "report.json").read_text())
+    engine = report.pop("engine")
+    for key in ("timings_s", "parameters"):
+        report.pop(key)
+    return {"engine": engine, "subset": (out / "subset.npy").read_bytes(), "report": report,
+            "ledger": {p.name: p.read_bytes() for p in sorted((out / "ledger").iterdir())}}
+
+
+def test_ray_and_local_give_the_same_bytes(engine: RayEngine, data: Path,
+                                           tmp_path: Path) -> None:
+    run(validate_config(settings(data, tmp_path / "local")))
+    run(validate_config(settings(data, tmp_path / "ray")), engine=engine)
+    local, on_ray = outputs(tmp_path / "local"), outputs(tmp_path / "ray")
+    assert (local.pop("engine"), on_ray.pop("engine")) == ("local", "ray")
+    assert on_ray == local
+    # streamed from the work folder on the workers, not from this process's cache
+    run(validate_config({**settings(data, tmp_path / "ray2"), "vector_cache_gb": 0}),
+        engine=engine)
+    again = outputs(tmp_path / "ray2")
+    again.pop("engine")
+    assert again == local
+
+
+def test_cli_engine_option(engine: RayEngine, data: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(settings(data, tmp_path / "out")))
+    result = CliRunner().invoke(app, ["run", str(cfg), "--engine", "ray", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
+    assert report["engine"] == "ray"
+    assert report["parameters"]["engine"]["name"] == "ray"
+    assert ray.is_initialized(), "an engine that joined a running Ray leaves it running"
+    bad = CliRunner().invoke(app, ["run", str(cfg), "--engine", "dask"])
+    assert bad.exit_code == 2 and "engine.name" in bad.output
+
+
+def run_with_a_worker_killed(cfg: Path, sentinel: Path, *settings: str
+                             ) -> subprocess.CompletedProcess:
+    """The CLI on its own Ray instance whose workers load tests/ray_fault/sitecustomize.py:
+    the first worker to deduplicate a cluster SIGKILLs itself."""
+    temp = tempfile.mkdtemp(prefix="cp-ray-", dir="/tmp")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo / "tests" / "ray_fault"),
+           "CONCEPTPRUNE_TEST_KILL_ONCE": str(sentinel)}
+    args = ["engine.num_cpus=2", f"engine.temp_dir={temp}", "engine.object_store_gb=0.25",
+            *settings]
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "run", str(cfg), "--engine", "ray",
+             "--no-progress", *[a for s in args for a in ("--set", s)]],
+            cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_a_killed_worker_is_replaced_and_the_result_holds(data: Path, tmp_path: Path) -> None:
+    run(validate_config(settings(data, tmp_path / "local")))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(settings(data, tmp_path / "ray")))
+    sentinel = tmp_path / "killed-pid"
+    proc = run_with_a_worker_killed(cfg, sentinel)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sentinel.exists(), "no worker was killed"
+    local, on_ray = outputs(tmp_path / "local"), outputs(tmp_path / "ray")
+    assert (local.pop("engine"), on_ray.pop("engine")) == ("local", "ray")
+    assert on_ray == local
+
+
+def test_a_worker_lost_for_good_is_a_clear_error(data: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(settings(data, tmp_path / "ray")))
+    proc = run_with_a_worker_killed(cfg, tmp_path / "killed-pid", "engine.max_retries=0")
+    assert proc.returncode == 1
+    assert "semdedup: clusters: a Ray worker died" in proc.stderr
+    assert "engine.max_retries" in proc.stderr and "Traceback" not in proc.stderr
