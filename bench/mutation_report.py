@@ -11,6 +11,11 @@ A file none of whose mutants has been run yet (a run limited to other modules) i
 of the table and only counted below it.
 
     python bench/mutation_report.py [--mutants mutants] [--survivors]
+        [--sample N] [--under pipeline/stages/ ...] [--names]
+
+A full run is thousands of mutants and hours on two cores; ``--sample N`` keeps the fixed
+one-in-N sample of mutants whose name's CRC-32 is 0 mod N (the same names in every checkout
+of the same code), and ``--names`` prints that sample's names for ``mutmut run NAME...``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +71,7 @@ class FileScore:
     path: str
     counts: Counter = field(default_factory=Counter)
     survivors: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -83,15 +90,25 @@ class FileScore:
         self.survivors += other.survivors
 
 
-def read_scores(mutants: Path) -> list[FileScore]:
+def in_sample(name: str, every: int) -> bool:
+    return every <= 1 or zlib.crc32(name.encode()) % every == 0
+
+
+def read_scores(mutants: Path, every: int = 1, under: tuple[str, ...] = ()
+                ) -> list[FileScore]:
     table = _status_table()
     scores = []
     for meta in sorted(mutants.rglob("*.py.meta")):
         data = json.loads(meta.read_text())
         source = meta.relative_to(mutants).as_posix().removesuffix(".meta")
+        if under and not source.startswith(under):
+            continue
         score = FileScore(source)
         for name, code in data.get("exit_code_by_key", {}).items():
+            if not in_sample(name, every):
+                continue
             status = status_of(code, table)
+            score.names.append(name)
             score.counts[status] += 1
             if status == "survived":
                 score.survivors.append(name)
@@ -146,12 +163,23 @@ def main(argv: list[str] | None = None) -> int:
                     help="the folder mutmut ran in (default: mutants)")
     ap.add_argument("--survivors", action="store_true",
                     help="also list the surviving mutants' names, file by file")
+    ap.add_argument("--sample", type=int, default=1, metavar="N",
+                    help="only the fixed one-in-N sample of mutants")
+    ap.add_argument("--under", nargs="*", default=[], metavar="PREFIX",
+                    help="only source files under these paths (pipeline/stages/ ...)")
+    ap.add_argument("--names", action="store_true",
+                    help="print the selected mutants' names, one a line, and nothing else")
     args = ap.parse_args(argv)
     if not args.mutants.is_dir():
         print(f"{args.mutants}/ not found: run `make mutation` (mutmut run) first",
               file=sys.stderr)
         return 1
-    scores = read_scores(args.mutants)
+    scores = read_scores(args.mutants, args.sample, tuple(args.under))
+    if args.names:
+        for s in scores:
+            for name in s.names:
+                print(name)
+        return 0
     if not scores:
         print(f"no mutmut results (*.py.meta) under {args.mutants}/", file=sys.stderr)
         return 1

@@ -11,8 +11,8 @@ import pyarrow as pa
 from pipeline.algorithms import budget as bud
 from pipeline.algorithms.selection import fraction_of, select_within_concepts
 from pipeline.io.tables import masked, numpy_column
+from pipeline.stages.clusters import fit_and_assign
 from pipeline.stages.context import RunContext
-from pipeline.stages.semdedup import fit_and_assign
 from schemas import arrow as schemas
 
 log = logging.getLogger(__name__)

@@ -9,11 +9,11 @@ from functools import partial
 import numpy as np
 import pyarrow as pa
 
-from pipeline.algorithms import kmeans
 from pipeline.algorithms.ordering import grouped_order
 from pipeline.algorithms.semdedup import auto_block_rows, dedup_cluster
 from pipeline.io.tables import masked, numpy_column
 from pipeline.io.vector_store import VectorStore
+from pipeline.stages.clusters import fit_and_assign
 from pipeline.stages.context import RunContext
 from schemas import arrow as schemas
 
@@ -80,34 +80,6 @@ def choose_k(setting: int | str, n: int) -> int:
     if setting == "auto":
         return max(1, int(round(n / 10000)))
     return int(setting)
-
-
-def fit_and_assign(ctx: RunContext, rows: np.ndarray, k: int, setting: str, name: str
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Spherical k-means fit on a seeded sample of ``rows``, then every row assigned.
-
-    Returns (centroids, cluster per row, distance per row), aligned with ``rows``.
-    """
-    cfg = ctx.cfg.kmeans
-    kmeans.check_k(k, len(rows), setting)
-    gpu = kmeans.use_gpu(cfg.device)
-    sample = kmeans.sample_indices(rows, k, cfg.max_points_per_centroid, ctx.cfg.seed)
-    log.info("%s: fitting %d centroids on %d of %d vectors (%s)", name, k, len(sample),
-             len(rows), "GPU" if gpu else "CPU")
-    centroids = kmeans.fit_spherical(ctx.store.gather(sample), k, cfg.niter, ctx.cfg.seed,
-                                     gpu=gpu, setting=setting)
-    assigner = kmeans.Assigner(centroids, gpu=gpu)
-    cluster = np.empty(len(rows), dtype=np.int32)
-    distance = np.empty(len(rows), dtype=np.float32)
-    pos = 0
-    with ctx.engine.bar(f"{name}: assign", total=len(rows), unit="vec") as bar:
-        for chunk, vectors in ctx.store.batches(rows, cfg.batch_size):
-            c, d = assigner.assign(vectors)
-            cluster[pos : pos + len(chunk)] = c
-            distance[pos : pos + len(chunk)] = d
-            pos += len(chunk)
-            bar.update(len(chunk))
-    return centroids, cluster, distance
 
 
 def run_semdedup(ctx: RunContext, alive: np.ndarray) -> SemDeDupResult:
