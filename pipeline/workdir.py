@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,8 +24,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
+def unique_suffix() -> str:
+    """Unique across the hosts of a cluster writing one shared work folder (a pid alone is
+    not: two machines can run the same pid)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    return path.with_name(f".{path.name}.tmp-{unique_suffix()}")
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -51,14 +59,15 @@ def staged_dir(final: Path) -> Iterator[Path]:
         shutil.rmtree(stale, ignore_errors=True)
     for stale in final.parent.glob(f".{final.name}.old-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    staging = final.parent / f".{final.name}.staging-{os.getpid()}"
+    suffix = unique_suffix()
+    staging = final.parent / f".{final.name}.staging-{suffix}"
     staging.mkdir()
     try:
         yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    old = final.parent / f".{final.name}.old-{suffix}"
     if final.exists():
         final.rename(old)
     staging.rename(final)

@@ -1,16 +1,17 @@
-"""The Ray engine: every map is a set of Ray tasks (or an actor pool when a ``setup`` is
-costly), retried when a worker is lost; results come back in task order.
+"""The Ray engine: every map runs on a pool of Ray actors kept for the whole run, retried on
+a restarted actor when a worker is lost; results come back in task order.
 
 Tasks are small descriptors and results small summaries: the data stays in the work folder,
-which every worker must see (a shared filesystem, or one machine). At most ``window`` tasks
-are in flight, so the driver never holds more than that many results.
+which every worker must see (a shared filesystem, or one machine). At most two tasks per
+actor are in flight, so the driver never holds many results at once. Actors live as long as the
+engine, so a worker imports the libraries once, and a map's ``setup`` (open the vector store,
+load a model) runs once per actor and map, not once per task.
 """
 
 from __future__ import annotations
 
-import contextlib
+import itertools
 import os
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,12 +23,8 @@ from pipeline.engines.base import DEFAULT, EngineError, Resources, progress_bar
 T = TypeVar("T")
 R = TypeVar("R")
 
-# Ray's own defaults phone home and start a dashboard; neither is wanted in a batch job.
+# Ray's own defaults phone home and ask for a token; neither is wanted in a batch job.
 QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-
-
-def _call(fn: Callable[[Any], R], task: Any) -> R:
-    return fn(task)
 
 
 def _same_code_env() -> dict[str, Any]:
@@ -41,12 +38,19 @@ def _same_code_env() -> dict[str, Any]:
 
 
 class _Worker:
-    """An actor that runs ``setup`` once and then many tasks with its result."""
+    """An actor running tasks; it keeps the state of the latest map's ``setup``."""
 
-    def __init__(self, setup: Callable[[], Any]) -> None:
-        self.state = setup()
+    def __init__(self) -> None:
+        self.token: int | None = None
+        self.state: Any = None
 
-    def run(self, fn: Callable[[Any, Any], R], task: Any) -> R:
+    def run(self, token: int, setup: Callable[[], Any] | None, fn: Callable[..., R],
+            task: Any) -> R:
+        if setup is None:
+            return fn(task)
+        if token != self.token:
+            self.state, self.token = None, None  # free the last map's state first
+            self.state, self.token = setup(), token
         return fn(self.state, task)
 
 
@@ -59,11 +63,14 @@ class RayEngine:
         for key, value in QUIET_ENV.items():
             os.environ.setdefault(key, value)
         import ray
+        from ray.util import ActorPool
 
-        self._ray = ray
+        self._ray, self._actor_pool = ray, ActorPool
         self.progress = progress
         self.max_retries = max_retries
         self._started = False
+        self._pools: dict[Resources, list[Any]] = {}
+        self._tokens = itertools.count()
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
                                       "configure_logging": False}
@@ -77,59 +84,66 @@ class RayEngine:
                     kwargs["_temp_dir"] = str(Path(temp_dir).resolve())
                 ray.init(num_cpus=num_cpus, runtime_env=_same_code_env(), **kwargs)
             self._started = True
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        self.window = max(2, 2 * cpus)
+        self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
 
-    def _options(self, resources: Resources) -> dict[str, Any]:
-        opts: dict[str, Any] = {"num_cpus": resources.cpus, "num_gpus": resources.gpus}
-        if resources.memory_gb:
-            opts["memory"] = int(resources.memory_gb * 2**30)
-        return opts
+    def _pool(self, resources: Resources) -> list[Any]:
+        """The actors for tasks of this shape, started on first use and kept until a map
+        of another shape comes."""
+        actors = self._pools.get(resources)
+        if actors is None:
+            # actors hold their CPUs and GPUs while they live: a pool of another shape must
+            # go first, or the new one might wait for resources forever
+            self._kill_pools()
+            # CPUs are not held: an actor without num_cpus needs a CPU to be placed and
+            # none while it lives, so pools of two engines in one cluster never wait on
+            # each other; the pool's size is what spreads the work over the CPUs
+            opts: dict[str, Any] = {"max_restarts": self.max_retries,
+                                    "max_task_retries": self.max_retries}
+            if resources.gpus:
+                opts["num_gpus"] = resources.gpus
+            if resources.memory_gb:
+                opts["memory"] = int(resources.memory_gb * 2**30)
+            size = max(1, int(self.cpus / max(resources.cpus, 0.01)))
+            if resources.gpus:
+                gpus = int(self._ray.cluster_resources().get("GPU", 0) / resources.gpus)
+                size = max(1, min(size, gpus))
+            actors = [self._ray.remote(_Worker).options(**opts).remote() for _ in range(size)]
+            self._pools[resources] = actors
+        return actors
 
     def map(self, fn: Callable[..., R], tasks: Iterable[Any], *, desc: str,
             total: int | None = None, unit: str = "task", resources: Resources = DEFAULT,
             setup: Callable[[], Any] | None = None, concurrent: bool = False
             ) -> Iterator[R]:
         ray = self._ray
-        if setup is None:
-            remote = ray.remote(_call).options(max_retries=self.max_retries,
-                                               **self._options(resources))
-            fn_ref = ray.put(fn)
-            submit = lambda task: remote.remote(fn_ref, task)  # noqa: E731
-            actors: list[Any] = []
-        else:
-            actor_cls = ray.remote(_Worker).options(
-                max_restarts=self.max_retries, max_task_retries=self.max_retries,
-                **self._options(resources))
-            count = max(1, min(self.window // 2, total or self.window // 2))
-            actors = [actor_cls.remote(setup) for _ in range(count)]
-            fn_ref = ray.put(fn)
-            turn = iter(range(1 << 62))
-            submit = lambda task: actors[next(turn) % len(actors)].run.remote(  # noqa: E731
-                fn_ref, task)
-        pending: deque = deque()
-        try:
-            with progress_bar(desc, total, unit, self.progress) as bar:
-                for task in tasks:
-                    pending.append(submit(task))
-                    if len(pending) >= self.window:
-                        yield self._get(pending.popleft(), desc)
-                        bar.update(1)
-                while pending:
-                    yield self._get(pending.popleft(), desc)
-                    bar.update(1)
-        finally:
-            for ref in pending:  # the caller stopped early, or a task failed for good
-                with contextlib.suppress(Exception):  # already finished or gone
-                    ray.cancel(ref, force=not actors)
-            for actor in actors:
-                ray.kill(actor)
+        actors = self._pool(resources)
+        pool = self._actor_pool(actors)
+        token = next(self._tokens)
+        setup_ref = ray.put(setup) if setup is not None else None
+        fn_ref = ray.put(fn)
 
-    def _get(self, ref: Any, desc: str) -> Any:
-        """A task's result; a task whose workers kept dying is a clear error, not a trace."""
+        def call(actor: Any, task: Any) -> Any:
+            return actor.run.remote(token, setup_ref, fn_ref, task)
+
+        window = 2 * len(actors)  # tasks in flight: enough to keep every actor busy
+        in_flight = 0
+        with progress_bar(desc, total, unit, self.progress) as bar:
+            for task in tasks:
+                pool.submit(call, task)
+                in_flight += 1
+                if in_flight >= window:
+                    yield self._next(pool, desc)
+                    in_flight -= 1
+                    bar.update(1)
+            while pool.has_next():
+                yield self._next(pool, desc)
+                bar.update(1)
+
+    def _next(self, pool: Any, desc: str) -> Any:
+        """The next result; a task whose workers kept dying is a clear error, not a trace."""
         lost = (self._ray.exceptions.RayActorError, self._ray.exceptions.WorkerCrashedError)
         try:
-            return self._ray.get(ref)
+            return pool.get_next()
         except lost as err:
             raise EngineError(
                 f"{desc}: a Ray worker died running a task, {self.max_retries + 1} times in "
@@ -139,15 +153,19 @@ class RayEngine:
             ) from err
 
     def run_one(self, fn: Callable[[T], R], task: T, *, resources: Resources = DEFAULT) -> R:
-        ray = self._ray
-        remote = ray.remote(_call).options(max_retries=self.max_retries,
-                                           **self._options(resources))
-        return self._get(remote.remote(fn, task), "run_one")
+        return next(iter(self.map(fn, [task], desc="run_one", resources=resources)))
 
     def bar(self, desc: str, total: int, unit: str = "it") -> tqdm:
         return progress_bar(desc, total, unit, self.progress, scale=True)
 
+    def _kill_pools(self) -> None:
+        for actors in self._pools.values():
+            for actor in actors:
+                self._ray.kill(actor)
+        self._pools.clear()
+
     def close(self) -> None:
+        self._kill_pools()
         if self._started:
             self._ray.shutdown()
             self._started = False
