@@ -174,7 +174,7 @@ def check_run(out: Path, cfg: dict[str, Any], image: np.ndarray, uids: list[str]
     sd = cfg["semdedup"]
     if sd["enabled"]:
         centroids = np.load(work / "semdedup" / "centroids.npy").astype(np.float64)
-        k = sd["k"] if sd["k"] != "auto" else max(1, round(len(alive) / 10000))
+        k = k_dedup = sd["k"] if sd["k"] != "auto" else max(1, round(len(alive) / 10000))
         assert centroids.shape == (k, x.shape[1])
         np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1, atol=1e-5)
         cl = led.column("dedup_cluster")
@@ -323,7 +323,21 @@ def check_run(out: Path, cfg: dict[str, Any], image: np.ndarray, uids: list[str]
     assert all(stage[i] == (steps or ["read"])[-1] for i in kept)
     assert kept == sorted(alive)
     assert report["input_samples"] == n and report["kept"] == len(kept)
+    assert report["failed"] == len(failed)
+    assert report["keep_fraction"] == pytest.approx(len(kept) / n, rel=1e-12)
     assert report["stages"] == stages
+    per_shard: dict[str, dict[str, int]] = {}
+    for row in led.rows:
+        counts = per_shard.setdefault(row["shard"], {"read": 0, "kept": 0, "removed": 0,
+                                                     "failed": 0})
+        counts["read"] += 1
+        counts[row["status"]] += 1
+    assert report["shards"] == per_shard
+    if sd["enabled"]:
+        assert report["semdedup"] == {"k": k_dedup, "eps": sd["eps"]}
+    if db["enabled"]:
+        assert report["dbp"] == {"k": db["k"], "target": checked.dbp_inputs["target"],
+                                 "reaching": len(checked.dbp_reaching), "keep": db["keep"]}
     pairs = sorted((int(uid[i], 16) >> 64, int(uid[i], 16) & (2**64 - 1)) for i in kept)
     subset = np.load(out / "subset.npy")
     assert subset.dtype == np.dtype("u8,u8")

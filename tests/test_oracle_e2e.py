@@ -240,7 +240,7 @@ def test_ties_in_clip_score_and_distance(tmp_path: Path, data: dict[str, Any]) -
 
 def test_clip_threshold_keeps_scores_equal_to_it(tmp_path: Path, data: dict[str, Any]) -> None:
     out, cfg = run_cli(tmp_path, data["root"] / "scores", {
-        "semdedup": {"k": 3, "eps": 0.05},
+        "semdedup": {"k": "auto", "eps": 0.05},  # 1,197 usable samples: k = 1
         "clip_filter": {"enabled": True, "threshold": 0.27},
         "dbp": {"enabled": False},
     })

@@ -83,3 +83,39 @@ def test_killed_image_run_resumes_to_the_same_bytes(data: Path, clean: Path, tmp
     run(validate_config({**raw, "output": str(fresh)}))
     assert result(out) == result(fresh)
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "staging left behind"
+
+
+def test_a_changed_embed_setting_embeds_every_shard_again(
+        data: Path, clean: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.stages.embed as embed_mod
+
+    embedded: list[list[int]] = []
+    real = embed_mod.embed_shards
+
+    def counting(todo, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        embedded.append([index for index, _ in todo])
+        return real(todo, *args, **kwargs)
+
+    monkeypatch.setattr(embed_mod, "embed_shards", counting)
+    out = tmp_path / "out"
+    shutil.copytree(clean, out)
+    raw = raw_config(data, out)
+    run(validate_config(raw))
+    assert embedded == [], "same settings: every shard's embeddings are reused"
+    raw["embed"]["batch_size"] = 8
+    run(validate_config(raw))
+    assert embedded == [[0, 1, 2]]
+    fresh = tmp_path / "fresh"
+    run(validate_config({**raw, "output": str(fresh)}))
+    assert result(out) == result(fresh)
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert set(report["embed"]["models"]) == {"clip", "clip_random_weights", "cluster",
+                                              "cluster_random_weights"}
+    assert report["embed"]["models"]["clip_random_weights"] is True
+    assert report["embed"]["models"]["cluster_random_weights"] is False
+    shards = report["output_shards"]
+    tars = sorted((out / "shards").glob("*.tar"))
+    assert shards["folder"] == str(out / "shards") and shards["count"] == len(tars)
+    assert shards["bytes"] == sum(t.stat().st_size for t in tars)
+    assert shards["samples"] == report["kept"] == \
+        shards["copied_by_span"] + shards["copied_by_parsing"]
