@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from test_resume_fingerprints import run_killed
@@ -108,6 +109,8 @@ def test_a_changed_embed_setting_embeds_every_shard_again(
     fresh = tmp_path / "fresh"
     run(validate_config({**raw, "output": str(fresh)}))
     assert result(out) == result(fresh)
+    for kind in ("img_emb", "clip_img_emb"):  # the work folder keeps float32, not float64
+        assert np.load(out / "_work" / "embed" / kind / f"{kind}_0.npy").dtype == np.float32
     report = json.loads((out / "report" / "report.json").read_text())
     assert set(report["embed"]["models"]) == {"clip", "clip_random_weights", "cluster",
                                               "cluster_random_weights"}
