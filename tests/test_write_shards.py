@@ -235,3 +235,30 @@ def test_a_json_member_that_no_longer_holds_an_object_is_read_again(
                                metadata_parts=metas)
     assert (counts.by_span, counts.by_parsing) == (0, 10)
     assert "changed since" in caplog.text
+
+
+def test_samples_without_json_or_with_utf16_json_copy_by_span(tmp_path: Path) -> None:
+    """The sidecar rows of the span copy equal the parsing copy's for a sample with no json
+    member and for a json member in UTF-16 (which the one parse of all members cannot take)."""
+    rng = np.random.default_rng(3)
+    entries: list[tuple[str, bytes | None]] = []
+    for i in range(6):
+        for name, data in sample_members(i, rng):
+            if name.endswith(".json") and i == 2:
+                continue  # no json at all
+            if name.endswith(".json") and i == 4:
+                data = '{"uid": "%s", "caption_fr": "été"}' % ("ab" * 16)
+                data = data.encode("utf-16")
+            entries.append((name, data))
+    urls = [by_tarfile(tmp_path / "00000.tar", entries)]
+    ledgers, metas = embed_like(urls, tmp_path / "work", 1.0)
+    fast, counts = write_kept(urls, ledgers, tmp_path / "fast", 100, 1 << 30,
+                              metadata_parts=metas)
+    slow, _ = write_kept(urls, ledgers, tmp_path / "slow", 100, 1 << 30)
+    assert (counts.by_span, counts.by_parsing) == (6, 0)
+    fast_samples, fast_rows = read_back(fast)
+    slow_samples, slow_rows = read_back(slow)
+    assert fast_samples == slow_samples
+    assert fast_rows == slow_rows
+    assert fast_rows[4]["caption_fr"] == "été"
+    assert "url" not in fast_rows[2] or fast_rows[2]["url"] is None
