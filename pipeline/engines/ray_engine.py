@@ -29,12 +29,16 @@ QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 
 def _same_code_env() -> dict[str, Any]:
     """Workers of an instance started here import this very ``pipeline`` (a checkout run in
-    place, not only an installed copy)."""
+    place, not only an installed copy) and run numeric kernels on as many threads as this
+    process does."""
     import pipeline
 
     root = str(Path(pipeline.__file__).resolve().parents[1])
     paths = [root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    return {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
+    # Ray gives each worker one OpenMP/BLAS thread; faiss and BLAS round differently with
+    # another thread count, so workers on this machine use the local engine's count
+    threads = os.environ.get("OMP_NUM_THREADS") or str(os.cpu_count() or 1)
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(paths), "OMP_NUM_THREADS": threads}}
 
 
 class _Worker:

@@ -1,0 +1,92 @@
+"""The same embeddings run on the local and the ray engine, side by side in one sitting.
+
+Each run is ``conceptprune run`` in a fresh process (Ray started by the run, 2 CPUs unless
+--cpus), timed from process start to exit; the runs alternate, and the driver's own peak RSS
+(Ray's workers excluded) is read at its exit. Both must give the same ``subset.npy``.
+
+Usage: python bench/bench_engines.py [--samples 1000000] [--repeat 1] [--out bench/out]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+DRIVER = """
+import atexit, resource, sys
+atexit.register(lambda: print("PEAK_RSS_GB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                              / 1024**2, flush=True))
+from pipeline.cli import app
+app(sys.argv[1:])
+"""
+
+
+def one_run(cfg: Path, engine: str, extra: list[str]) -> tuple[float, float]:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", DRIVER, "run", str(cfg), "--no-progress",
+                           "--engine", engine, *extra], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"{engine} run failed:\n{proc.stderr[-3000:]}")
+    rss = float(next(line.split()[1] for line in proc.stdout.splitlines()
+                     if line.startswith("PEAK_RSS_GB")))
+    return wall, rss
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=1_000_000)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--files", type=int, default=10)
+    ap.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=Path("bench/out"))
+    args = ap.parse_args()
+
+    data = args.out / f"emb_{args.samples}x{args.dim}"
+    if not (data / "ground_truth.parquet").exists():
+        from pipeline.synth.embeddings import SynthSpec, synth_embeddings
+
+        print(f"generating {data} (cached for later runs; not timed) ...", flush=True)
+        synth_embeddings(data, SynthSpec(samples=args.samples, dim=args.dim, concepts=200,
+                                         files=args.files, seed=0))
+    temp = tempfile.mkdtemp(prefix="cp-bench-ray-", dir="/tmp")
+    walls: dict[str, list[float]] = {"local": [], "ray": []}
+    rss: dict[str, list[float]] = {"local": [], "ray": []}
+    subsets: dict[str, bytes] = {}
+    try:
+        for _ in range(args.repeat):
+            for engine in ("local", "ray"):
+                out = args.out / f"engines_{engine}"
+                shutil.rmtree(out, ignore_errors=True)
+                cfg = args.out / f"engines_{engine}.yaml"
+                cfg.write_text(yaml.safe_dump({
+                    "input": {"embeddings": str(data)}, "output": str(out), "seed": 0,
+                    "semdedup": {"k": max(1, args.samples // 2000), "eps": 0.02},
+                    "dbp": {"k": 100, "keep_fraction": 0.5},
+                    "engine": {"num_cpus": args.cpus, "temp_dir": temp,
+                               "object_store_gb": 1.0}}))
+                wall, peak = one_run(cfg, engine, [])
+                walls[engine].append(wall)
+                rss[engine].append(peak)
+                subsets[engine] = (out / "subset.npy").read_bytes()
+                print(f"{engine}: {wall:.1f} s, driver peak RSS {peak:.2f} GB", flush=True)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    assert subsets["local"] == subsets["ray"], "the engines disagree on subset.npy"
+    best = {e: min(w) for e, w in walls.items()}
+    print(f"{args.samples} x {args.dim}: local {best['local']:.1f} s, ray {best['ray']:.1f} s, "
+          f"ray / local = {best['ray'] / best['local']:.2f}; same subset.npy; driver peak RSS "
+          f"local {max(rss['local']):.2f} GB, ray {max(rss['ray']):.2f} GB")
+
+
+if __name__ == "__main__":
+    main()
