@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+from bench_data import cached_embeddings
 
 PROCESS_START = psutil.Process().create_time()
 
@@ -49,13 +50,8 @@ def main() -> None:
     from pipeline.config import validate_config
     from pipeline.runner import run
 
-    data = args.out / f"emb_{args.samples}x{args.dim}"
-    if not (data / "ground_truth.parquet").exists():
-        from pipeline.synth.embeddings import SynthSpec, synth_embeddings
-
-        print(f"generating {data} (cached for later runs; not timed) ...", flush=True)
-        synth_embeddings(data, SynthSpec(samples=args.samples, dim=args.dim, concepts=200,
-                                         files=args.files, seed=0))
+    data, made = cached_embeddings(args.out, args.samples, args.dim, args.files)
+    if made:
         # measure in a fresh process, so that its start time and peak RSS are the run's own
         # (exec would keep both: the pid's start time and the kernel's peak RSS survive it)
         sys.exit(subprocess.run([sys.executable, *sys.argv], check=False).returncode)

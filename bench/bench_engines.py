@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import yaml
+from bench_data import cached_embeddings
 
 DRIVER = """
 import atexit, resource, sys
@@ -51,13 +52,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/out"))
     args = ap.parse_args()
 
-    data = args.out / f"emb_{args.samples}x{args.dim}"
-    if not (data / "ground_truth.parquet").exists():
-        from pipeline.synth.embeddings import SynthSpec, synth_embeddings
-
-        print(f"generating {data} (cached for later runs; not timed) ...", flush=True)
-        synth_embeddings(data, SynthSpec(samples=args.samples, dim=args.dim, concepts=200,
-                                         files=args.files, seed=0))
+    data, _ = cached_embeddings(args.out, args.samples, args.dim, args.files)
     temp = tempfile.mkdtemp(prefix="cp-bench-ray-", dir="/tmp")
     walls: dict[str, list[float]] = {"local": [], "ray": []}
     rss: dict[str, list[float]] = {"local": [], "ray": []}
