@@ -304,30 +304,30 @@ def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
         raise ConfigError(f"invalid configuration in {source}:\n" + "\n".join(lines)) from None
 
 
-def _is_single_setting(path: list[str]) -> bool:
-    """Whether the dotted ``path`` names a setting that holds a value, not a section."""
+def _section_model(path: list[str] | tuple) -> type[BaseModel] | None:
+    """The section the dotted ``path`` names (the whole config for an empty path), or None
+    when some part of it is not a section."""
     model: type[BaseModel] = RunConfig
-    for depth, name in enumerate(path, 1):
-        field = model.model_fields.get(name)
-        if field is None:
-            return False
-        sub = field.annotation
-        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
-            return depth == len(path)
-        model = sub
-    return False
-
-
-def _section_fields(loc: tuple) -> list[str] | None:
-    """The setting names of the section at ``loc`` (a pydantic error location)."""
-    model: type[BaseModel] = RunConfig
-    for name in loc:
+    for name in path:
         field = model.model_fields.get(str(name))
         sub = field.annotation if field is not None else None
         if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
             return None
         model = sub
-    return list(model.model_fields)
+    return model
+
+
+def _is_single_setting(path: list[str]) -> bool:
+    """Whether the dotted ``path`` names a setting that holds a value, not a section."""
+    section = _section_model(path[:-1])
+    return (section is not None and path[-1] in section.model_fields
+            and _section_model(path) is None)
+
+
+def _section_fields(loc: tuple) -> list[str] | None:
+    """The setting names of the section at ``loc`` (a pydantic error location)."""
+    section = _section_model(loc)
+    return None if section is None else list(section.model_fields)
 
 
 def _explain(error: dict[str, Any], loc: str) -> str:
