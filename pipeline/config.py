@@ -196,6 +196,11 @@ class EngineConfig(_Section):
     max_retries: int = Field(
         3, ge=0, description="ray: times a task is retried when its worker is lost"
     )
+    bucket_rows: int = Field(
+        1_000_000, ge=1, description="most members per cluster bucket of the shuffle (one "
+        "task's share of semdedup and dbp; a larger cluster is a bucket of its own); the "
+        "result does not depend on it",
+    )
 
 
 class RunConfig(_Section):

@@ -6,40 +6,38 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import RunConfig
 from pipeline.engines.base import Engine
 from pipeline.engines.factory import make_engine
-from pipeline.ids import subset_array
 from pipeline.io.embeddings import (
     EmbeddingPart,
     discover,
     discover_clip_retrieval,
     local_path,
 )
-from pipeline.io.tables import numpy_column
 from pipeline.io.vector_store import VectorStore
-from pipeline.stages.clip_filter import ClipFilterResult, run_clip_filter
-from pipeline.stages.context import RunContext
-from pipeline.stages.dbp import DBPResult, run_dbp
+from pipeline.stages import subset
+from pipeline.stages.clip_filter import run_clip_filter
+from pipeline.stages.context import RunContext, StepResult
+from pipeline.stages.dbp import reason as dbp_reason
+from pipeline.stages.dbp import run_dbp
 from pipeline.stages.ingest import IngestedPart, ingest_part
-from pipeline.stages.ledger import check_invariant, decide, ledger_table
+from pipeline.stages.ledger import LedgerTask, check_invariant, write_ledger_part
 from pipeline.stages.report import build_report
-from pipeline.stages.semdedup import SemDeDupResult, run_semdedup
+from pipeline.stages.semdedup import reason as semdedup_reason
+from pipeline.stages.semdedup import run_semdedup
 from pipeline.workdir import (
     WorkDir,
     fingerprint,
     staged_dir,
     write_json,
-    write_npy,
     write_parquet,
 )
 
@@ -78,22 +76,6 @@ class IngestTask:
 
 def run_ingest_task(task: IngestTask) -> tuple[IngestedPart, np.ndarray | None]:
     return ingest_part(task.part, Path(task.out_dir), keep_vectors=task.keep_vectors)
-
-
-@dataclass(frozen=True)
-class LedgerTask:
-    ingest_path: str
-    out_path: str
-    columns: tuple  # this part's slice of every per-sample decision, in ledger_table's order
-
-
-def write_ledger_part(task: LedgerTask) -> Counter:
-    """Write one part's ledger; returns the samples read per source shard."""
-    ingest = pq.read_table(task.ingest_path, columns=["key", "uid", "shard", "failed_reason",
-                                                      "failed_stage", "clip_score"])
-    write_parquet(Path(task.out_path), ledger_table(ingest, *task.columns))
-    return Counter({e["values"]: e["counts"]
-                    for e in ingest.column("shard").value_counts().to_pylist()})
 
 
 def _part_fingerprint(part: EmbeddingPart) -> str:
@@ -171,77 +153,32 @@ class Runner:
                                    cfg.write.model_dump() if cfg.input.shards else None)
         return fps
 
-    def _context(self, parts: list[IngestedPart]) -> RunContext:
-        cols = ["uid_hi", "uid_lo", "failed_reason", "clip_score"]
-        tables = [pq.read_table(self._ingest_path(p), columns=cols) for p in parts]
-        t = pa.concat_tables(tables)
-        return RunContext(
-            cfg=self.cfg, work=self.work, engine=self.engine, parts=parts,
-            store=VectorStore([p.vectors for p in parts], [p.rows for p in parts]),
-            uid_hi=numpy_column(t, "uid_hi", 0, "uint64"),
-            uid_lo=numpy_column(t, "uid_lo", 0, "uint64"),
-            usable=t.column("failed_reason").is_null().to_numpy(zero_copy_only=False),
-            clip_score=numpy_column(t, "clip_score", np.nan, "float32"),
-        )
+    def _context(self, parts: list[IngestedPart], fps: dict[str, str]) -> RunContext:
+        return RunContext(cfg=self.cfg, work=self.work, engine=self.engine, parts=parts,
+                          store=VectorStore([p.vectors for p in parts], [p.rows for p in parts]),
+                          fingerprints=fps)
 
-    def _ingest_path(self, part: IngestedPart) -> Path:
-        return self.work.root / "ingest" / f"part-{part.index:05d}.parquet"
-
-    def _step(self, name: str, fp: str, compute, load) -> Any:  # noqa: ANN001
-        """Load a finished step's result, or compute it and mark it done."""
+    def _step(self, ctx: RunContext, name: str, earlier: tuple[str, ...], alive: list[int]
+              ) -> StepResult:
+        """A finished step's result, or the step run (resuming its finished units)."""
         start = time.perf_counter()
+        fp = ctx.fingerprints[name]
         if self.work.done(name, fp):
             log.info("%s: already done, reusing %s", name, self.work.root / name)
             self.skipped.append(name)
-            result = load()
+            result = StepResult.from_json(self.work.stats(name))
         else:
-            self.work.reset_step(name)
-            result = compute()
-            self.work.mark(name, fp)
+            self.work.begin_step(name, fp)
+            if name == "semdedup":
+                result = run_semdedup(ctx, earlier, alive)
+            elif name == "clip_filter":
+                result = run_clip_filter(ctx, earlier, alive)
+            else:
+                result, clusters = run_dbp(ctx, earlier, alive)
+                write_parquet(self.work.root / "dbp" / "clusters.parquet", clusters)
+            self.work.mark(name, fp, result.to_json())
         self.timings[name] = time.perf_counter() - start
         return result
-
-    def _semdedup(self, ctx: RunContext, alive: np.ndarray, fp: str) -> SemDeDupResult:
-        folder = self.work.root / "semdedup"
-
-        def compute() -> SemDeDupResult:
-            res = run_semdedup(ctx, alive)
-            write_npy(folder / "centroids.npy", res.centroids)
-            write_parquet(folder / "decisions.parquet", res.table())
-            return res
-
-        return self._step("semdedup", fp, compute, lambda: SemDeDupResult.from_table(
-            pq.read_table(folder / "decisions.parquet"), np.load(folder / "centroids.npy")))
-
-    def _clip_filter(self, ctx: RunContext, alive: np.ndarray, fp: str) -> ClipFilterResult:
-        path = self.work.root / "clip_filter" / "decisions.parquet"
-
-        def compute() -> ClipFilterResult:
-            res = run_clip_filter(ctx, alive)
-            write_parquet(path, res.table())
-            return res
-
-        return self._step("clip_filter", fp, compute,
-                          lambda: ClipFilterResult.from_table(pq.read_table(path)))
-
-    def _dbp(self, ctx: RunContext, alive: np.ndarray, fp: str) -> DBPResult:
-        folder = self.work.root / "dbp"
-
-        def compute() -> DBPResult:
-            res = run_dbp(ctx, alive)
-            write_npy(folder / "centroids.npy", res.centroids)
-            write_parquet(folder / "clusters.parquet", res.clusters)
-            write_parquet(folder / "decisions.parquet", res.table())
-            write_json(folder / "target.json", {"target": res.target})
-            return res
-
-        def load() -> DBPResult:
-            return DBPResult.from_tables(
-                pq.read_table(folder / "decisions.parquet"),
-                pq.read_table(folder / "clusters.parquet"), np.load(folder / "centroids.npy"),
-                json.loads((folder / "target.json").read_text())["target"])
-
-        return self._step("dbp", fp, compute, load)
 
     # -- the run -------------------------------------------------------------------------
     def _embed(self) -> list[EmbeddingPart]:
@@ -315,100 +252,78 @@ class Runner:
         t0 = time.perf_counter()
         ingested, cached = self._ingest(parts, part_fps)
         self.timings["read"] = time.perf_counter() - t0
-        ctx = self._context(ingested)
+        ctx = self._context(ingested, fps)
         for index, vectors in cached.items():
             ctx.store.preload(index, vectors)
         del cached
-        n = ctx.size
-        alive = ctx.usable.copy()
+        n = sum(p.rows for p in ingested)
+        failed = sum(p.failed for p in ingested)
+        alive = [p.rows - p.failed for p in ingested]
         steps: list[tuple[str, int, int]] = []
-        removals: list[tuple[str, np.ndarray, np.ndarray]] = []
-        sem = dbp = None
+        extra: dict[str, Any] = {}
+        done: list[str] = []
+        for name in cfg.enabled_steps():
+            result = self._step(ctx, name, tuple(done), alive)
+            steps.append((name, sum(alive), sum(result.removed)))
+            alive = result.alive_out
+            done.append(name)
+            if name == "semdedup":
+                extra["semdedup"] = {"k": result.extra["k"], "eps": cfg.semdedup.eps}
+            elif name == "dbp":
+                extra["dbp"] = {key: result.extra[key]
+                                for key in ("k", "target", "reaching", "keep")}
+        clusters = (pq.read_table(self.work.root / "dbp" / "clusters.parquet")
+                    if cfg.dbp.enabled else None)
 
-        if cfg.semdedup.enabled:
-            sem = self._semdedup(ctx, alive, fps["semdedup"])
-            why = np.full(n, f"near-duplicate: similarity to dup_of > 1 - eps = "
-                             f"{1 - cfg.semdedup.eps:g}", dtype=object)
-            steps.append(("semdedup", int(alive.sum()), int((sem.removed & alive).sum())))
-            removals.append(("semdedup", sem.removed, why))
-            alive &= ~sem.removed
-        if cfg.clip_filter.enabled:
-            clip = self._clip_filter(ctx, alive, fps["clip_filter"])
-            steps.append(("clip_filter", int(alive.sum()), int((clip.removed & alive).sum())))
-            removals.append(("clip_filter", clip.removed, clip.reason))
-            alive &= ~clip.removed
-        if cfg.dbp.enabled:
-            dbp = self._dbp(ctx, alive, fps["dbp"])
-            why = np.full(n, f"over its concept's budget (keeps the {cfg.dbp.keep} members)",
-                          dtype=object)
-            steps.append(("dbp", int(alive.sum()), int((dbp.removed & alive).sum())))
-            removals.append(("dbp", dbp.removed, why))
-            alive &= ~dbp.removed
-
-        last = (cfg.enabled_steps() or ["read"])[-1]
         start = time.perf_counter()
-        shards = self._write(ctx, removals, last, alive, sem, dbp)
+        shards, kept = self._write(ctx, tuple(done))
         self.timings["write"] = time.perf_counter() - start
         written = self._write_shards(len(parts))
 
-        extra: dict[str, Any] = {}
-        if sem is not None:
-            extra["semdedup"] = {"k": sem.k, "eps": cfg.semdedup.eps}
-        if dbp is not None:
-            extra["dbp"] = {"k": cfg.dbp.k, "target": dbp.target,
-                            "reaching": steps[-1][1], "keep": cfg.dbp.keep}
         if self.shard_urls is not None:
             extra["embed"] = self._embed_report()
         if written is not None:
             extra["output_shards"] = written
         extra["engine"] = self.engine.name
-        failed = int((~ctx.usable).sum())
-        report = build_report(cfg, n, int(alive.sum()), failed, steps,
-                              dbp.clusters if dbp is not None else None, extra, shards,
+        report = build_report(cfg, n, kept, failed, steps, clusters, extra, shards,
                               self.timings)
         write_json(report_path, report)
         self.work.mark("write", fps["write"])
         ctx.store.close()
-        return RunSummary(self.output, n, int(alive.sum()), report, self.skipped)
+        return RunSummary(self.output, n, kept, report, self.skipped)
 
-    def _write(self, ctx: RunContext, removals: list, last: str, alive: np.ndarray,
-               sem: SemDeDupResult | None, dbp: DBPResult | None) -> dict:
-        n = ctx.size
-        status, stage, reason = decide(~ctx.usable, removals, last)
-        none_i = np.full(n, -1, dtype=np.int32)
-        none_f = np.full(n, np.nan, dtype=np.float32)
-        dup_rows = sem.dup_of if sem is not None else np.full(n, -1, dtype=np.int64)
-        has_dup = dup_rows >= 0
-        dup_hi = ctx.uid_hi[np.maximum(dup_rows, 0)]
-        dup_lo = ctx.uid_lo[np.maximum(dup_rows, 0)]
-        offsets = ctx.store.offsets
-
+    def _write(self, ctx: RunContext, steps: tuple[str, ...]) -> tuple[dict, int]:
+        """The ledger, part by part, then subset.npy by uid ranges; returns the per-shard
+        counts and the kept total."""
+        cfg = self.cfg
+        reasons = []
+        if "semdedup" in steps:
+            reasons.append(("semdedup", semdedup_reason(cfg.semdedup.eps)))
+        if "dbp" in steps:
+            reasons.append(("dbp", dbp_reason(cfg.dbp.keep)))
+        last = steps[-1] if steps else "read"
+        self.work.reset_step("subset")
+        subset_dir = self.work.step_dir("subset")
         read_per_shard: Counter = Counter()
+        kept = 0
         # a fresh folder swapped in whole: parts of an earlier run over other inputs never
         # mix with these, and a broken invariant leaves the last good ledger in place
         with staged_dir(self.output / "ledger") as staging:
-            def tasks() -> Iterator[LedgerTask]:  # slices are views: nothing copied here
-                for part in ctx.parts:
-                    sl = slice(int(offsets[part.index]), int(offsets[part.index + 1]))
-                    yield LedgerTask(
-                        str(self._ingest_path(part)),
-                        str(staging / f"part-{part.index:05d}.parquet"),
-                        (status[sl], stage[sl], reason[sl],
-                         (sem.cluster if sem else none_i)[sl],
-                         (sem.distance if sem else none_f)[sl],
-                         dup_hi[sl], dup_lo[sl], has_dup[sl],
-                         (sem.similarity if sem else none_f)[sl],
-                         (dbp.cluster if dbp else none_i)[sl],
-                         (dbp.distance if dbp else none_f)[sl]))
-
-            for counts in self.engine.map(write_ledger_part, tasks(), desc="ledger",
-                                          total=len(ctx.parts), unit="part", concurrent=True):
-                read_per_shard.update(counts)
+            tasks = [LedgerTask(str(self.work.root), p.index, steps, tuple(reasons), last,
+                                str(staging / f"part-{p.index:05d}.parquet"), str(subset_dir))
+                     for p in ctx.parts]
+            for got in self.engine.map(write_ledger_part, tasks, desc="ledger",
+                                       total=len(tasks), unit="part", concurrent=True):
+                read_per_shard.update(got["read"])
+                kept += got["kept"]
             shards = check_invariant(staging, read_per_shard)
-        kept = np.flatnonzero(alive)
-        write_npy(self.output / "subset.npy", subset_array(ctx.uid_hi[kept], ctx.uid_lo[kept]))
-        return shards
-
+        bounds = subset.range_bounds(kept)
+        ranges = [subset.RangeTask(str(subset_dir), len(ctx.parts), i, bounds[i], bounds[i + 1])
+                  for i in range(len(bounds) - 1)]
+        total = sum(self.engine.map(subset.gather_range, ranges, desc="subset",
+                                    total=len(ranges), unit="range", concurrent=True))
+        subset.concatenate(subset_dir, len(ranges), total, self.output / "subset.npy")
+        return shards, kept
 
     def _write_shards(self, n_parts: int) -> dict[str, Any] | None:
         """Copy the kept samples into new shards (image path, write.enabled)."""

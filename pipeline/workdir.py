@@ -127,5 +127,15 @@ class WorkDir:
         return json.loads(self._marker(name).read_text()).get("stats", {})
 
     def reset_step(self, step: str) -> None:
-        """Forget a step's outputs (its settings changed)."""
+        """Forget a step's outputs and its units' markers (its settings changed)."""
         shutil.rmtree(self.root / step, ignore_errors=True)
+        shutil.rmtree(self.markers / step, ignore_errors=True)
+
+    def begin_step(self, step: str, fp: str) -> None:
+        """Start or resume ``step``: the units an interrupted attempt with the same fingerprint
+        finished are kept; anything an attempt with another fingerprint left is removed."""
+        started = f"{step}.started"
+        if self.done(started, fp):
+            return
+        self.reset_step(step)
+        self.mark(started, fp)

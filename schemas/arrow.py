@@ -1,7 +1,7 @@
 """Arrow schemas of every per-sample table the pipeline writes (SPEC section 7).
 
-Intermediate tables in the work folder are row-aligned with the ingest order: row g of every
-step table describes the g-th sample read, counting across input parts in order.
+Intermediate tables in the work folder are one file per input part and step, row-aligned with
+that part's ingest table: row r of ``STEP/part-NNNNN.parquet`` describes the part's r-th sample.
 """
 
 import pyarrow as pa
@@ -22,7 +22,8 @@ INGEST = pa.schema([
 SEMDEDUP = pa.schema([
     pa.field("dedup_cluster", pa.int32()),
     pa.field("dedup_distance", pa.float32()),
-    pa.field("dup_of", pa.int64()),  # global row of the earlier member achieving m_j, or null
+    pa.field("dup_of_hi", pa.uint64()),  # uid of the earlier member achieving m_j, or null
+    pa.field("dup_of_lo", pa.uint64()),
     pa.field("dup_similarity", pa.float32()),
     pa.field("removed", pa.bool_(), nullable=False),
 ])

@@ -173,7 +173,9 @@ def write_config(path: Path, data: Path, out: Path, raw: dict[str, Any]) -> Path
 KILLS = [
     ("pipeline.stages.semdedup:dedup_cluster", 3, ""),  # inside semdedup, between clusters
     ("pipeline.workdir:WorkDir.mark", 1, "'dbp'"),  # dbp written, its marker not yet
-    ("pipeline.runner:write_parquet", 2, ".ledger.staging"),  # inside the ledger write
+    ("pipeline.stages.ledger:write_parquet", 2, ".ledger.staging"),  # inside the ledger write
+    ("pipeline.workdir:WorkDir.mark", 1, "dbp/assign-00001"),  # dbp: a unit done, one not
+    ("pipeline.stages.shuffle:write_npy", 1, "bucket-00000.parts"),  # a bucket half written
     ("pathlib:Path.rename", 1, ".ledger.staging"),  # ledger swap: old moved away, new not in
     ("pipeline.runner:write_json", 1, "report.json"),  # everything but the report
 ]

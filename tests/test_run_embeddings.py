@@ -86,23 +86,35 @@ def test_run_writes_subset_ledger_report(emb_dir: Path, tmp_path: Path) -> None:
         SPEC.samples - reached.sum()
 
 
-def test_every_planted_exact_duplicate_collapses(emb_dir: Path, tmp_path: Path) -> None:
+def test_every_planted_duplicate_group_in_one_cluster_collapses(emb_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    """SemDeDup compares members of one cluster only: a group of planted copies collapses to
+    one survivor when it shares a cluster (all exact copies do, and near copies unless a
+    cluster boundary runs between them, which is rare)."""
     out = tmp_path / "out"
     run(config(emb_dir, out, clip_filter__enabled=False, dbp__enabled=False))
     led = ledger(out)
     keys = led.column("key").to_pylist()
     status = dict(zip(keys, led.column("status").to_pylist(), strict=True))
+    cluster = dict(zip(keys, led.column("dedup_cluster").to_pylist(), strict=True))
     truth = pq.read_table(emb_dir / "ground_truth.parquet").to_pylist()
     groups: dict[str, set[str]] = {}
     for row in truth:
         groups.setdefault(row["duplicate_of"], {row["duplicate_of"]}).add(row["key"])
     assert groups
-    for members in groups.values():
+    exact = {row["duplicate_of"] for row in truth if row["kind"] == "exact"}
+    split = 0
+    for source, members in groups.items():
         survivors = [k for k in members if status[k] == "kept"]
+        if len({cluster[k] for k in members}) > 1:
+            assert source not in exact, members
+            split += 1
+            continue
         assert len(survivors) == 1, (members, survivors)
+    assert split <= 0.02 * len(groups), split
     # every removal names an earlier member and a similarity above 1 - eps
     removed = led.filter(pa.compute.equal(led["status"], "removed"))
-    assert removed.num_rows >= len(truth)
+    assert removed.num_rows >= len(truth) - split
     assert removed.column("dup_of").null_count == 0
     assert min(removed.column("dup_similarity").to_pylist()) > 1 - 0.01
     assert set(removed.column("stage").to_pylist()) == {"semdedup"}

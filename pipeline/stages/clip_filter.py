@@ -1,44 +1,142 @@
-"""The clip_filter step: drop samples whose image and caption disagree (SPEC §1, step 3)."""
+"""The clip_filter step: drop samples whose image and caption disagree (SPEC §1, step 3).
+
+With a threshold every part decides alone. With ``keep_fraction`` the cut is the exact
+global rank ⌊qM + ½⌋ of the key (score descending, uid, row), found by histogram rounds over
+the parts (``key_select``), so no list of scores ever reaches the driver; then every part
+keeps its keys up to the cut.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from pipeline.algorithms.selection import clip_filter_keep
-from pipeline.io.tables import numpy_column
-from pipeline.stages.context import RunContext
+from pipeline.algorithms import key_select as ks
+from pipeline.algorithms.selection import fraction_of
+from pipeline.stages.context import RunContext, StepResult, alive_rows, ingest_path, step_part_path
+from pipeline.workdir import write_parquet
 from schemas import arrow as schemas
 
 log = logging.getLogger(__name__)
 
 NO_SCORE = "no clip score: text embedding missing or invalid"
+KEY_BITS = (32, 64, 64, 64)  # score (largest first), uid high, uid low, global row
 
 
 class ClipFilterError(ValueError):
     """The filter cannot run on this input."""
 
 
-@dataclass
-class ClipFilterResult:
-    removed: np.ndarray
-    reason: np.ndarray  # object array of str | None
-
-    def table(self) -> pa.Table:
-        return pa.table({"removed": pa.array(self.removed),
-                         "reason": pa.array(self.reason, pa.string())},
-                        schema=schemas.CLIP_FILTER)
-
-    @classmethod
-    def from_table(cls, table: pa.Table) -> ClipFilterResult:
-        return cls(numpy_column(table, "removed", False, "bool"),
-                   np.array(table.column("reason").to_pylist(), dtype=object))
+@dataclass(frozen=True)
+class PartKeys:
+    work: str
+    part: int
+    offset: int
+    earlier: tuple[str, ...]
 
 
-def run_clip_filter(ctx: RunContext, alive: np.ndarray) -> ClipFilterResult:
+def _scored(task: PartKeys) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(alive rows, their scores, mask of those with a score)."""
+    rows = alive_rows(task.work, task.part, task.earlier)
+    t = pq.read_table(ingest_path(Path(task.work), task.part), columns=["clip_score"])
+    col = t.column("clip_score")
+    score = col.fill_null(np.nan).to_numpy().astype(np.float32)[rows]
+    return rows, score, ~np.isnan(score)
+
+
+def part_keys(task: PartKeys) -> np.ndarray:
+    """The sort keys (n x 4 uint64) of a part's alive, scored rows."""
+    rows, score, ok = _scored(task)
+    rows, score = rows[ok], score[ok]
+    ids = pq.read_table(ingest_path(Path(task.work), task.part), columns=["uid_hi", "uid_lo"])
+    keys = np.empty((len(rows), 4), dtype=np.uint64)
+    keys[:, 0] = ks.descending_float_key(score)
+    keys[:, 1] = ids.column("uid_hi").to_numpy()[rows]
+    keys[:, 2] = ids.column("uid_lo").to_numpy()[rows]
+    keys[:, 3] = (task.offset + rows).astype(np.uint64)
+    return keys
+
+
+@dataclass(frozen=True)
+class RoundTask:
+    keys: PartKeys
+    prefix: ks.Prefix
+    gather: bool  # the matching keys themselves, else their histogram
+
+
+def select_round(task: RoundTask) -> np.ndarray:
+    keys = part_keys(task.keys)
+    if task.gather:
+        return keys[ks.matching(keys, task.prefix, KEY_BITS)]
+    return ks.histogram(keys, task.prefix, KEY_BITS)
+
+
+@dataclass(frozen=True)
+class ApplyTask:
+    keys: PartKeys
+    rows: int
+    threshold: float | None
+    cut: tuple[int, ...] | None  # keep keys <= cut; None with a threshold or when none is kept
+    reason: str
+    out: str
+
+
+def apply_part(task: ApplyTask) -> list[int]:
+    """Write one part's row-aligned clip_filter table; returns [alive rows, removed]."""
+    rows, score, ok = _scored(task.keys)
+    removed = np.zeros(task.rows, dtype=bool)
+    reason = np.full(task.rows, None, dtype=object)
+    removed[rows[~ok]] = True
+    reason[rows[~ok]] = NO_SCORE
+    if task.threshold is not None:
+        keep = score[ok] >= task.threshold
+    elif task.cut is None:
+        keep = np.zeros(int(ok.sum()), dtype=bool)
+    else:
+        keep = ks.at_most(part_keys(task.keys), task.cut)
+    dropped = rows[ok][~keep]
+    removed[dropped] = True
+    reason[dropped] = task.reason
+    write_parquet(Path(task.out), pa.table({"removed": pa.array(removed),
+                                            "reason": pa.array(reason, pa.string())},
+                                           schema=schemas.CLIP_FILTER))
+    return [int(len(rows)), int(removed.sum())]
+
+
+def _cut(ctx: RunContext, keys: list[PartKeys], fraction: float) -> tuple[int, ...] | None:
+    """The largest key kept: the ⌊qM + ½⌋-th smallest of the M scored keys."""
+
+    def rounds(prefix: ks.Prefix, gather: bool) -> Iterator[np.ndarray]:
+        return ctx.engine.map(select_round, [RoundTask(k, prefix, gather) for k in keys],
+                              desc="clip_filter: select", total=len(keys), unit="part",
+                              concurrent=True)
+
+    first = np.zeros(1 << ks.DIGIT_BITS, dtype=np.int64)
+    for h in rounds(ks.Prefix(), gather=False):
+        first += h
+    total = int(first.sum())
+    rank = fraction_of(fraction, total)
+    if rank == 0:
+        return None
+    seen = {ks.Prefix(): first}
+
+    def histograms(prefix: ks.Prefix) -> Iterator[np.ndarray]:
+        if prefix in seen:
+            yield seen.pop(prefix)
+        else:
+            yield from rounds(prefix, gather=False)
+
+    return ks.kth_key(rank, total, KEY_BITS, histograms, lambda p: rounds(p, gather=True))
+
+
+def run_clip_filter(ctx: RunContext, earlier: tuple[str, ...], alive: list[int]
+                    ) -> StepResult:
     cfg = ctx.cfg.clip_filter
     if not any(p.has_text for p in ctx.parts):
         raise ClipFilterError(
@@ -46,21 +144,18 @@ def run_clip_filter(ctx: RunContext, alive: np.ndarray) -> ClipFilterResult:
             "clip-retrieval folder, or {model}_txt in DataComp npz files); add them or set "
             "clip_filter.enabled=false"
         )
-    n = ctx.size
-    removed = np.zeros(n, dtype=bool)
-    reason = np.full(n, None, dtype=object)
-    scored = alive & ~np.isnan(ctx.clip_score)
-    unscored = alive & ~scored
-    removed[unscored] = True
-    reason[unscored] = NO_SCORE
-
-    rows = np.flatnonzero(scored)
-    keep = clip_filter_keep(ctx.clip_score[rows], ctx.uid_hi[rows], ctx.uid_lo[rows],
-                            threshold=cfg.threshold, keep_fraction=cfg.keep_fraction)
-    dropped = rows[~keep]
-    removed[dropped] = True
-    reason[dropped] = (f"clip score below threshold {cfg.threshold:g}" if cfg.threshold is not None
-                       else f"clip score not in the top {cfg.keep_fraction:g} fraction")
-    log.info("clip_filter: removed %d of %d (%d had no score)", int(removed.sum()),
-             int(alive.sum()), int(unscored.sum()))
-    return ClipFilterResult(removed, reason)
+    keys = [PartKeys(ctx.root, p.index, int(ctx.offsets[p.index]), earlier) for p in ctx.parts]
+    cut = None
+    if cfg.threshold is None:
+        cut = _cut(ctx, keys, cfg.keep_fraction)
+    why = (f"clip score below threshold {cfg.threshold:g}" if cfg.threshold is not None
+           else f"clip score not in the top {cfg.keep_fraction:g} fraction")
+    tasks = [ApplyTask(k, p.rows, cfg.threshold, cut, why,
+                       str(step_part_path(ctx.work.root, "clip_filter", p.index)))
+             for k, p in zip(keys, ctx.parts, strict=True)]
+    applied = ctx.map_units("clip_filter", "apply", apply_part, tasks,
+                            [p.index for p in ctx.parts], desc="clip_filter", unit="part",
+                            concurrent=True)
+    result = StepResult([a for a, _ in applied], [r for _, r in applied], {})
+    log.info("clip_filter: removed %d of %d", sum(result.removed), sum(alive))
+    return result

@@ -1,25 +1,80 @@
-"""Spherical k-means as steps use it (SPEC §2): the fit on one worker, then the assignment
-of every vector as a map over the input parts."""
+"""Spherical k-means as steps use it (SPEC §2), as units of work: a seeded sample drawn part by
+part, the fit on one worker, then every alive vector assigned and scattered by cluster.
+
+The sample is uniform over the alive vectors without any list of them: the driver splits its
+size among the parts by a seeded multivariate hypergeometric draw (exactly the counts a
+uniform sample of that size has), and each part draws its rows with a generator seeded by
+(seed, step, part). The sample, in part and row order, is written to the work folder and read
+by the fit.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from pipeline.algorithms import kmeans
 from pipeline.engines.base import Resources
 from pipeline.io.vector_store import VectorStore
-from pipeline.stages.context import RunContext
+from pipeline.stages.context import RunContext, alive_rows, ingest_path
+from pipeline.stages.shuffle import part_counts, write_scatter
+from pipeline.workdir import write_npy
 
 log = logging.getLogger(__name__)
+
+# keys the random draws of each step, so that two steps never draw the same rows
+STEP_SALT = {"semdedup": 1, "dbp": 2}
+
+
+def plan_sample(alive: list[int], k: int, max_points_per_centroid: int, seed: int,
+                salt: int) -> list[int]:
+    """Sample size per part: every alive vector when there are few enough, else the counts
+    of a seeded uniform sample of ``max_points_per_centroid * k`` vectors."""
+    total = sum(alive)
+    size = min(total, max_points_per_centroid * k)
+    if size == total:
+        return list(alive)
+    rng = np.random.default_rng([seed, salt])
+    counts = rng.multivariate_hypergeometric(np.asarray(alive, dtype=np.int64), size,
+                                             method="marginals")
+    return [int(c) for c in counts]
+
+
+def sample_rows(rows: np.ndarray, count: int, seed: int, salt: int, part: int) -> np.ndarray:
+    """``count`` of a part's alive ``rows``, uniformly, in row order."""
+    if count >= len(rows):
+        return rows
+    rng = np.random.default_rng([seed, salt, part])
+    return rows[np.sort(rng.choice(len(rows), size=count, replace=False))]
+
+
+@dataclass(frozen=True)
+class SampleTask:
+    work: str
+    part: int
+    offset: int
+    earlier: tuple[str, ...]
+    count: int
+    seed: int
+    salt: int
+    out: str
+
+
+def draw_sample(store: VectorStore, task: SampleTask) -> int:
+    rows = sample_rows(alive_rows(task.work, task.part, task.earlier), task.count, task.seed,
+                       task.salt, task.part)
+    write_npy(Path(task.out), store.gather(task.offset + rows))
+    return int(len(rows))
 
 
 @dataclass(frozen=True)
 class FitTask:
-    sample: np.ndarray  # the seeded sample's unit vectors
+    sample: tuple[str, ...]  # the parts' sample files, in part order
     k: int
     niter: int
     seed: int
@@ -28,14 +83,21 @@ class FitTask:
 
 
 def fit(task: FitTask) -> np.ndarray:
-    return kmeans.fit_spherical(task.sample, task.k, task.niter, task.seed, gpu=task.gpu,
+    sample = np.concatenate([np.load(p) for p in task.sample])
+    return kmeans.fit_spherical(sample, task.k, task.niter, task.seed, gpu=task.gpu,
                                 setting=task.setting)
 
 
 @dataclass(frozen=True)
 class AssignTask:
-    rows: np.ndarray  # sorted global rows, all in one input part
+    work: str
+    part: int
+    offset: int
+    earlier: tuple[str, ...]
+    k: int
     batch_size: int
+    out: str  # the step's scatter folder
+    sums: bool  # also write the per-cluster sum of distances
 
 
 def _assign_state(store: VectorStore, centroids: np.ndarray, gpu: bool
@@ -43,46 +105,84 @@ def _assign_state(store: VectorStore, centroids: np.ndarray, gpu: bool
     return store, kmeans.Assigner(centroids, gpu=gpu)
 
 
-def assign_part(state: tuple[VectorStore, kmeans.Assigner], task: AssignTask
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid and distance of each row, in batches that restart at the part's
-    start: the same batches on every engine, so the same floats."""
+def assign_part(state: tuple[VectorStore, kmeans.Assigner], task: AssignTask) -> int:
+    """Nearest centroid and distance of each alive row, in batches that restart at the
+    part's start (the same batches on every engine, so the same floats), scattered by
+    cluster. Returns the rows assigned."""
     store, assigner = state
-    cluster = np.empty(len(task.rows), dtype=np.int32)
-    distance = np.empty(len(task.rows), dtype=np.float32)
-    pos = 0
-    for chunk, vectors in store.batches(task.rows, task.batch_size):
-        cluster[pos : pos + len(chunk)], distance[pos : pos + len(chunk)] = \
-            assigner.assign(vectors)
-        pos += len(chunk)
-    return cluster, distance
-
-
-def fit_and_assign(ctx: RunContext, rows: np.ndarray, k: int, setting: str, name: str
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Spherical k-means fit on a seeded sample of ``rows``, then every row assigned.
-
-    Returns (centroids, cluster per row, distance per row), aligned with ``rows``.
-    """
-    cfg = ctx.cfg.kmeans
-    kmeans.check_k(k, len(rows), setting)
-    gpu = kmeans.use_gpu(cfg.device)
-    sample = kmeans.sample_indices(rows, k, cfg.max_points_per_centroid, ctx.cfg.seed)
-    log.info("%s: fitting %d centroids on %d of %d vectors (%s)", name, k, len(sample),
-             len(rows), "GPU" if gpu else "CPU")
-    gpus = Resources(gpus=1.0) if gpu else Resources()
-    centroids = ctx.engine.run_one(
-        fit, FitTask(ctx.store.gather(sample), k, cfg.niter, ctx.cfg.seed, gpu, setting),
-        resources=gpus)
-    bounds = np.searchsorted(rows, ctx.store.offsets)
-    tasks = [AssignTask(rows[a:b], cfg.batch_size)
-             for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+    rows = alive_rows(task.work, task.part, task.earlier)
     cluster = np.empty(len(rows), dtype=np.int32)
     distance = np.empty(len(rows), dtype=np.float32)
     pos = 0
-    for c, d in ctx.engine.map(assign_part, tasks, desc=f"{name}: assign", total=len(tasks),
-                               unit="part", resources=gpus,
-                               setup=partial(_assign_state, ctx.store, centroids, gpu)):
-        cluster[pos : pos + len(c)], distance[pos : pos + len(c)] = c, d
-        pos += len(c)
-    return centroids, cluster, distance
+    for chunk, vectors in store.batches(task.offset + rows, task.batch_size):
+        cluster[pos : pos + len(chunk)], distance[pos : pos + len(chunk)] = \
+            assigner.assign(vectors)
+        pos += len(chunk)
+    ids = pq.read_table(ingest_path(Path(task.work), task.part), columns=["uid_hi", "uid_lo"])
+    uid_hi = ids.column("uid_hi").to_numpy()[rows]
+    uid_lo = ids.column("uid_lo").to_numpy()[rows]
+    out = Path(task.out)
+    write_scatter(out, task.part, task.k, rows, cluster, distance, uid_hi, uid_lo)
+    if task.sums:
+        write_npy(out / f"sums-{task.part:05d}.npy",
+                  np.bincount(cluster, weights=distance.astype(np.float64), minlength=task.k))
+    return int(len(rows))
+
+
+@dataclass
+class Assigned:
+    """The driver's view of a clustering: O(k) arrays."""
+
+    centroids: np.ndarray
+    sizes: np.ndarray  # members per cluster
+    sums: np.ndarray | None  # sum of member distances per cluster, folded in part order
+    scatter: Path
+
+
+def fit_and_assign(ctx: RunContext, step: str, earlier: tuple[str, ...], alive: list[int],
+                   k: int, setting: str, sums: bool = False) -> Assigned:
+    """Spherical k-means fit on a seeded sample of the alive vectors, then every alive vector
+    assigned and scattered by cluster into ``STEP/scatter``."""
+    cfg = ctx.cfg.kmeans
+    kmeans.check_k(k, sum(alive), setting)
+    gpu = kmeans.use_gpu(cfg.device)
+    gpus = Resources(gpus=1.0) if gpu else Resources()
+    salt = STEP_SALT[step]
+    sample_dir = ctx.step_folder(step, "sample")
+    counts = plan_sample(alive, k, cfg.max_points_per_centroid, ctx.cfg.seed, salt)
+    offsets = ctx.offsets
+    parts = [p.index for p in ctx.parts]
+    tasks = [SampleTask(ctx.root, p, int(offsets[p]), earlier, counts[p], ctx.cfg.seed, salt,
+                        str(sample_dir / f"part-{p:05d}.npy")) for p in parts]
+    ctx.map_units(step, "sample", draw_sample, tasks, parts, desc=f"{step}: sample",
+                  unit="part", setup=partial(_same, ctx.store))
+    centroids_path = ctx.step_folder(step) / "centroids.npy"
+    fp = ctx.fingerprints[step]
+    if ctx.work.done(f"{step}/fit", fp):
+        centroids = np.load(centroids_path)
+    else:
+        log.info("%s: fitting %d centroids on %d of %d vectors (%s)", step, k, sum(counts),
+                 sum(alive), "GPU" if gpu else "CPU")
+        centroids = ctx.engine.run_one(
+            fit, FitTask(tuple(t.out for t in tasks), k, cfg.niter, ctx.cfg.seed, gpu, setting),
+            resources=gpus)
+        write_npy(centroids_path, centroids)
+        ctx.work.mark(f"{step}/fit", fp)
+    scatter = ctx.step_folder(step, "scatter")
+    tasks_a = [AssignTask(ctx.root, p, int(offsets[p]), earlier, k, cfg.batch_size,
+                          str(scatter), sums) for p in parts]
+    ctx.map_units(step, "assign", assign_part, tasks_a, parts, desc=f"{step}: assign",
+                  unit="part", resources=gpus,
+                  setup=partial(_assign_state, ctx.store, centroids, gpu))
+    sizes = np.zeros(k, dtype=np.int64)
+    total = np.zeros(k, dtype=np.float64) if sums else None
+    for p in parts:  # folded in part order: the same sums on every engine
+        sizes += part_counts(scatter, p)
+        if total is not None:
+            total += np.load(scatter / f"sums-{p:05d}.npy")
+    return Assigned(centroids, sizes, total, scatter)
+
+
+def _same(store: VectorStore) -> VectorStore:
+    """A worker's store: this one in-process; elsewhere a copy reading the work folder."""
+    return store

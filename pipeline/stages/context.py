@@ -1,20 +1,66 @@
-"""What every step of a run sees: the config, the work folder, the engine and the samples.
+"""What every step of a run sees: the config, the work folder, the engine and the parts.
 
-Per-sample state is a set of numpy arrays indexed by global row (ingest order); the vectors
-themselves stay on disk behind the ``VectorStore``.
+The driver holds only per-part and per-cluster state. Per-sample state lives in the work
+folder, one row-aligned file per part and step (``STEP/part-NNNNN.parquet``), and is read by
+the workers that need it; the vectors stay on disk behind the ``VectorStore``.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from pipeline.config import RunConfig
-from pipeline.engines.base import Engine
+from pipeline.engines.base import DEFAULT, Engine, Resources
 from pipeline.io.vector_store import VectorStore
 from pipeline.stages.ingest import IngestedPart
 from pipeline.workdir import WorkDir
+
+log = logging.getLogger(__name__)
+
+
+def ingest_path(work: Path, part: int) -> Path:
+    return Path(work) / "ingest" / f"part-{part:05d}.parquet"
+
+
+def step_part_path(work: Path, step: str, part: int) -> Path:
+    return Path(work) / step / f"part-{part:05d}.parquet"
+
+
+def alive_rows(work: str | Path, part: int, earlier: Sequence[str]) -> np.ndarray:
+    """Rows of one part that reach a step: usable at read and removed by no earlier step."""
+    failed = pq.read_table(ingest_path(Path(work), part), columns=["failed_reason"])
+    alive = failed.column("failed_reason").is_null().to_numpy(zero_copy_only=False)
+    for step in earlier:
+        removed = pq.read_table(step_part_path(Path(work), step, part), columns=["removed"])
+        alive &= ~removed.column("removed").to_numpy(zero_copy_only=False)
+    return np.flatnonzero(alive)
+
+
+@dataclass
+class StepResult:
+    """What a finished step tells the driver, per part (stored in the step's marker)."""
+
+    alive_in: list[int]
+    removed: list[int]
+    extra: dict[str, Any]
+
+    @property
+    def alive_out(self) -> list[int]:
+        return [a - r for a, r in zip(self.alive_in, self.removed, strict=True)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"alive_in": self.alive_in, "removed": self.removed, "extra": self.extra}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StepResult:
+        return cls(data["alive_in"], data["removed"], data["extra"])
 
 
 @dataclass
@@ -24,11 +70,41 @@ class RunContext:
     engine: Engine
     parts: list[IngestedPart]
     store: VectorStore
-    uid_hi: np.ndarray
-    uid_lo: np.ndarray
-    usable: np.ndarray  # False for samples that failed at read
-    clip_score: np.ndarray  # NaN where there is none
+    fingerprints: dict[str, str]
 
     @property
-    def size(self) -> int:
-        return len(self.usable)
+    def root(self) -> str:
+        return str(self.work.root)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return self.store.offsets
+
+    def step_folder(self, step: str, sub: str | None = None) -> Path:
+        return self.work.step_dir(step if sub is None else f"{step}/{sub}")
+
+    def map_units(self, step: str, kind: str, fn: Callable[..., Any], tasks: Sequence[Any],
+                  ids: Sequence[int], *, desc: str, unit: str,
+                  resources: Resources = DEFAULT, setup: Callable[[], Any] | None = None,
+                  concurrent: bool = False) -> list[Any]:
+        """Run ``fn`` over the units not finished yet under this step's fingerprint.
+
+        Each unit's marker is written after its outputs, holding its (JSON-able) result, so a
+        resubmitted run redoes only unfinished units and still returns every result, in
+        task order.
+        """
+        fp = self.fingerprints[step]
+        names = [f"{step}/{kind}-{i:05d}" for i in ids]
+        todo = [i for i, name in enumerate(names) if not self.work.done(name, fp)]
+        if len(todo) < len(tasks):
+            log.info("%s: %d of %d %s units already done, reusing them", step,
+                     len(tasks) - len(todo), len(tasks), kind)
+        results: list[Any] = [None] * len(tasks)
+        done = self.engine.map(fn, [tasks[i] for i in todo], desc=desc, total=len(todo),
+                               unit=unit, resources=resources, setup=setup,
+                               concurrent=concurrent)
+        for i, result in zip(todo, done, strict=True):
+            self.work.mark(names[i], fp, {"result": result})
+        for i, name in enumerate(names):
+            results[i] = self.work.stats(name)["result"]
+        return results

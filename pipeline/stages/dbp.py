@@ -1,45 +1,37 @@
-"""The dbp step: cluster survivors into concepts, budget them by complexity, select (SPEC §4)."""
+"""The dbp step: cluster survivors into concepts, budget them by complexity, select (SPEC §4).
+
+Units: assign and scatter over parts (member counts and distance sums per concept come back
+through the scatter files, folded in part order), the budget on the driver, selection over
+concept buckets, then the decisions back to the parts.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.algorithms import budget as bud
 from pipeline.algorithms.selection import fraction_of, select_within_concepts
-from pipeline.io.tables import masked, numpy_column
+from pipeline.io.tables import masked
 from pipeline.stages.clusters import fit_and_assign
-from pipeline.stages.context import RunContext
+from pipeline.stages.context import RunContext, StepResult, step_part_path
+from pipeline.stages.shuffle import (
+    gather_bucket,
+    plan_buckets,
+    read_results,
+    read_scatter,
+    write_results,
+)
+from pipeline.workdir import write_parquet
 from schemas import arrow as schemas
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class DBPResult:
-    cluster: np.ndarray  # int32, -1 where the sample did not reach dbp
-    distance: np.ndarray  # float32, NaN where it did not
-    removed: np.ndarray
-    clusters: pa.Table  # one row per concept, schemas.DBP_CLUSTERS
-    target: int
-    centroids: np.ndarray
-
-    def table(self) -> pa.Table:
-        return pa.table({
-            "cluster": masked(self.cluster, self.cluster < 0, pa.int32()),
-            "distance": masked(self.distance, np.isnan(self.distance), pa.float32()),
-            "removed": pa.array(self.removed),
-        }, schema=schemas.DBP)
-
-    @classmethod
-    def from_tables(cls, table: pa.Table, clusters: pa.Table, centroids: np.ndarray,
-                    target: int) -> DBPResult:
-        return cls(numpy_column(table, "cluster", -1, "int32"),
-                   numpy_column(table, "distance", np.nan, "float32"),
-                   numpy_column(table, "removed", False, "bool"), clusters, target, centroids)
+DECISION_DTYPE = np.dtype([("row", "<i8"), ("removed", "?")])
 
 
 def dbp_target(cfg, reaching: int) -> int:  # noqa: ANN001 - DBPConfig
@@ -51,6 +43,10 @@ def dbp_target(cfg, reaching: int) -> int:  # noqa: ANN001 - DBPConfig
             )
         return int(cfg.keep_count)
     return fraction_of(cfg.keep_fraction, reaching)
+
+
+def reason(keep: str) -> str:
+    return f"over its concept's budget (keeps the {keep} members)"
 
 
 def concept_table(size: np.ndarray, d_intra: np.ndarray, d_inter: np.ndarray,
@@ -69,28 +65,93 @@ def concept_table(size: np.ndarray, d_intra: np.ndarray, d_inter: np.ndarray,
     }, schema=schemas.DBP_CLUSTERS)
 
 
-def run_dbp(ctx: RunContext, alive: np.ndarray) -> DBPResult:
-    cfg = ctx.cfg.dbp
-    rows = np.flatnonzero(alive)
-    target = dbp_target(cfg, len(rows))
-    centroids, cl, dist = fit_and_assign(ctx, rows, cfg.k, "dbp.k", "dbp")
+@dataclass(frozen=True)
+class SelectTask:
+    scatter: str
+    out: str
+    parts: int
+    bucket: int
+    first: int
+    stop: int
+    budget: np.ndarray  # budgets of concepts [first, stop)
+    keep: str
+    seed: int
 
-    size, d_intra = bud.intra_distance(cl, dist, cfg.k)
-    d_inter = bud.inter_distance(centroids, size > 0, cfg.l)
+
+def select_bucket(task: SelectTask) -> list[int]:
+    """Keep each concept's budget of its members; returns the kept count per concept."""
+    m = gather_bucket(Path(task.scatter), task.parts, task.first, task.stop)
+    budget = np.zeros(task.stop, dtype=np.int64)
+    budget[task.first :] = task.budget
+    keep = select_within_concepts(m.cluster, m.distance, m.uid_hi, m.uid_lo, budget, task.keep,
+                                  task.seed)
+    out = np.empty(len(keep), dtype=DECISION_DTYPE)
+    out["row"], out["removed"] = m.row, ~keep
+    write_results(Path(task.out), task.bucket, task.parts, m.part, out)
+    kept = np.bincount(m.cluster[keep] - task.first, minlength=task.stop - task.first)
+    return [int(x) for x in kept]
+
+
+@dataclass(frozen=True)
+class ApplyTask:
+    scatter: str
+    decisions: str
+    buckets: int
+    part: int
+    rows: int
+    out: str
+
+
+def apply_part(task: ApplyTask) -> list[int]:
+    """Write one part's row-aligned dbp table; returns [alive rows, removed]."""
+    n = task.rows
+    cluster = np.full(n, -1, dtype=np.int32)
+    distance = np.full(n, np.nan, dtype=np.float32)
+    rec = read_scatter(Path(task.scatter), task.part)
+    cluster[rec["row"]], distance[rec["row"]] = rec["cluster"], rec["distance"]
+    removed = np.zeros(n, dtype=bool)
+    got = read_results(Path(task.decisions), task.buckets, task.part)
+    if got is not None:
+        removed[got["row"]] = got["removed"]
+    write_parquet(Path(task.out), pa.table({
+        "cluster": masked(cluster, cluster < 0, pa.int32()),
+        "distance": masked(distance, np.isnan(distance), pa.float32()),
+        "removed": pa.array(removed),
+    }, schema=schemas.DBP))
+    return [int(len(rec)), int(removed.sum())]
+
+
+def run_dbp(ctx: RunContext, earlier: tuple[str, ...], alive: list[int]
+            ) -> tuple[StepResult, pa.Table]:
+    """The step's per-part result and its concept table."""
+    cfg = ctx.cfg.dbp
+    target = dbp_target(cfg, sum(alive))
+    got = fit_and_assign(ctx, "dbp", earlier, alive, cfg.k, "dbp.k", sums=True)
+    size = got.sizes
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d_intra = np.where(size > 0, got.sums / np.maximum(size, 1), np.nan)
+    d_inter = bud.inter_distance(got.centroids, size > 0, cfg.l)
     probability = bud.concept_probability(d_intra * d_inter, cfg.temperature)
     budget = bud.concept_budget(size, probability, target, cfg.k, cfg.balance)
 
-    keep = select_within_concepts(cl, dist, ctx.uid_hi[rows], ctx.uid_lo[rows], budget,
-                                  cfg.keep, ctx.cfg.seed)
-    kept = np.bincount(cl[keep], minlength=cfg.k)
-
-    n = ctx.size
-    cluster = np.full(n, -1, dtype=np.int32)
-    distance = np.full(n, np.nan, dtype=np.float32)
-    removed = np.zeros(n, dtype=bool)
-    cluster[rows], distance[rows] = cl, dist
-    removed[rows[~keep]] = True
-    log.info("dbp: k=%d target N=%d of M=%d, kept %d", cfg.k, target, len(rows), int(keep.sum()))
-    return DBPResult(cluster, distance, removed,
-                     concept_table(size, d_intra, d_inter, probability, budget, kept),
-                     target, centroids)
+    buckets = plan_buckets(size, ctx.cfg.engine.bucket_rows)
+    decisions = ctx.step_folder("dbp", "decisions")
+    n_parts = len(ctx.parts)
+    tasks = [SelectTask(str(got.scatter), str(decisions), n_parts, b.index, b.first, b.stop,
+                        budget[b.first : b.stop], cfg.keep, ctx.cfg.seed) for b in buckets]
+    kept = np.zeros(cfg.k, dtype=np.int64)
+    results = ctx.map_units("dbp", "bucket", select_bucket, tasks, [b.index for b in buckets],
+                            desc="dbp: select", unit="bucket")
+    for b, counts in zip(buckets, results, strict=True):
+        kept[b.first : b.stop] = counts
+    applied = ctx.map_units(
+        "dbp", "apply", apply_part,
+        [ApplyTask(str(got.scatter), str(decisions), len(buckets), p.index, p.rows,
+                   str(step_part_path(ctx.work.root, "dbp", p.index))) for p in ctx.parts],
+        [p.index for p in ctx.parts], desc="dbp: decisions", unit="part", concurrent=True)
+    result = StepResult([a for a, _ in applied], [r for _, r in applied],
+                        {"k": cfg.k, "target": target, "reaching": sum(alive),
+                         "keep": cfg.keep, "buckets": len(buckets)})
+    log.info("dbp: k=%d target N=%d of M=%d, kept %d", cfg.k, target, sum(alive),
+             int(kept.sum()))
+    return result, concept_table(size, d_intra, d_inter, probability, budget, kept)

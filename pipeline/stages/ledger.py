@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.ids import u128_to_uids
-from pipeline.io.tables import masked
+from pipeline.io.tables import masked, numpy_column
+from pipeline.workdir import write_parquet
 from schemas import arrow as schemas
 
 
@@ -104,3 +106,63 @@ def check_invariant(ledger_dir: Path, read_per_shard: Counter) -> dict[str, dict
                                                 ("kept", "removed", "failed")}}
             for s in sorted(read_per_shard)}
 
+
+
+@dataclass(frozen=True)
+class LedgerTask:
+    work: str
+    part: int
+    steps: tuple[str, ...]  # enabled steps, in order
+    reasons: tuple[tuple[str, str], ...]  # (step, reason) for steps with one fixed reason
+    last_step: str
+    out: str
+    subset: str  # folder of the parts' sorted kept uids
+
+
+def write_ledger_part(task: LedgerTask) -> dict:
+    """Write one part's ledger and its kept uids; returns the samples read per source shard
+    and the kept count."""
+    from pipeline.stages import subset
+    from pipeline.stages.context import ingest_path, step_part_path
+
+    work = Path(task.work)
+    ingest = pq.read_table(ingest_path(work, task.part),
+                           columns=["key", "uid", "shard", "uid_hi", "uid_lo", "failed_reason",
+                                    "failed_stage", "clip_score"])
+    n = ingest.num_rows
+    failed = ~ingest.column("failed_reason").is_null().to_numpy(zero_copy_only=False)
+    tables = {s: pq.read_table(step_part_path(work, s, task.part)) for s in task.steps}
+    fixed = dict(task.reasons)
+    removals = []
+    for s in task.steps:
+        removed = tables[s].column("removed").to_numpy(zero_copy_only=False)
+        why = (np.full(n, fixed[s], dtype=object) if s in fixed else
+               np.array(tables[s].column("reason").to_pylist(), dtype=object))
+        removals.append((s, removed, why))
+    status, stage, reason = decide(failed, removals, task.last_step)
+    sem, dbp = tables.get("semdedup"), tables.get("dbp")
+    none_i = np.full(n, -1, dtype=np.int32)
+    none_f = np.full(n, np.nan, dtype=np.float32)
+    if sem is not None:
+        has_dup = ~sem.column("dup_of_hi").is_null().to_numpy(zero_copy_only=False)
+        dup_hi = numpy_column(sem, "dup_of_hi", 0, "uint64")
+        dup_lo = numpy_column(sem, "dup_of_lo", 0, "uint64")
+    else:
+        has_dup = np.zeros(n, dtype=bool)
+        dup_hi = dup_lo = np.zeros(n, dtype=np.uint64)
+    table = ledger_table(
+        ingest, status, stage, reason,
+        numpy_column(sem, "dedup_cluster", -1, "int32") if sem else none_i,
+        numpy_column(sem, "dedup_distance", np.nan, "float32") if sem else none_f,
+        dup_hi, dup_lo, has_dup,
+        numpy_column(sem, "dup_similarity", np.nan, "float32") if sem else none_f,
+        numpy_column(dbp, "cluster", -1, "int32") if dbp else none_i,
+        numpy_column(dbp, "distance", np.nan, "float32") if dbp else none_f)
+    write_parquet(Path(task.out), table)
+    kept = status == "kept"
+    subset.write_part(Path(task.subset), task.part,
+                      ingest.column("uid_hi").to_numpy()[kept],
+                      ingest.column("uid_lo").to_numpy()[kept])
+    read = {e["values"]: e["counts"]
+            for e in ingest.column("shard").value_counts().to_pylist()}
+    return {"read": read, "kept": int(kept.sum())}

@@ -1,20 +1,32 @@
-"""The semdedup step: cluster, then remove near-duplicates within every cluster (SPEC §3)."""
+"""The semdedup step: cluster, then remove near-duplicates within every cluster (SPEC §3).
+
+Units: assign and scatter over parts, the exact blocked kernel over cluster buckets (each
+bucket reads its clusters' members from every part), then the decisions back to the parts.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline.algorithms.ordering import grouped_order
 from pipeline.algorithms.semdedup import auto_block_rows, dedup_cluster
-from pipeline.io.tables import masked, numpy_column
+from pipeline.io.tables import masked
 from pipeline.io.vector_store import VectorStore
-from pipeline.stages.clusters import fit_and_assign
-from pipeline.stages.context import RunContext
+from pipeline.stages.clusters import _same, fit_and_assign
+from pipeline.stages.context import RunContext, StepResult, step_part_path
+from pipeline.stages.shuffle import (
+    gather_bucket,
+    plan_buckets,
+    read_results,
+    read_scatter,
+    write_results,
+)
+from pipeline.workdir import write_parquet
 from schemas import arrow as schemas
 
 log = logging.getLogger(__name__)
@@ -22,58 +34,8 @@ log = logging.getLogger(__name__)
 # Products computed at once: block rows x cluster size floats (256 MB of float32).
 MAX_BLOCK_ELEMENTS = 1 << 26
 
-
-@dataclass
-class SemDeDupResult:
-    cluster: np.ndarray  # int32, -1 where the sample did not take part
-    distance: np.ndarray  # float32, NaN where it did not
-    dup_of: np.ndarray  # int64 global row of the earlier member achieving m_j, -1 if none
-    similarity: np.ndarray  # float32 m_j, NaN if none
-    removed: np.ndarray  # bool
-    centroids: np.ndarray
-    k: int
-
-    def table(self) -> pa.Table:
-        return pa.table({
-            "dedup_cluster": masked(self.cluster, self.cluster < 0, pa.int32()),
-            "dedup_distance": masked(self.distance, np.isnan(self.distance), pa.float32()),
-            "dup_of": masked(self.dup_of, self.dup_of < 0, pa.int64()),
-            "dup_similarity": masked(self.similarity, np.isnan(self.similarity), pa.float32()),
-            "removed": pa.array(self.removed),
-        }, schema=schemas.SEMDEDUP)
-
-    @classmethod
-    def from_table(cls, table: pa.Table, centroids: np.ndarray) -> SemDeDupResult:
-        return cls(
-            cluster=numpy_column(table, "dedup_cluster", -1, "int32"),
-            distance=numpy_column(table, "dedup_distance", np.nan, "float32"),
-            dup_of=numpy_column(table, "dup_of", -1, "int64"),
-            similarity=numpy_column(table, "dup_similarity", np.nan, "float32"),
-            removed=numpy_column(table, "removed", False, "bool"),
-            centroids=centroids, k=len(centroids),
-        )
-
-
-@dataclass(frozen=True)
-class DedupTask:
-    members: np.ndarray  # global rows of one cluster, in dedup order
-    eps: float
-    block_rows: int
-
-
-def _same(store: VectorStore) -> VectorStore:
-    """A worker's store: this one in-process; elsewhere a copy reading the work folder."""
-    return store
-
-
-def dedup_members(store: VectorStore, task: DedupTask
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One cluster's decisions: (members, removed, dup_of as global row or -1, m_j)."""
-    members = task.members
-    cap = max(1, min(task.block_rows, MAX_BLOCK_ELEMENTS // max(1, len(members))))
-    block = auto_block_rows(len(members), cap)
-    rem, arg, sim = dedup_cluster(store.gather(members), task.eps, block)
-    return members, rem, np.where(arg >= 0, members[np.maximum(arg, 0)], -1), sim
+DECISION_DTYPE = np.dtype([("row", "<i8"), ("removed", "?"), ("has_dup", "?"),
+                           ("dup_hi", "<u8"), ("dup_lo", "<u8"), ("similarity", "<f4")])
 
 
 def choose_k(setting: int | str, n: int) -> int:
@@ -82,31 +44,100 @@ def choose_k(setting: int | str, n: int) -> int:
     return int(setting)
 
 
-def run_semdedup(ctx: RunContext, alive: np.ndarray) -> SemDeDupResult:
-    cfg = ctx.cfg.semdedup
-    rows = np.flatnonzero(alive)
-    k = choose_k(cfg.k, len(rows))
-    centroids, cl, dist = fit_and_assign(ctx, rows, k, "semdedup.k", "semdedup")
+def reason(eps: float) -> str:
+    return f"near-duplicate: similarity to dup_of > 1 - eps = {1 - eps:g}"
 
-    n = ctx.size
+
+@dataclass(frozen=True)
+class DedupTask:
+    scatter: str
+    out: str
+    parts: int
+    offsets: np.ndarray  # global row of each part's first sample
+    bucket: int
+    first: int
+    stop: int
+    eps: float
+    block_rows: int
+
+
+def dedup_bucket(store: VectorStore, task: DedupTask) -> int:
+    """Decide every member of clusters [first, stop); returns how many were removed."""
+    m = gather_bucket(Path(task.scatter), task.parts, task.first, task.stop)
+    rows = task.offsets[m.part] + m.row
+    out = np.zeros(len(rows), dtype=DECISION_DTYPE)
+    out["row"] = m.row
+    for _, a, b in m.cluster_bounds():
+        cap = max(1, min(task.block_rows, MAX_BLOCK_ELEMENTS // max(1, b - a)))
+        rem, arg, sim = dedup_cluster(store.gather(rows[a:b]), task.eps,
+                                      auto_block_rows(b - a, cap))
+        has = arg >= 0
+        at = a + np.maximum(arg, 0)
+        piece = out[a:b]
+        piece["removed"], piece["has_dup"], piece["similarity"] = rem, has, sim
+        piece["dup_hi"] = np.where(has, m.uid_hi[at], 0)
+        piece["dup_lo"] = np.where(has, m.uid_lo[at], 0)
+    write_results(Path(task.out), task.bucket, task.parts, m.part, out)
+    return int(out["removed"].sum())
+
+
+@dataclass(frozen=True)
+class ApplyTask:
+    scatter: str
+    decisions: str
+    buckets: int
+    part: int
+    rows: int
+    out: str
+
+
+def apply_part(task: ApplyTask) -> list[int]:
+    """Write one part's row-aligned semdedup table; returns [alive rows, removed]."""
+    n = task.rows
     cluster = np.full(n, -1, dtype=np.int32)
     distance = np.full(n, np.nan, dtype=np.float32)
-    cluster[rows], distance[rows] = cl, dist
-    dup_of = np.full(n, -1, dtype=np.int64)
-    similarity = np.full(n, np.nan, dtype=np.float32)
+    rec = read_scatter(Path(task.scatter), task.part)
+    cluster[rec["row"]], distance[rec["row"]] = rec["cluster"], rec["distance"]
     removed = np.zeros(n, dtype=bool)
+    has = np.zeros(n, dtype=bool)
+    dup_hi = np.zeros(n, dtype=np.uint64)
+    dup_lo = np.zeros(n, dtype=np.uint64)
+    sim = np.full(n, np.nan, dtype=np.float32)
+    got = read_results(Path(task.decisions), task.buckets, task.part)
+    if got is not None:
+        r = got["row"]
+        removed[r], has[r], sim[r] = got["removed"], got["has_dup"], got["similarity"]
+        dup_hi[r], dup_lo[r] = got["dup_hi"], got["dup_lo"]
+    write_parquet(Path(task.out), pa.table({
+        "dedup_cluster": masked(cluster, cluster < 0, pa.int32()),
+        "dedup_distance": masked(distance, np.isnan(distance), pa.float32()),
+        "dup_of_hi": masked(dup_hi, ~has, pa.uint64()),
+        "dup_of_lo": masked(dup_lo, ~has, pa.uint64()),
+        "dup_similarity": masked(sim, np.isnan(sim), pa.float32()),
+        "removed": pa.array(removed),
+    }, schema=schemas.SEMDEDUP))
+    return [int(len(rec)), int(removed.sum())]
 
-    # farthest first within each cluster, ties by uid ascending
-    order = rows[grouped_order(cl, -dist, ctx.uid_hi[rows], ctx.uid_lo[rows])]
-    bounds = np.searchsorted(cluster[order], np.arange(k + 1), side="left")
-    groups = [order[bounds[c] : bounds[c + 1]] for c in range(k) if bounds[c + 1] > bounds[c]]
 
-    tasks = (DedupTask(members, cfg.eps, cfg.block_rows) for members in groups)
-    for members, rem, dups, sim in ctx.engine.map(
-            dedup_members, tasks, setup=partial(_same, ctx.store), desc="semdedup: clusters",
-            total=len(groups), unit="cluster"):
-        removed[members] = rem
-        dup_of[members] = dups
-        similarity[members] = sim
-    log.info("semdedup: k=%d eps=%g removed %d of %d", k, cfg.eps, int(removed.sum()), len(rows))
-    return SemDeDupResult(cluster, distance, dup_of, similarity, removed, centroids, k)
+def run_semdedup(ctx: RunContext, earlier: tuple[str, ...], alive: list[int]) -> StepResult:
+    cfg = ctx.cfg.semdedup
+    k = choose_k(cfg.k, sum(alive))
+    got = fit_and_assign(ctx, "semdedup", earlier, alive, k, "semdedup.k")
+    buckets = plan_buckets(got.sizes, ctx.cfg.engine.bucket_rows)
+    decisions = ctx.step_folder("semdedup", "decisions")
+    n_parts = len(ctx.parts)
+    tasks = [DedupTask(str(got.scatter), str(decisions), n_parts, ctx.offsets, b.index,
+                       b.first, b.stop, cfg.eps, cfg.block_rows) for b in buckets]
+    ctx.map_units("semdedup", "bucket", dedup_bucket, tasks, [b.index for b in buckets],
+                  desc="semdedup: clusters", unit="bucket", setup=partial(_same, ctx.store))
+    applied = ctx.map_units(
+        "semdedup", "apply", apply_part,
+        [ApplyTask(str(got.scatter), str(decisions), len(buckets), p.index, p.rows,
+                   str(step_part_path(ctx.work.root, "semdedup", p.index))) for p in ctx.parts],
+        [p.index for p in ctx.parts], desc="semdedup: decisions", unit="part", concurrent=True)
+    result = StepResult([a for a, _ in applied], [r for _, r in applied],
+                        {"k": k, "buckets": len(buckets),
+                         "largest_cluster": int(got.sizes.max()) if k else 0})
+    log.info("semdedup: k=%d eps=%g removed %d of %d", k, cfg.eps, sum(result.removed),
+             sum(alive))
+    return result

@@ -1,0 +1,146 @@
+"""The file shuffle by cluster id: a scatter map over parts, a gather map over cluster buckets,
+and the per-row decisions of every bucket sent back to the parts.
+
+Nothing moves through the engine but paths and ranges. A part's scatter file holds its alive
+rows sorted by (cluster, -distance, uid, row) beside the offsets of every cluster, so a
+bucket (a contiguous range of cluster ids) is one slice of each part's file. A bucket's
+decisions are written sorted by (part, row) beside the offsets of every part, so a part finds
+its rows in one slice of each bucket's file. Files are ``.npy`` read memory-mapped: a slice
+costs only its own bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.algorithms.ordering import grouped_order
+from pipeline.workdir import write_npy
+
+SCATTER_DTYPE = np.dtype([("cluster", "<i4"), ("distance", "<f4"), ("uid_hi", "<u8"),
+                          ("uid_lo", "<u8"), ("row", "<i8")])
+
+
+def scatter_paths(folder: Path, part: int) -> tuple[Path, Path]:
+    return folder / f"scatter-{part:05d}.npy", folder / f"scatter-{part:05d}.offsets.npy"
+
+
+def write_scatter(folder: Path, part: int, k: int, rows: np.ndarray, cluster: np.ndarray,
+                  distance: np.ndarray, uid_hi: np.ndarray, uid_lo: np.ndarray) -> np.ndarray:
+    """Write one part's alive rows in bucket order; returns its member count per cluster."""
+    order = grouped_order(cluster, -distance, uid_hi, uid_lo)  # stable: row breaks uid ties
+    out = np.empty(len(rows), dtype=SCATTER_DTYPE)
+    out["cluster"], out["distance"] = cluster[order], distance[order]
+    out["uid_hi"], out["uid_lo"], out["row"] = uid_hi[order], uid_lo[order], rows[order]
+    counts = np.bincount(cluster, minlength=k).astype(np.int64)
+    data, offsets = scatter_paths(folder, part)
+    write_npy(data, out)
+    write_npy(offsets, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+    return counts
+
+
+def part_counts(folder: Path, part: int) -> np.ndarray:
+    """Members per cluster of one part, read back from its scatter offsets."""
+    return np.diff(np.load(scatter_paths(folder, part)[1]))
+
+
+def read_scatter(folder: Path, part: int) -> np.ndarray:
+    return np.load(scatter_paths(folder, part)[0], mmap_mode="r")
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Clusters [first, stop) gathered in one task, holding ``rows`` members in all."""
+
+    index: int
+    first: int
+    stop: int
+    rows: int
+
+
+def plan_buckets(sizes: np.ndarray, max_rows: int) -> list[Bucket]:
+    """Contiguous cluster ranges of at most ``max_rows`` members (a larger cluster is a bucket
+    of its own), numbered in cluster order and listed largest first, so the longest task
+    starts first. Empty clusters join their neighbours; a plan with no member is empty."""
+    buckets: list[Bucket] = []
+    first, rows = 0, 0
+    for c, size in enumerate(sizes.tolist()):
+        if rows and rows + size > max_rows:
+            buckets.append(Bucket(len(buckets), first, c, rows))
+            first, rows = c, 0
+        rows += size
+    if rows:
+        buckets.append(Bucket(len(buckets), first, len(sizes), rows))
+    return sorted(buckets, key=lambda b: (-b.rows, b.index))
+
+
+@dataclass
+class Members:
+    """A bucket's members from every part, in global (cluster, -distance, uid, row) order."""
+
+    cluster: np.ndarray
+    distance: np.ndarray
+    uid_hi: np.ndarray
+    uid_lo: np.ndarray
+    part: np.ndarray
+    row: np.ndarray
+
+    def cluster_bounds(self) -> list[tuple[int, int, int]]:
+        """(cluster, start, stop) of every cluster present, in order."""
+        c = self.cluster
+        starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]]) if len(c) else np.zeros(0, int)
+        stops = np.r_[starts[1:], len(c)]
+        return [(int(c[a]), int(a), int(b)) for a, b in zip(starts, stops, strict=True)]
+
+
+def gather_bucket(folder: Path, parts: int, first: int, stop: int) -> Members:
+    """Read clusters [first, stop) from every part's scatter file and merge them."""
+    pieces, part_ids = [], []
+    for p in range(parts):
+        offsets = np.load(scatter_paths(folder, p)[1], mmap_mode="r")
+        a, b = int(offsets[first]), int(offsets[stop])
+        if b > a:
+            pieces.append(np.array(read_scatter(folder, p)[a:b]))
+            part_ids.append(np.full(b - a, p, dtype=np.int32))
+    if not pieces:
+        empty = np.empty(0, dtype=SCATTER_DTYPE)
+        return Members(empty["cluster"], empty["distance"], empty["uid_hi"], empty["uid_lo"],
+                       np.empty(0, np.int32), empty["row"])
+    rec = np.concatenate(pieces)
+    part = np.concatenate(part_ids)
+    # concatenated in part order, each part sorted with row last: a stable sort on
+    # (cluster, -distance, uid) leaves equal keys in (part, row) order, as the global order
+    order = grouped_order(rec["cluster"], -rec["distance"], rec["uid_hi"], rec["uid_lo"])
+    rec, part = rec[order], part[order]
+    return Members(rec["cluster"], rec["distance"], rec["uid_hi"], rec["uid_lo"], part,
+                   rec["row"])
+
+
+def result_paths(folder: Path, bucket: int) -> tuple[Path, Path]:
+    return folder / f"bucket-{bucket:05d}.npy", folder / f"bucket-{bucket:05d}.parts.npy"
+
+
+def write_results(folder: Path, bucket: int, parts: int, part: np.ndarray,
+                  values: np.ndarray) -> None:
+    """Write a bucket's per-member decisions (a structured array with a ``row`` field) sorted
+    by (part, row), beside the offsets of every part."""
+    order = np.lexsort((values["row"], part))
+    data, offsets = result_paths(folder, bucket)
+    write_npy(data, values[order])
+    counts = np.bincount(part, minlength=parts).astype(np.int64)
+    write_npy(offsets, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+
+
+def read_results(folder: Path, buckets: int, part: int) -> np.ndarray | None:
+    """Every bucket's decisions for one part's rows, concatenated (None when no bucket has
+    any)."""
+    pieces = []
+    for b in range(buckets):
+        data, offsets = result_paths(folder, b)
+        off = np.load(offsets, mmap_mode="r")
+        lo, hi = int(off[part]), int(off[part + 1])
+        if hi > lo:
+            pieces.append(np.array(np.load(data, mmap_mode="r")[lo:hi]))
+    return np.concatenate(pieces) if pieces else None

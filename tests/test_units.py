@@ -1,0 +1,139 @@
+"""The pieces that let a step run as units of work: the seeded sample split over parts, the
+file shuffle by cluster, the exact global select of the clip filter, and resumable units."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.algorithms import key_select as ks
+from pipeline.algorithms.ordering import grouped_order
+from pipeline.algorithms.selection import clip_filter_keep
+from pipeline.stages import shuffle
+from pipeline.stages.clusters import plan_sample, sample_rows
+from pipeline.stages.context import StepResult
+
+
+def test_sample_plan_splits_a_uniform_sample_over_parts() -> None:
+    alive = [1000, 0, 3000, 500]
+    counts = plan_sample(alive, k=10, max_points_per_centroid=100, seed=4, salt=1)
+    assert sum(counts) == 1000 and counts[1] == 0
+    assert all(0 <= c <= a for c, a in zip(counts, alive, strict=True))
+    assert counts == plan_sample(alive, 10, 100, 4, 1)
+    assert counts != plan_sample(alive, 10, 100, 5, 1)
+    assert counts != plan_sample(alive, 10, 100, 4, 2)
+    # a uniform sample's share of each part is hypergeometric: mean size * a / total
+    draws = np.array([plan_sample(alive, 10, 100, s, 1) for s in range(300)])
+    np.testing.assert_allclose(draws.mean(axis=0), np.array(alive) * 1000 / 4500, rtol=0.03)
+    # few enough vectors: all of them
+    assert plan_sample(alive, 10, 1000, 4, 1) == alive
+
+
+def test_sample_rows_are_a_seeded_sorted_subset() -> None:
+    rows = np.arange(0, 3000, 3)
+    got = sample_rows(rows, 100, seed=1, salt=1, part=2)
+    assert len(got) == 100 and np.all(np.diff(got) > 0) and np.isin(got, rows).all()
+    assert np.array_equal(got, sample_rows(rows, 100, 1, 1, 2))
+    assert not np.array_equal(got, sample_rows(rows, 100, 1, 1, 3))
+    assert np.array_equal(sample_rows(rows, 5000, 1, 1, 2), rows)
+
+
+def test_plan_buckets_bounds_members_and_isolates_giants() -> None:
+    sizes = np.array([3, 0, 4, 10, 2, 2, 0, 1])
+    buckets = shuffle.plan_buckets(sizes, max_rows=5)
+    assert [b.rows for b in buckets] == sorted((b.rows for b in buckets), reverse=True)
+    ordered = sorted(buckets, key=lambda b: b.index)
+    assert [b.index for b in ordered] == list(range(len(buckets)))
+    assert ordered[0].first == 0 and ordered[-1].stop == len(sizes)
+    for a, b in zip(ordered, ordered[1:], strict=False):
+        assert a.stop == b.first
+    for b in buckets:
+        assert b.rows == sizes[b.first : b.stop].sum()
+        assert b.rows <= 5 or b.stop - b.first == 1 or sizes[b.first : b.stop].max() > 5
+    assert any(b.first == 3 and b.stop == 4 for b in buckets)  # the cluster of 10 alone
+    assert shuffle.plan_buckets(np.zeros(4, dtype=int), 5) == []
+
+
+def test_scatter_gather_gives_the_global_order_and_results_find_their_parts(
+        tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    k, parts = 7, 4
+    sizes = [50, 0, 80, 33]
+    allc, alld, allh, alll, allp, allr = [], [], [], [], [], []
+    for p, n in enumerate(sizes):
+        rows = np.sort(rng.choice(200, n, replace=False)).astype(np.int64)
+        cl = rng.integers(0, k, n).astype(np.int32)
+        dist = rng.choice(np.float32([0.1, 0.2, 0.3]), n)  # many distance ties
+        hi = rng.integers(0, 3, n).astype(np.uint64)  # uid ties too
+        lo = np.full(n, 5, dtype=np.uint64)
+        counts = shuffle.write_scatter(tmp_path, p, k, rows, cl, dist, hi, lo)
+        assert np.array_equal(counts, np.bincount(cl, minlength=k))
+        assert np.array_equal(shuffle.part_counts(tmp_path, p), counts)
+        for a, v in zip((allc, alld, allh, alll, allp, allr),
+                        (cl, dist, hi, lo, np.full(n, p), rows), strict=True):
+            a.append(v)
+    c, d, h, lo, p, r = (np.concatenate(a) for a in (allc, alld, allh, alll, allp, allr))
+    # the global order: (cluster, -distance, uid), ties in input (part, row) order
+    order = grouped_order(c, -d, h, lo)
+    got = [shuffle.gather_bucket(tmp_path, parts, first, stop)
+           for first, stop in ((0, 3), (3, 4), (4, 7))]
+    assert np.array_equal(np.concatenate([g.part for g in got]), p[order])
+    assert np.array_equal(np.concatenate([g.row for g in got]), r[order])
+    assert [x[0] for x in got[0].cluster_bounds()] == sorted(set(c[c < 3].tolist()))
+
+    dtype = np.dtype([("row", "<i8"), ("flag", "<i4")])
+    for b, g in enumerate(got):
+        vals = np.empty(len(g.row), dtype=dtype)
+        vals["row"], vals["flag"] = g.row, g.part * 1000 + g.row
+        shuffle.write_results(tmp_path / "res", b, parts, g.part, vals)
+    for part in range(parts):
+        back = shuffle.read_results(tmp_path / "res", len(got), part)
+        if sizes[part] == 0:
+            assert back is None
+            continue
+        assert sorted(back["row"].tolist()) == sorted(r[p == part].tolist())
+        assert np.array_equal(back["flag"], part * 1000 + back["row"])
+
+
+@pytest.mark.parametrize("limit", [1, 7, ks.GATHER_LIMIT])
+def test_key_select_matches_a_full_sort(limit: int) -> None:
+    """The clip filter's cut, found by histogram rounds over parts, keeps exactly the rows a
+    sort of all scores keeps, ties by uid and then by row included."""
+    rng = np.random.default_rng(1)
+    n = 3000
+    score = rng.choice(np.float32([0.25, 0.5, -0.0, 0.0, 0.75, 0.3]), n)
+    score[:200] = rng.standard_normal(200).astype(np.float32)
+    hi = rng.integers(0, 4, n).astype(np.uint64) << np.uint64(62)  # uid ties in the high word
+    lo = rng.integers(0, 3, n).astype(np.uint64)
+    keys = np.stack([ks.descending_float_key(score), hi, lo, np.arange(n, dtype=np.uint64)], 1)
+    bits = (32, 64, 64, 64)
+    parts = np.array_split(keys, 5)
+    rounds = []
+
+    def histograms(prefix: ks.Prefix) -> list[np.ndarray]:
+        rounds.append(prefix)
+        return [ks.histogram(x, prefix, bits) for x in parts]
+
+    def candidates(prefix: ks.Prefix) -> list[np.ndarray]:
+        got = [x[ks.matching(x, prefix, bits)] for x in parts]
+        assert sum(len(g) for g in got) <= max(limit, 1) or len(prefix.words) == 4
+        return got
+
+    for q in (0.001, 0.3, 0.5, 0.77, 1.0):
+        want = clip_filter_keep(score, hi, lo, keep_fraction=q)
+        rank = int(want.sum())
+        cut = ks.kth_key(rank, n, bits, histograms, candidates, gather_limit=limit)
+        assert np.array_equal(ks.at_most(keys, cut), want), q
+    if limit == 1:
+        assert any(len(r.words) >= 2 for r in rounds)  # the rounds went into the uid words
+    with pytest.raises(ValueError, match="outside"):
+        ks.kth_key(0, n, bits, histograms, candidates)
+
+
+def test_step_result_round_trips_through_its_marker() -> None:
+    r = StepResult([5, 0, 7], [1, 0, 2], {"k": 3})
+    assert r.alive_out == [4, 0, 5]
+    back = StepResult.from_json(r.to_json())
+    assert back == r
