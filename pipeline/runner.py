@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.config import RunConfig
-from pipeline.engines.base import Engine
+from pipeline.engines.base import Engine, Resources
 from pipeline.engines.factory import make_engine
 from pipeline.io.embeddings import (
     EmbeddingPart,
@@ -205,32 +205,26 @@ class Runner:
 
     def _embed_shards(self, todo: list[tuple[int, str]], out_dir: Path,
                       fps: dict[int, str]) -> None:
-        from pipeline.embed.encoder import BatchEncoder
-        from pipeline.embed.models import load_clip, load_cluster_encoder
-        from pipeline.stages.embed import EmbeddedShard, embed_shards
+        """A map over the shards: models loaded once per worker (on a GPU when the embed
+        device is one), every shard marked done by its worker after its files."""
+        from functools import partial
+
+        from pipeline.stages.embed import EmbedTask, embed_task, load_models
 
         cfg = self.cfg.embed
-        clip = load_clip(cfg.model, cfg.pretrained, cfg.device, cfg.precision,
-                         seed=self.cfg.seed)
-        cluster = None
-        if cfg.cluster_model:
-            cluster = load_cluster_encoder(cfg.cluster_model, cfg.cluster_weights, cfg.device,
-                                           seed=self.cfg.seed)
-        models = {"clip": clip.describe(), "clip_random_weights": clip.random_weights,
-                  "cluster": None if cluster is None else cluster.describe(),
-                  "cluster_random_weights": None if cluster is None else cluster.random_weights}
-        log.info("embedding %d shards with %s%s", len(todo), models["clip"],
-                 f"; clustering on {models['cluster']}" if cluster else "")
-        bar = self.engine.bar("embed", total=0, unit="img")
-        bar.total = None
-
-        def done(shard: EmbeddedShard) -> None:
-            self.work.mark(f"embed-{shard.index:05d}", fps[shard.index],
-                           {**shard.to_json(), "models": models})
-
-        with bar:
-            embed_shards(todo, BatchEncoder(clip, cluster), out_dir, cfg.batch_size, cfg.workers,
-                         done, progress=bar.update)
+        local = self.engine.name == "local"
+        # this process: one task keeps one decoding pipeline across all shards; a cluster:
+        # a task per shard, spread over the workers
+        groups = [todo] if local else [[shard] for shard in todo]
+        tasks = [EmbedTask(tuple(g), tuple(fps[i] for i, _ in g), str(out_dir),
+                           str(self.work.root), cfg.batch_size, cfg.workers,
+                           self.cfg.progress and local) for g in groups]
+        gpu = Resources(gpus=1.0) if _embeds_on_gpu(cfg.device) else Resources()
+        log.info("embedding %d shards", len(todo))
+        for _ in self.engine.map(embed_task, tasks, desc="embed", total=len(tasks),
+                                 unit="shard" if not local else "run", resources=gpu,
+                                 setup=partial(load_models, cfg, self.cfg.seed)):
+            pass
 
     def _parts(self) -> list[EmbeddingPart]:
         if self.cfg.input.shards:
@@ -358,6 +352,17 @@ class Runner:
             log.warning("the CLIP model had RANDOM WEIGHTS: clip scores carry no meaning")
         return {"models": models, "shards": len(self.embedded), "damaged_shards": damaged,
                 "failed": sum(e["failed"] for e in self.embedded)}
+
+
+def _embeds_on_gpu(device: str) -> bool:
+    """Whether embed tasks declare a GPU: a CUDA device named, or auto with one visible here."""
+    if device.startswith("cuda"):
+        return True
+    if device != "auto":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def run(cfg: RunConfig, engine: Engine | None = None) -> RunSummary:

@@ -199,3 +199,40 @@ def test_a_killed_rerun_resumes_to_the_same_bytes(data: Path, base: Path, tmp_pa
                     strict=True):
         assert a.name == b.name and a.read_bytes() == b.read_bytes()
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "staging left behind"
+
+
+def test_a_failed_unit_is_all_a_rerun_redoes(data: Path, base: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """dbp's select over several buckets fails at the third: the rerun selects only the
+    buckets not done, and the bytes equal a run cut into other buckets. Resumed with another
+    bucket size, no unit of the old plan is reused."""
+    import pipeline.stages.dbp as dbp_mod
+
+    real = dbp_mod.select_bucket
+    calls: list[int] = []
+
+    def failing(task):  # noqa: ANN001, ANN202
+        calls.append(task.bucket)
+        if len(calls) == 3:
+            raise RuntimeError("worker lost")
+        return real(task)
+
+    def counting(task):  # noqa: ANN001, ANN202
+        calls.append(task.bucket)
+        return real(task)
+
+    for second in (60, 200):
+        out = tmp_path / f"out{second}"
+        monkeypatch.setattr(dbp_mod, "select_bucket", failing)
+        calls.clear()
+        with pytest.raises(RuntimeError, match="worker lost"):
+            run(config(data, out, settings(engine__bucket_rows=60)))
+        monkeypatch.setattr(dbp_mod, "select_bucket", counting)
+        calls.clear()
+        summary = run(config(data, out, settings(engine__bucket_rows=second)))
+        stats = json.loads((out / "_work" / "markers" / "dbp.json").read_text())["stats"]
+        buckets = stats["extra"]["buckets"]
+        assert buckets >= 3
+        assert len(calls) == (buckets - 2 if second == 60 else buckets)
+        assert summary.skipped_steps == ["semdedup", "clip_filter"]
+        assert outcome(out) == outcome(base)

@@ -20,7 +20,7 @@ from pipeline.config import RunConfig
 from pipeline.engines.base import DEFAULT, Engine, Resources
 from pipeline.io.vector_store import VectorStore
 from pipeline.stages.ingest import IngestedPart
-from pipeline.workdir import WorkDir
+from pipeline.workdir import WorkDir, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +86,16 @@ class RunContext:
     def map_units(self, step: str, kind: str, fn: Callable[..., Any], tasks: Sequence[Any],
                   ids: Sequence[int], *, desc: str, unit: str,
                   resources: Resources = DEFAULT, setup: Callable[[], Any] | None = None,
-                  concurrent: bool = False) -> list[Any]:
+                  concurrent: bool = False, plan: Any = None) -> list[Any]:  # noqa: ANN401
         """Run ``fn`` over the units not finished yet under this step's fingerprint.
 
         Each unit's marker is written after its outputs, holding its (JSON-able) result, so a
         resubmitted run redoes only unfinished units and still returns every result, in
-        task order.
+        task order. ``plan`` names how the units were cut (the bucket size, say) when
+        that is not implied by the step's fingerprint: units of another plan are not reused.
         """
-        fp = self.fingerprints[step]
+        fp = self.fingerprints[step] if plan is None else fingerprint(self.fingerprints[step],
+                                                                       plan)
         names = [f"{step}/{kind}-{i:05d}" for i in ids]
         todo = [i for i, name in enumerate(names) if not self.work.done(name, fp)]
         if len(todo) < len(tasks):

@@ -141,14 +141,15 @@ def run_dbp(ctx: RunContext, earlier: tuple[str, ...], alive: list[int]
                         budget[b.first : b.stop], cfg.keep, ctx.cfg.seed) for b in buckets]
     kept = np.zeros(cfg.k, dtype=np.int64)
     results = ctx.map_units("dbp", "bucket", select_bucket, tasks, [b.index for b in buckets],
-                            desc="dbp: select", unit="bucket")
+                            desc="dbp: select", unit="bucket", plan=ctx.cfg.engine.bucket_rows)
     for b, counts in zip(buckets, results, strict=True):
         kept[b.first : b.stop] = counts
     applied = ctx.map_units(
         "dbp", "apply", apply_part,
         [ApplyTask(str(got.scatter), str(decisions), len(buckets), p.index, p.rows,
                    str(step_part_path(ctx.work.root, "dbp", p.index))) for p in ctx.parts],
-        [p.index for p in ctx.parts], desc="dbp: decisions", unit="part", concurrent=True)
+        [p.index for p in ctx.parts], desc="dbp: decisions", unit="part", concurrent=True,
+        plan=ctx.cfg.engine.bucket_rows)
     result = StepResult([a for a, _ in applied], [r for _, r in applied],
                         {"k": cfg.k, "target": target, "reaching": sum(alive),
                          "keep": cfg.keep, "buckets": len(buckets)})

@@ -208,3 +208,62 @@ def embed_shards(shards: list[tuple[int, str]], encoder: BatchEncoder, out_dir: 
                 log.warning("shard %s is damaged: %s", urls[item.index], item.damage)
             on_done(EmbeddedShard(item.index, urls[item.index], len(item.records), failed,
                                   item.damage, item.expected))
+
+
+@dataclass(frozen=True)
+class EmbedTask:
+    """Shards for one worker to embed; each shard's marker is written after its files."""
+
+    shards: tuple[tuple[int, str], ...]
+    fingerprints: tuple[str, ...]  # per shard
+    out_dir: str
+    work: str
+    batch_size: int
+    workers: int
+    progress: bool
+
+
+@dataclass
+class EmbedModels:
+    """A worker's loaded models and how the markers describe them."""
+
+    encoder: BatchEncoder
+    describe: dict[str, Any]
+
+
+def load_models(cfg: Any, seed: int) -> EmbedModels:  # noqa: ANN401 - EmbedConfig
+    """Once per worker: the CLIP model and the optional clustering encoder."""
+    from pipeline.embed.models import load_clip, load_cluster_encoder
+
+    clip = load_clip(cfg.model, cfg.pretrained, cfg.device, cfg.precision, seed=seed)
+    cluster = None
+    if cfg.cluster_model:
+        cluster = load_cluster_encoder(cfg.cluster_model, cfg.cluster_weights, cfg.device,
+                                       seed=seed)
+    models = {"clip": clip.describe(), "clip_random_weights": clip.random_weights,
+              "cluster": None if cluster is None else cluster.describe(),
+              "cluster_random_weights": None if cluster is None else cluster.random_weights}
+    log.info("embedding with %s%s", models["clip"],
+             f"; clustering on {models['cluster']}" if cluster else "")
+    return EmbedModels(BatchEncoder(clip, cluster), models)
+
+
+def embed_task(models: EmbedModels, task: EmbedTask) -> int:
+    """Embed a task's shards, marking each one done; returns the samples read."""
+    from pipeline.engines.base import progress_bar
+    from pipeline.workdir import WorkDir
+
+    work = WorkDir(Path(task.work))
+    fps = dict(zip((i for i, _ in task.shards), task.fingerprints, strict=True))
+    read = 0
+
+    def done(shard: EmbeddedShard) -> None:
+        nonlocal read
+        read += shard.samples
+        work.mark(f"embed-{shard.index:05d}", fps[shard.index],
+                  {**shard.to_json(), "models": models.describe})
+
+    with progress_bar("embed", None, "img", task.progress) as bar:
+        embed_shards(list(task.shards), models.encoder, Path(task.out_dir), task.batch_size,
+                     task.workers, done, progress=bar.update)
+    return read

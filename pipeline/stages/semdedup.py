@@ -129,12 +129,14 @@ def run_semdedup(ctx: RunContext, earlier: tuple[str, ...], alive: list[int]) ->
     tasks = [DedupTask(str(got.scatter), str(decisions), n_parts, ctx.offsets, b.index,
                        b.first, b.stop, cfg.eps, cfg.block_rows) for b in buckets]
     ctx.map_units("semdedup", "bucket", dedup_bucket, tasks, [b.index for b in buckets],
-                  desc="semdedup: clusters", unit="bucket", setup=partial(_same, ctx.store))
+                  desc="semdedup: clusters", unit="bucket", setup=partial(_same, ctx.store),
+                  plan=ctx.cfg.engine.bucket_rows)
     applied = ctx.map_units(
         "semdedup", "apply", apply_part,
         [ApplyTask(str(got.scatter), str(decisions), len(buckets), p.index, p.rows,
                    str(step_part_path(ctx.work.root, "semdedup", p.index))) for p in ctx.parts],
-        [p.index for p in ctx.parts], desc="semdedup: decisions", unit="part", concurrent=True)
+        [p.index for p in ctx.parts], desc="semdedup: decisions", unit="part", concurrent=True,
+        plan=ctx.cfg.engine.bucket_rows)
     result = StepResult([a for a, _ in applied], [r for _, r in applied],
                         {"k": k, "buckets": len(buckets),
                          "largest_cluster": int(got.sizes.max()) if k else 0})

