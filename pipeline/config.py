@@ -196,6 +196,12 @@ class EngineConfig(_Section):
     max_retries: int = Field(
         3, ge=0, description="ray: times a task is retried when its worker is lost"
     )
+    threads: int | None = Field(
+        None, ge=1, description="OpenMP/BLAS threads of every worker's numeric kernels (and "
+        "of this machine's maps on local). faiss and BLAS round differently with another "
+        "thread count: set the same number on every engine for the same bytes; unset: this "
+        "machine's cores (a joined Ray cluster keeps its own default)",
+    )
     bucket_rows: int = Field(
         1_000_000, ge=1, description="most members per cluster bucket of the shuffle (one "
         "task's share of semdedup and dbp; a larger cluster is a bucket of its own); the "

@@ -232,3 +232,31 @@ def test_a_cluster_started_apart(data: Path, tmp_path: Path) -> None:
     local, joined = outputs(tmp_path / "local"), outputs(tmp_path / "joined")
     assert (local.pop("engine"), joined.pop("engine")) == ("local", "ray")
     assert joined == local
+
+
+def kernel_threads(_: int) -> tuple[int, int]:
+    import faiss
+    from threadpoolctl import threadpool_info
+
+    blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    return faiss.omp_get_max_threads(), min(blas)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_engine_threads_pin_the_kernels_of_every_worker(engine: RayEngine, threads: int
+                                                        ) -> None:
+    """The floats of faiss and BLAS depend on their thread count: engine.threads sets it in
+    this process on local (and puts it back at close) and in every worker on ray."""
+    from pipeline.engines.local import LocalEngine
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    before = kernel_threads(0)
+    local = LocalEngine(progress=False, threads=threads)
+    assert list(local.map(kernel_threads, [0, 1], desc="t")) == [(threads, threads)] * 2
+    local.close()
+    assert kernel_threads(0) == before
+    joined = RayEngine(progress=False, threads=threads)  # joins the running instance
+    try:
+        assert set(joined.map(kernel_threads, range(4), desc="t")) == {(threads, threads)}
+    finally:
+        joined.close()

@@ -60,3 +60,24 @@ def progress_bar(desc: str, total: int | None, unit: str, enabled: bool,
     """tqdm that hides itself off a terminal, and entirely when progress is off."""
     return tqdm(desc=desc, total=total, unit=unit, disable=True if not enabled else None,
                 leave=False, unit_scale=scale, dynamic_ncols=True)
+
+
+def pin_kernel_threads(threads: int) -> Callable[[], None]:
+    """Run this process's numeric kernels (BLAS, faiss's OpenMP) on ``threads`` threads;
+    returns what puts the counts from before back.
+
+    faiss's search and BLAS's products round differently with another thread count, so the
+    same count everywhere is what makes two engines' floats, and so their results, equal.
+    """
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    before = faiss.omp_get_max_threads()
+    limits = threadpool_limits(threads)
+    faiss.omp_set_num_threads(threads)
+
+    def restore() -> None:
+        limits.restore_original_limits()
+        faiss.omp_set_num_threads(before)
+
+    return restore

@@ -21,5 +21,5 @@ def make_engine(cfg: RunConfig) -> Engine:
 
         return RayEngine(address=e.address, num_cpus=e.num_cpus,
                          object_store_gb=e.object_store_gb, temp_dir=e.temp_dir,
-                         max_retries=e.max_retries, progress=cfg.progress)
-    return LocalEngine(progress=cfg.progress)
+                         max_retries=e.max_retries, progress=cfg.progress, threads=e.threads)
+    return LocalEngine(progress=cfg.progress, threads=e.threads)

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
-from pipeline.engines.base import DEFAULT, Resources, progress_bar
+from pipeline.engines.base import DEFAULT, Resources, pin_kernel_threads, progress_bar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -23,8 +23,11 @@ class LocalEngine:
     name = "local"
 
     def __init__(self, progress: bool = True, threads: int | None = None) -> None:
+        """``threads``: threads of the concurrent maps and of the numeric kernels (pinned
+        when given; else the kernels keep their default, this machine's cores)."""
         self.progress = progress
         self.threads = max(1, threads if threads is not None else (os.cpu_count() or 1))
+        self._restore = pin_kernel_threads(threads) if threads is not None else None
 
     def map(self, fn: Callable[..., R], items: Iterable[Any], *, desc: str,
             total: int | None = None, unit: str = "it", resources: Resources = DEFAULT,
@@ -59,4 +62,6 @@ class LocalEngine:
         return progress_bar(desc, total, unit, self.progress, scale=True)
 
     def close(self) -> None:
-        pass
+        if self._restore is not None:
+            self._restore()
+            self._restore = None

@@ -27,7 +27,7 @@ R = TypeVar("R")
 QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 
 
-def _same_code_env() -> dict[str, Any]:
+def _same_code_env(threads: int | None) -> dict[str, Any]:
     """Workers of an instance started here import this very ``pipeline`` (a checkout run in
     place, not only an installed copy) and run numeric kernels on as many threads as this
     process does."""
@@ -37,16 +37,21 @@ def _same_code_env() -> dict[str, Any]:
     paths = [root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     # Ray gives each worker one OpenMP/BLAS thread; faiss and BLAS round differently with
     # another thread count, so workers on this machine use the local engine's count
-    threads = os.environ.get("OMP_NUM_THREADS") or str(os.cpu_count() or 1)
-    return {"env_vars": {"PYTHONPATH": os.pathsep.join(paths), "OMP_NUM_THREADS": threads}}
+    count = str(threads) if threads else \
+        os.environ.get("OMP_NUM_THREADS") or str(os.cpu_count() or 1)
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(paths), "OMP_NUM_THREADS": count}}
 
 
 class _Worker:
     """An actor running tasks; it keeps the state of the latest map's ``setup``."""
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int | None = None) -> None:
         self.token: int | None = None
         self.state: Any = None
+        if threads is not None:
+            from pipeline.engines.base import pin_kernel_threads
+
+            pin_kernel_threads(threads)
 
     def run(self, token: int, setup: Callable[[], Any] | None, fn: Callable[..., R],
             task: Any) -> R:
@@ -63,7 +68,10 @@ class RayEngine:
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None,
                  object_store_gb: float | None = None, temp_dir: str | Path | None = None,
-                 max_retries: int = 3, progress: bool = True) -> None:
+                 max_retries: int = 3, progress: bool = True, threads: int | None = None
+                 ) -> None:
+        """``threads`` pins every worker's numeric kernels (also on a cluster joined by
+        ``address``, where Ray's default is one thread per worker)."""
         for key, value in QUIET_ENV.items():
             os.environ.setdefault(key, value)
         import ray
@@ -72,6 +80,7 @@ class RayEngine:
         self._ray, self._actor_pool = ray, ActorPool
         self.progress = progress
         self.max_retries = max_retries
+        self.threads = threads
         self._started = False
         self._pools: dict[Resources, list[Any]] = {}
         self._tokens = itertools.count()
@@ -79,14 +88,15 @@ class RayEngine:
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
                                       "configure_logging": False}
             if address:
-                ray.init(address=address, **kwargs)
+                env = {"env_vars": {"OMP_NUM_THREADS": str(threads)}} if threads else None
+                ray.init(address=address, runtime_env=env, **kwargs)
             else:
                 if object_store_gb:
                     kwargs["object_store_memory"] = int(object_store_gb * 2**30)
                 if temp_dir:
                     Path(temp_dir).mkdir(parents=True, exist_ok=True)
                     kwargs["_temp_dir"] = str(Path(temp_dir).resolve())
-                ray.init(num_cpus=num_cpus, runtime_env=_same_code_env(), **kwargs)
+                ray.init(num_cpus=num_cpus, runtime_env=_same_code_env(threads), **kwargs)
             self._started = True
         self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
 
@@ -111,7 +121,8 @@ class RayEngine:
             if resources.gpus:
                 gpus = int(self._ray.cluster_resources().get("GPU", 0) / resources.gpus)
                 size = max(1, min(size, gpus))
-            actors = [self._ray.remote(_Worker).options(**opts).remote() for _ in range(size)]
+            actors = [self._ray.remote(_Worker).options(**opts).remote(self.threads)
+                      for _ in range(size)]
             self._pools[resources] = actors
         return actors
 

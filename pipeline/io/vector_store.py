@@ -2,7 +2,8 @@
 
 Global row g counts samples across the input parts in order. The vectors live in the work
 folder, one memory-mapped ``.npy`` per part written by ingest, so a read costs only the rows
-asked for and memory is bounded by the request, not by the dataset. A part whose vectors are
+asked for and memory is bounded by the request, not by the dataset (a map lives only as long
+as the read that made it). A part whose vectors are
 already in memory (handed over by ingest within the vector cache budget) is read from there.
 """
 
@@ -33,10 +34,12 @@ class VectorStore:
         self._arrays[part] = vectors
 
     def _array(self, part: int) -> np.ndarray:
+        """The part in memory, or a fresh memory map of its file: not kept, so the pages a
+        read touched leave this process with it and its memory does not grow with the
+        dataset."""
         arr = self._arrays.get(part)
         if arr is None:
             arr = np.load(self.paths[part], mmap_mode="r", allow_pickle=False)
-            self._arrays[part] = arr
         return arr
 
     @property

@@ -1,11 +1,11 @@
-"""Spherical k-means as steps use it (SPEC §2), as units of work: a seeded sample drawn part by
-part, the fit on one worker, then every alive vector assigned and scattered by cluster.
+"""Spherical k-means as steps use it (SPEC §2), as units of work: the fit on one worker, on a
+seeded sample it draws part by part, then every alive vector assigned and scattered by
+cluster as a map over the parts.
 
 The sample is uniform over the alive vectors without any list of them: the driver splits its
 size among the parts by a seeded multivariate hypergeometric draw (exactly the counts a
-uniform sample of that size has), and each part draws its rows with a generator seeded by
-(seed, step, part). The sample, in part and row order, is written to the work folder and read
-by the fit.
+uniform sample of that size has), and the fit draws each part's rows with a generator seeded
+by (seed, step, part), in part and row order. Only the fit's worker ever holds the sample.
 """
 
 from __future__ import annotations
@@ -54,27 +54,14 @@ def sample_rows(rows: np.ndarray, count: int, seed: int, salt: int, part: int) -
 
 
 @dataclass(frozen=True)
-class SampleTask:
-    work: str
-    part: int
-    offset: int
-    earlier: tuple[str, ...]
-    count: int
-    seed: int
-    salt: int
-    out: str
-
-
-def draw_sample(store: VectorStore, task: SampleTask) -> int:
-    rows = sample_rows(alive_rows(task.work, task.part, task.earlier), task.count, task.seed,
-                       task.salt, task.part)
-    write_npy(Path(task.out), store.gather(task.offset + rows))
-    return int(len(rows))
-
-
-@dataclass(frozen=True)
 class FitTask:
-    sample: tuple[str, ...]  # the parts' sample files, in part order
+    """The fit, with the sample it draws itself: (part, first global row, rows to draw)."""
+
+    store: VectorStore
+    work: str
+    plan: tuple[tuple[int, int, int], ...]
+    earlier: tuple[str, ...]
+    salt: int
     k: int
     niter: int
     seed: int
@@ -83,7 +70,15 @@ class FitTask:
 
 
 def fit(task: FitTask) -> np.ndarray:
-    sample = np.concatenate([np.load(p) for p in task.sample])
+    """Draw the seeded sample part by part (in part and row order), then fit on it."""
+    pieces = []
+    for part, offset, count in task.plan:
+        if count:
+            rows = sample_rows(alive_rows(task.work, part, task.earlier), count, task.seed,
+                               task.salt, part)
+            pieces.append(task.store.gather(offset + rows))
+    sample = np.concatenate(pieces)
+    del pieces
     return kmeans.fit_spherical(sample, task.k, task.niter, task.seed, gpu=task.gpu,
                                 setting=task.setting)
 
@@ -147,15 +142,9 @@ def fit_and_assign(ctx: RunContext, step: str, earlier: tuple[str, ...], alive: 
     kmeans.check_k(k, sum(alive), setting)
     gpu = kmeans.use_gpu(cfg.device)
     gpus = Resources(gpus=1.0) if gpu else Resources()
-    salt = STEP_SALT[step]
-    sample_dir = ctx.step_folder(step, "sample")
-    counts = plan_sample(alive, k, cfg.max_points_per_centroid, ctx.cfg.seed, salt)
+    counts = plan_sample(alive, k, cfg.max_points_per_centroid, ctx.cfg.seed, STEP_SALT[step])
     offsets = ctx.offsets
     parts = [p.index for p in ctx.parts]
-    tasks = [SampleTask(ctx.root, p, int(offsets[p]), earlier, counts[p], ctx.cfg.seed, salt,
-                        str(sample_dir / f"part-{p:05d}.npy")) for p in parts]
-    ctx.map_units(step, "sample", draw_sample, tasks, parts, desc=f"{step}: sample",
-                  unit="part", setup=partial(_same, ctx.store))
     centroids_path = ctx.step_folder(step) / "centroids.npy"
     fp = ctx.fingerprints[step]
     if ctx.work.done(f"{step}/fit", fp):
@@ -163,9 +152,10 @@ def fit_and_assign(ctx: RunContext, step: str, earlier: tuple[str, ...], alive: 
     else:
         log.info("%s: fitting %d centroids on %d of %d vectors (%s)", step, k, sum(counts),
                  sum(alive), "GPU" if gpu else "CPU")
+        plan = tuple((p, int(offsets[p]), counts[p]) for p in parts)
         centroids = ctx.engine.run_one(
-            fit, FitTask(tuple(t.out for t in tasks), k, cfg.niter, ctx.cfg.seed, gpu, setting),
-            resources=gpus)
+            fit, FitTask(ctx.store, ctx.root, plan, earlier, STEP_SALT[step], k, cfg.niter,
+                         ctx.cfg.seed, gpu, setting), resources=gpus)
         write_npy(centroids_path, centroids)
         ctx.work.mark(f"{step}/fit", fp)
     scatter = ctx.step_folder(step, "scatter")

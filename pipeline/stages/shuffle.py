@@ -126,7 +126,8 @@ def write_results(folder: Path, bucket: int, parts: int, part: np.ndarray,
                   values: np.ndarray) -> None:
     """Write a bucket's per-member decisions (a structured array with a ``row`` field) sorted
     by (part, row), beside the offsets of every part."""
-    order = np.lexsort((values["row"], part))
+    # one int64 key, part above row (rows of a part stay far below 2**40): one stable sort
+    order = np.argsort((part.astype(np.int64) << 40) | values["row"], kind="stable")
     data, offsets = result_paths(folder, bucket)
     write_npy(data, values[order])
     counts = np.bincount(part, minlength=parts).astype(np.int64)
