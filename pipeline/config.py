@@ -81,6 +81,11 @@ class WriteConfig(_Section):
     enabled: bool = True
     max_count: int = Field(10000, ge=1, description="samples per output shard at most")
     max_bytes: int = Field(1_000_000_000, ge=1, description="bytes per output shard at most")
+    shards_per_task: int = Field(
+        16, ge=1, description="output shards one write task fills: the input shards are cut "
+        "into runs of about this many shards' kept samples, each written by one task (its "
+        "last shard may hold fewer than max_count)",
+    )
 
 
 class KMeansConfig(_Section):

@@ -270,9 +270,10 @@ class Runner:
                     if cfg.dbp.enabled else None)
 
         start = time.perf_counter()
-        shards, kept = self._write(ctx, tuple(done))
+        shards, kept_per_part = self._write(ctx, tuple(done))
+        kept = sum(kept_per_part)
         self.timings["write"] = time.perf_counter() - start
-        written = self._write_shards(len(parts))
+        written = self._write_shards(kept_per_part)
 
         if self.shard_urls is not None:
             extra["embed"] = self._embed_report()
@@ -286,9 +287,9 @@ class Runner:
         ctx.store.close()
         return RunSummary(self.output, n, kept, report, self.skipped)
 
-    def _write(self, ctx: RunContext, steps: tuple[str, ...]) -> tuple[dict, int]:
+    def _write(self, ctx: RunContext, steps: tuple[str, ...]) -> tuple[dict, list[int]]:
         """The ledger, part by part, then subset.npy by uid ranges; returns the per-shard
-        counts and the kept total."""
+        counts and the kept count of every part."""
         cfg = self.cfg
         reasons = []
         if "semdedup" in steps:
@@ -299,7 +300,7 @@ class Runner:
         self.work.reset_step("subset")
         subset_dir = self.work.step_dir("subset")
         read_per_shard: Counter = Counter()
-        kept = 0
+        kept: list[int] = []
         # a fresh folder swapped in whole: parts of an earlier run over other inputs never
         # mix with these, and a broken invariant leaves the last good ledger in place
         with staged_dir(self.output / "ledger") as staging:
@@ -309,9 +310,9 @@ class Runner:
             for got in self.engine.map(write_ledger_part, tasks, desc="ledger",
                                        total=len(tasks), unit="part", concurrent=True):
                 read_per_shard.update(got["read"])
-                kept += got["kept"]
+                kept.append(got["kept"])
             shards = check_invariant(staging, read_per_shard)
-        bounds = subset.range_bounds(kept)
+        bounds = subset.range_bounds(sum(kept))
         ranges = [subset.RangeTask(str(subset_dir), len(ctx.parts), i, bounds[i], bounds[i + 1])
                   for i in range(len(bounds) - 1)]
         total = sum(self.engine.map(subset.gather_range, ranges, desc="subset",
@@ -319,30 +320,38 @@ class Runner:
         subset.concatenate(subset_dir, len(ranges), total, self.output / "subset.npy")
         return shards, kept
 
-    def _write_shards(self, n_parts: int) -> dict[str, Any] | None:
-        """Copy the kept samples into new shards (image path, write.enabled)."""
+    def _write_shards(self, kept: list[int]) -> dict[str, Any] | None:
+        """Copy the kept samples into new shards (image path, write.enabled): a map over runs
+        of input shards, then the shards numbered on in run order."""
         if self.shard_urls is None or not self.cfg.write.enabled:
             return None
-        from pipeline.stages.write_shards import write_kept
+        from pipeline.stages import write_shards as ws
 
+        cfg = self.cfg.write
         start = time.perf_counter()
-        ledger = [self.output / "ledger" / f"part-{i:05d}.parquet" for i in range(n_parts)]
+        ledger = self.output / "ledger"
         metadata = self.work.step_dir("embed") / "metadata"
+        ranges = ws.plan_ranges(kept, cfg.shards_per_task * cfg.max_count)
         # written beside the output's shards/ and swapped in whole: no shard of an earlier
         # run (more shards, other samples) or of a killed one is ever left among them
-        with self.engine.bar("write shards", total=0, unit="sample") as bar, \
-                staged_dir(self.output / "shards") as staging:
-            bar.total = None
-            written, counts = write_kept(
-                self.shard_urls, ledger, staging, self.cfg.write.max_count,
-                self.cfg.write.max_bytes, progress=bar.update,
-                metadata_parts=[metadata / f"metadata_{i}.parquet" for i in range(n_parts)])
+        with staged_dir(self.output / "shards") as staging:
+            tasks = [ws.WriteTask(
+                tuple(self.shard_urls[a:b]),
+                tuple(str(ledger / f"part-{i:05d}.parquet") for i in range(a, b)),
+                tuple(str(metadata / f"metadata_{i}.parquet") for i in range(a, b)),
+                str(staging / f".range-{r:05d}"), cfg.max_count, cfg.max_bytes)
+                for r, (a, b) in enumerate(ranges)]
+            results = list(self.engine.map(ws.write_range, tasks, desc="write shards",
+                                           total=len(tasks), unit="run", concurrent=True))
+            written = ws.number_shards(staging, results)
+        by_span = sum(r["by_span"] for r in results)
+        by_parsing = sum(r["by_parsing"] for r in results)
         log.info("write: %d samples copied by their recorded spans, %d by reading their shard "
-                 "again", counts.by_span, counts.by_parsing)
+                 "again", by_span, by_parsing)
         self.timings["write_shards"] = time.perf_counter() - start
         return {"folder": str(self.output / "shards"), "count": len(written),
-                "samples": sum(w.count for w in written), "bytes": sum(w.bytes for w in written),
-                "copied_by_span": counts.by_span, "copied_by_parsing": counts.by_parsing}
+                "samples": sum(w[1] for w in written), "bytes": sum(w[2] for w in written),
+                "copied_by_span": by_span, "copied_by_parsing": by_parsing}
 
     def _embed_report(self) -> dict[str, Any]:
         damaged = [{"shard": e["url"], "samples_read": e["samples"], "damage": e["damage"],

@@ -137,3 +137,16 @@ def test_step_result_round_trips_through_its_marker() -> None:
     assert r.alive_out == [4, 0, 5]
     back = StepResult.from_json(r.to_json())
     assert back == r
+
+
+def test_write_ranges_cover_every_shard_in_runs_of_the_target() -> None:
+    from pipeline.stages.write_shards import plan_ranges
+
+    kept = [5, 0, 12, 3, 3, 3, 0, 9, 1]
+    ranges = plan_ranges(kept, target=10)
+    assert ranges[0][0] == 0 and ranges[-1][1] == len(kept)
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+    for first, stop in ranges[:-1]:
+        assert sum(kept[first:stop]) >= 10 > sum(kept[first : stop - 1])
+    assert ranges == [(0, 3), (3, 8), (8, 9)]
+    assert plan_ranges([], 10) == [] and plan_ranges([0, 0], 10) == [(0, 2)]

@@ -265,3 +265,56 @@ def _copy_by_parsing(writer: ShardWriter, url: str, keep: set[str],
             if progress is not None:
                 progress(1)
     return copied
+
+
+def plan_ranges(kept: list[int], target: int) -> list[tuple[int, int]]:
+    """Runs [first, stop) of input shards, each closed once it holds ``target`` kept
+    samples: planned from the data alone, so every engine cuts the same runs."""
+    ranges: list[tuple[int, int]] = []
+    first, held = 0, 0
+    for i, count in enumerate(kept):
+        held += count
+        if held >= target:
+            ranges.append((first, i + 1))
+            first, held = i + 1, 0
+    if first < len(kept):
+        ranges.append((first, len(kept)))
+    return ranges
+
+
+@dataclass(frozen=True)
+class WriteTask:
+    shards: tuple[str, ...]
+    ledger_parts: tuple[str, ...]
+    metadata_parts: tuple[str, ...]
+    out_dir: str
+    max_count: int
+    max_bytes: int
+
+
+def write_range(task: WriteTask) -> dict[str, Any]:
+    """Write one run of input shards' kept samples as shards 00000... of ``out_dir``."""
+    written, counts = write_kept(list(task.shards), [Path(p) for p in task.ledger_parts],
+                                 Path(task.out_dir), task.max_count, task.max_bytes,
+                                 metadata_parts=[Path(p) for p in task.metadata_parts])
+    return {"shards": [[w.name, w.count, w.bytes] for w in written],
+            "by_span": counts.by_span, "by_parsing": counts.by_parsing}
+
+
+SHARD_FILES = (".tar", ".parquet", "_stats.json")
+
+
+def number_shards(folder: Path, ranges: list[dict[str, Any]]) -> list[list]:
+    """Move every range's shards into ``folder`` numbered on from 00000, in range order;
+    returns [name, count, bytes] of each."""
+    out = []
+    for r, got in enumerate(ranges):
+        source = folder / f".range-{r:05d}"
+        for name, count, size in got["shards"]:
+            new = f"{len(out):05d}"
+            for suffix in SHARD_FILES:
+                (source / f"{name}{suffix}").rename(folder / f"{new}{suffix}")
+            out.append([new, count, size])
+        if source.exists():
+            source.rmdir()
+    return out
