@@ -84,7 +84,7 @@ def bare_kernels(cfg, out: Path) -> dict[str, float]:  # noqa: ANN001
     import faiss
     import pyarrow.parquet as pq
 
-    from pipeline.algorithms.kmeans import sample_indices
+    from pipeline.stages.clusters import plan_sample, sample_rows
 
     data = Path(cfg.input.embeddings)
     vecs = np.concatenate([np.load(p).astype(np.float32)
@@ -98,7 +98,9 @@ def bare_kernels(cfg, out: Path) -> dict[str, float]:  # noqa: ANN001
     times: dict[str, float] = {}
 
     def kmeans(rows: np.ndarray, k: int, name: str) -> None:
-        sample = sample_indices(rows, k, cfg.kmeans.max_points_per_centroid, cfg.seed)
+        # a sample of the size the run draws (its seeded split over parts aside)
+        count = plan_sample([len(rows)], k, cfg.kmeans.max_points_per_centroid, cfg.seed, 0)
+        sample = sample_rows(rows, count[0], cfg.seed, 0, 0)
         x = np.ascontiguousarray(vecs[sample])
         t = time.perf_counter()
         km = faiss.Kmeans(x.shape[1], k, niter=cfg.kmeans.niter, seed=cfg.seed, spherical=True,

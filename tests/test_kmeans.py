@@ -10,7 +10,6 @@ from pipeline.algorithms.kmeans import (
     KMeansError,
     check_k,
     fit_spherical,
-    sample_indices,
 )
 
 
@@ -24,34 +23,6 @@ def blobs(k: int = 4, per: int = 50, d: int = 16, noise: float = 0.05):
     label = np.repeat(np.arange(k), per)
     x = np.eye(d)[label] + noise * rng.standard_normal((len(label), d))
     return normalise(x), label
-
-
-# ---------------------------------------------------------------- fit sample
-
-
-def test_sample_indices_size_sorted_subset_deterministic() -> None:
-    candidates = np.flatnonzero(np.random.default_rng(1).random(5000) < 0.3)  # sorted rows
-    s = sample_indices(candidates, k=3, max_points_per_centroid=40, seed=7)
-    assert len(s) == 120
-    assert (np.diff(s) > 0).all()  # sorted, no repeats
-    assert np.isin(s, candidates).all()
-    assert np.array_equal(s, sample_indices(candidates, 3, 40, 7))
-    assert not np.array_equal(s, sample_indices(candidates, 3, 40, 8))
-
-
-def test_sample_indices_spreads_over_all_candidates() -> None:
-    # uniform over the candidates, not a prefix: both halves are represented
-    candidates = np.arange(10_000)
-    s = sample_indices(candidates, k=10, max_points_per_centroid=50, seed=0)
-    assert len(s) == 500
-    assert 180 < (s < 5000).sum() < 320
-
-
-@pytest.mark.parametrize("k, mppc", [(4, 256), (10, 10), (1, 500)])
-def test_sample_indices_takes_everything_when_small(k: int, mppc: int) -> None:
-    candidates = np.arange(3, 103)  # 100 candidates <= mppc * k
-    s = sample_indices(candidates, k, mppc, seed=1)
-    assert s.tolist() == candidates.tolist()
 
 
 # ---------------------------------------------------------------- k check

@@ -18,9 +18,13 @@ def intra_distance(cluster: np.ndarray, distance: np.ndarray, k: int
     """Per cluster: member count and mean distance to its centroid (NaN when empty)."""
     size = np.bincount(cluster, minlength=k).astype(np.int64)
     total = np.bincount(cluster, weights=distance.astype(np.float64), minlength=k)
+    return size, mean_distance(size, total)
+
+
+def mean_distance(size: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """d_intra from member counts and distance sums per cluster (NaN when empty)."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        d_intra = np.where(size > 0, total / np.maximum(size, 1), np.nan)
-    return size, d_intra
+        return np.where(size > 0, total / np.maximum(size, 1), np.nan)
 
 
 def inter_distance(centroids: np.ndarray, nonempty: np.ndarray, l: int) -> np.ndarray:  # noqa: E741

@@ -33,18 +33,6 @@ def use_gpu(device: str) -> bool:
     return device == "auto" and gpu_available()
 
 
-def sample_indices(candidates: np.ndarray, k: int, max_points_per_centroid: int,
-                   seed: int) -> np.ndarray:
-    """A seeded uniform sample (sorted) of at most ``max_points_per_centroid * k`` candidates."""
-    size = min(len(candidates), max_points_per_centroid * k)
-    if size == len(candidates):
-        return np.asarray(candidates)
-    rng = np.random.default_rng(seed)
-    picked = rng.choice(len(candidates), size=size, replace=False)
-    picked.sort()
-    return np.asarray(candidates)[picked]
-
-
 def check_k(k: int, n: int, setting: str) -> None:
     if k > n:
         raise KMeansError(

@@ -128,8 +128,7 @@ def run_dbp(ctx: RunContext, earlier: tuple[str, ...], alive: list[int]
     target = dbp_target(cfg, sum(alive))
     got = fit_and_assign(ctx, "dbp", earlier, alive, cfg.k, "dbp.k", sums=True)
     size = got.sizes
-    with np.errstate(invalid="ignore", divide="ignore"):
-        d_intra = np.where(size > 0, got.sums / np.maximum(size, 1), np.nan)
+    d_intra = bud.mean_distance(size, got.sums)
     d_inter = bud.inter_distance(got.centroids, size > 0, cfg.l)
     probability = bud.concept_probability(d_intra * d_inter, cfg.temperature)
     budget = bud.concept_budget(size, probability, target, cfg.k, cfg.balance)
