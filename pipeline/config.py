@@ -208,7 +208,7 @@ class EngineConfig(_Section):
         "machine's cores (a joined Ray cluster keeps its own default)",
     )
     bucket_rows: int = Field(
-        1_000_000, ge=1, description="most members per cluster bucket of the shuffle (one "
+        262_144, ge=1, description="most members per cluster bucket of the shuffle (one "
         "task's share of semdedup and dbp; a larger cluster is a bucket of its own); the "
         "result does not depend on it",
     )

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import pipeline.stages.ingest as ingest
+from pipeline.io.vector_store import VectorStore
 from pipeline.stages.ingest import _failed_reasons, write_unit_vectors
 
 
@@ -26,7 +27,9 @@ def test_unit_vectors_and_scores_over_many_chunks(tmp_path: Path, keep: bool,
     t = text.astype(np.float64)
     want_norm = np.linalg.norm(x, axis=1)
     np.testing.assert_allclose(norms, want_norm, rtol=1e-6)
-    stored = np.load(path)
+    assert np.load(path).dtype == np.float16  # float16 input is kept at half the bytes
+    stored = VectorStore([str(path)], [50]).gather(np.arange(50))
+    assert stored.dtype == np.float32
     ok = want_norm > 0
     np.testing.assert_allclose(stored[ok], x[ok] / want_norm[ok, None], rtol=1e-6, atol=1e-7)
     assert not stored[11].any()

@@ -96,7 +96,9 @@ class RayEngine:
                 if temp_dir:
                     Path(temp_dir).mkdir(parents=True, exist_ok=True)
                     kwargs["_temp_dir"] = str(Path(temp_dir).resolve())
-                ray.init(num_cpus=num_cpus, runtime_env=_same_code_env(threads), **kwargs)
+                env = _same_code_env(threads)
+                ray.init(num_cpus=num_cpus, runtime_env=env, **kwargs)
+                self.threads = int(env["env_vars"]["OMP_NUM_THREADS"])
             self._started = True
         self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
 
@@ -117,7 +119,9 @@ class RayEngine:
                 opts["num_gpus"] = resources.gpus
             if resources.memory_gb:
                 opts["memory"] = int(resources.memory_gb * 2**30)
-            size = max(1, int(self.cpus / max(resources.cpus, 0.01)))
+            # each actor's kernels run on `threads` threads: more actors than CPUs / threads
+            # would only make the threads fight over the cores
+            size = max(1, int(self.cpus / max(resources.cpus, 0.01) / (self.threads or 1)))
             if resources.gpus:
                 gpus = int(self._ray.cluster_resources().get("GPU", 0) / resources.gpus)
                 size = max(1, min(size, gpus))

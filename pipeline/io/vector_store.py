@@ -10,8 +10,30 @@ already in memory (handed over by ingest within the vector cache budget) is read
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
+
+from pipeline.algorithms.vectors import as_float32
+
+
+def scale_path(vectors: str | Path) -> Path:
+    """Beside a part's float16 vectors: the float32 divisor that makes each row unit."""
+    path = Path(vectors)
+    return path.with_name(path.stem + ".scale.npy")
+
+
+# rows from which faiss's SIMD decoder beats numpy's conversion (it starts threads per call)
+BULK_ROWS = 4096
+
+
+def _unit(raw: np.ndarray, divisor: np.ndarray | None) -> np.ndarray:
+    if divisor is None:
+        return raw
+    raw = np.ascontiguousarray(raw)
+    out = as_float32(raw) if len(raw) >= BULK_ROWS else raw.astype(np.float32)
+    out /= np.asarray(divisor, dtype=np.float32)[:, None]
+    return out
 
 
 class VectorStore:
@@ -19,11 +41,12 @@ class VectorStore:
         self.paths = list(paths)
         self.offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
         self._arrays: dict[int, np.ndarray] = {}
+        self._scaled: dict[int, bool] = {}
 
     def __getstate__(self) -> dict:
         """Pickled (sent to another worker) without the parts held in memory: the copy
         memory-maps the same files."""
-        return {"paths": self.paths, "offsets": self.offsets, "_arrays": {}}
+        return {"paths": self.paths, "offsets": self.offsets, "_arrays": {}, "_scaled": {}}
 
     @property
     def size(self) -> int:
@@ -38,9 +61,19 @@ class VectorStore:
         read touched leave this process with it and its memory does not grow with the
         dataset."""
         arr = self._arrays.get(part)
-        if arr is None:
-            arr = np.load(self.paths[part], mmap_mode="r", allow_pickle=False)
+        if arr is None:  # a plain view: np.memmap's indexing costs more than the copy
+            arr = np.load(self.paths[part], mmap_mode="r", allow_pickle=False).view(np.ndarray)
         return arr
+
+    def _divisor(self, part: int) -> np.ndarray | None:
+        """A float16 part's row divisors (None for unit float32 rows, or a part in memory)."""
+        if part in self._arrays:
+            return None
+        scaled = self._scaled.get(part)
+        if scaled is None:
+            scaled = self._scaled[part] = scale_path(self.paths[part]).exists()
+        return (np.load(scale_path(self.paths[part]), mmap_mode="r").view(np.ndarray)
+                if scaled else None)
 
     @property
     def dim(self) -> int:
@@ -54,13 +87,17 @@ class VectorStore:
         first = int(np.searchsorted(self.offsets, rows[0], side="right")) - 1
         local = rows - self.offsets[first]
         if local.min() >= 0 and local.max() < self.offsets[first + 1] - self.offsets[first]:
-            return self._array(first)[local]  # one part: the common case
+            return self._rows(first, local)  # one part: the common case
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         part_of = np.searchsorted(self.offsets, rows, side="right") - 1
         for part in np.unique(part_of):
             sel = np.flatnonzero(part_of == part)
-            out[sel] = self._array(int(part))[rows[sel] - self.offsets[part]]
+            out[sel] = self._rows(int(part), rows[sel] - self.offsets[part])
         return out
+
+    def _rows(self, part: int, local: np.ndarray) -> np.ndarray:
+        divisor = self._divisor(part)
+        return _unit(self._array(part)[local], None if divisor is None else divisor[local])
 
     def batches(self, rows: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(rows, vectors) in batches over sorted global ``rows``, one part at a time."""
@@ -68,13 +105,15 @@ class VectorStore:
         for part in range(len(self.paths)):
             lo, hi = np.searchsorted(rows, self.offsets[part : part + 2])
             arr = self._array(part) if hi > lo else None
+            divisor = self._divisor(part) if hi > lo else None
             for start in range(lo, hi, batch_size):
                 chunk = rows[start : min(hi, start + batch_size)]
                 local = chunk - self.offsets[part]
                 if local[-1] - local[0] + 1 == len(local):  # contiguous: a view, no copy
-                    yield chunk, arr[local[0] : local[-1] + 1]
+                    span = slice(int(local[0]), int(local[-1]) + 1)
+                    yield chunk, _unit(arr[span], None if divisor is None else divisor[span])
                 else:
-                    yield chunk, arr[local]
+                    yield chunk, _unit(arr[local], None if divisor is None else divisor[local])
 
     def close(self) -> None:
         self._arrays.clear()

@@ -17,7 +17,8 @@ import pyarrow as pa
 from pipeline.algorithms.vectors import MIN_NORM, unit_rows, usable
 from pipeline.ids import derive_u128, u128_to_uids, uids_to_u128
 from pipeline.io.embeddings import EmbeddingPart, read_part
-from pipeline.workdir import atomic_write, write_parquet
+from pipeline.io.vector_store import scale_path
+from pipeline.workdir import atomic_write, write_npy, write_parquet
 from schemas import arrow as schemas
 
 CHUNK_ROWS = 32768
@@ -41,13 +42,17 @@ class IngestedPart:
 
 def write_unit_vectors(path: Path, image: np.ndarray, text: np.ndarray | None,
                        keep: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Stream ``image`` to ``path`` as unit float32 rows.
+    """Stream ``image`` to ``path`` as unit float32 rows; float16 input is stored as it is
+    (unusable rows zeroed) beside the divisor of every row (``scale_path``), half the bytes,
+    and the store divides on reading: the same float32 values either way.
 
     Returns (image norms, CLIP scores, the unit rows when ``keep`` else None): a caller
     that keeps vectors in memory saves reading them back.
     """
     n, d = image.shape
+    half = image.dtype == np.float16
     norms = np.empty(n, dtype=np.float32)
+    divisors = np.ones(n, dtype=np.float32)
     score = np.full(n, np.nan, dtype=np.float32)
     kept = np.empty((n, d), dtype=np.float32) if keep else None
 
@@ -58,19 +63,30 @@ def write_unit_vectors(path: Path, image: np.ndarray, text: np.ndarray | None,
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             np.lib.format.write_array_header_1_0(
-                f, {"descr": "<f4", "fortran_order": False, "shape": (n, d)})
+                f, {"descr": "<f2" if half else "<f4", "fortran_order": False, "shape": (n, d)})
             for start in range(0, n, CHUNK_ROWS):
                 sl = slice(start, min(n, start + CHUNK_ROWS))
                 m = sl.stop - sl.start
                 out = kept[sl] if kept is not None else scratch[:m]
                 img, norms[sl] = unit_rows(image[sl], out)
-                img.tofile(f)
+                ok = usable(norms[sl])
+                if half:
+                    raw = np.array(image[sl], dtype=np.float16)
+                    raw[~ok] = 0
+                    raw.tofile(f)
+                    divisors[sl] = np.where(ok, norms[sl], 1.0)  # unit_rows's divisor
+                else:
+                    img.tofile(f)
                 if text is not None:
                     txt, txt_norms = unit_rows(text[sl], text_scratch[:m])
-                    ok = usable(txt_norms) & usable(norms[sl])
+                    ok &= usable(txt_norms)
                     score[sl] = np.where(ok, np.einsum("ij,ij->i", img, txt), np.nan)
 
     atomic_write(path, write)
+    if half:
+        write_npy(scale_path(path), divisors)
+    else:
+        scale_path(path).unlink(missing_ok=True)
     return norms, score, kept
 
 
