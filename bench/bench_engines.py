@@ -1,10 +1,10 @@
-"""The same embeddings run on the local and the ray engine, side by side in one sitting.
+"""The same embeddings run on several engines (local, ray, spark), side by side in one sitting.
 
-Each run is ``conceptprune run`` in a fresh process (Ray started by the run, 2 CPUs unless
---cpus), timed from process start to exit; the runs alternate, and the driver's own peak RSS
-(Ray's workers excluded) is read at its exit. Both must give the same ``subset.npy``.
+Each run is ``conceptprune run`` in a fresh process (Ray or Spark started by the run, on all
+CPUs unless --cpus), timed from process start to exit; the runs alternate, and the driver's
+own peak RSS (workers excluded) is read at its exit. All must give the same ``subset.npy``.
 
-Usage: python bench/bench_engines.py [--samples 1000000] [--repeat 1] [--out bench/out]
+Usage: python bench/bench_engines.py [--samples 1000000] [--engines local ray spark]
 """
 
 from __future__ import annotations
@@ -50,16 +50,18 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("bench/out"))
+    ap.add_argument("--engines", nargs="+", default=["local", "ray"],
+                    choices=["local", "ray", "spark"])
     args = ap.parse_args()
 
     data, _ = cached_embeddings(args.out, args.samples, args.dim, args.files)
     temp = tempfile.mkdtemp(prefix="cp-bench-ray-", dir="/tmp")
-    walls: dict[str, list[float]] = {"local": [], "ray": []}
-    rss: dict[str, list[float]] = {"local": [], "ray": []}
+    walls: dict[str, list[float]] = {e: [] for e in args.engines}
+    rss: dict[str, list[float]] = {e: [] for e in args.engines}
     subsets: dict[str, bytes] = {}
     try:
         for _ in range(args.repeat):
-            for engine in ("local", "ray"):
+            for engine in args.engines:
                 out = args.out / f"engines_{engine}"
                 shutil.rmtree(out, ignore_errors=True)
                 cfg = args.out / f"engines_{engine}.yaml"
@@ -68,7 +70,7 @@ def main() -> None:
                     "semdedup": {"k": max(1, args.samples // 2000), "eps": 0.02},
                     "dbp": {"k": 100, "keep_fraction": 0.5},
                     "engine": {"num_cpus": args.cpus, "temp_dir": temp,
-                               "object_store_gb": 1.0}}))
+                               "object_store_gb": 1.0, "master": f"local[{args.cpus}]"}}))
                 wall, peak = one_run(cfg, engine, [])
                 walls[engine].append(wall)
                 rss[engine].append(peak)
@@ -76,11 +78,12 @@ def main() -> None:
                 print(f"{engine}: {wall:.1f} s, driver peak RSS {peak:.2f} GB", flush=True)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
-    assert subsets["local"] == subsets["ray"], "the engines disagree on subset.npy"
+    assert len(set(subsets.values())) == 1, "the engines disagree on subset.npy"
     best = {e: min(w) for e, w in walls.items()}
-    print(f"{args.samples} x {args.dim}: local {best['local']:.1f} s, ray {best['ray']:.1f} s, "
-          f"ray / local = {best['ray'] / best['local']:.2f}; same subset.npy; driver peak RSS "
-          f"local {max(rss['local']):.2f} GB, ray {max(rss['ray']):.2f} GB")
+    base = best[args.engines[0]]
+    print(f"{args.samples} x {args.dim}: " + ", ".join(
+        f"{e} {best[e]:.1f} s ({best[e] / base:.2f}x {args.engines[0]}, driver peak RSS "
+        f"{max(rss[e]):.2f} GB)" for e in args.engines) + "; same subset.npy")
 
 
 if __name__ == "__main__":

@@ -53,9 +53,10 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="hide progress bars")] = False,
     engine: Annotated[str | None, typer.Option(
-        "--engine", help="where the steps' maps run: local (this machine, the default) or "
-        "ray (a Ray cluster: engine.address, or a Ray instance started here); the same as "
-        "--set engine.name=...")] = None,
+        "--engine", help="where the steps' maps run: local (this machine, the default), "
+        "ray (a Ray cluster: engine.address, or a Ray instance started here) or spark (the "
+        "session spark-submit made, or engine.master); the same as --set engine.name=...")
+    ] = None,
 ) -> None:
     """Run semdedup -> clip_filter -> dbp and write subset.npy, ledger/ and report/.
 

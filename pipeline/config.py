@@ -179,10 +179,12 @@ class DBPConfig(_Section):
 
 
 class EngineConfig(_Section):
-    """Where the maps of every step run: this machine (local) or a Ray cluster (ray)."""
+    """Where the maps of every step run: this machine (local), a Ray cluster (ray) or Spark
+    (spark)."""
 
-    name: Literal["local", "ray"] = Field(
-        "local", description="local: this machine; ray: Ray tasks and actors"
+    name: Literal["local", "ray", "spark"] = Field(
+        "local", description="local: this machine; ray: Ray tasks and actors; spark: an RDD "
+        "of tasks, one partition each"
     )
     address: str | None = Field(
         None, description="ray: address of a running cluster ('auto' inside one); unset "
@@ -199,7 +201,17 @@ class EngineConfig(_Section):
         "puts unix sockets in it)",
     )
     max_retries: int = Field(
-        3, ge=0, description="ray: times a task is retried when its worker is lost"
+        3, ge=0, description="ray, spark: times a task is retried when it fails or its "
+        "worker is lost"
+    )
+    master: str | None = Field(
+        None, description="spark: master URL (local[2], spark://host:7077, yarn, k8s://...); "
+        "unset: the session spark-submit made, else local[*]",
+    )
+    app_name: str = Field("conceptprune", description="spark: the application's name")
+    conf: dict[str, str] = Field(
+        default_factory=dict, description="spark: settings for a session made here "
+        "(spark.executor.memory, ...)",
     )
     threads: int | None = Field(
         None, ge=1, description="OpenMP/BLAS threads of every worker's numeric kernels (and "

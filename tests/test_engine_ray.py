@@ -127,11 +127,11 @@ def test_cli_engine_option(engine: RayEngine, data: Path, tmp_path: Path) -> Non
 
 def run_with_a_worker_killed(cfg: Path, sentinel: Path, *settings: str
                              ) -> subprocess.CompletedProcess:
-    """The CLI on its own Ray instance whose workers load tests/ray_fault/sitecustomize.py:
+    """The CLI on its own Ray instance whose workers load tests/engine_fault/sitecustomize.py:
     the first worker to deduplicate a cluster SIGKILLs itself."""
     temp = tempfile.mkdtemp(prefix="cp-ray-", dir="/tmp")
     repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(repo / "tests" / "ray_fault"),
+    env = {**os.environ, "PYTHONPATH": str(repo / "tests" / "engine_fault"),
            "CONCEPTPRUNE_TEST_KILL_ONCE": str(sentinel)}
     args = ["engine.num_cpus=2", f"engine.temp_dir={temp}", "engine.object_store_gb=0.25",
             *settings]

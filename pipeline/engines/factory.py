@@ -22,4 +22,16 @@ def make_engine(cfg: RunConfig) -> Engine:
         return RayEngine(address=e.address, num_cpus=e.num_cpus,
                          object_store_gb=e.object_store_gb, temp_dir=e.temp_dir,
                          max_retries=e.max_retries, progress=cfg.progress, threads=e.threads)
+    if e.name == "spark":
+        try:
+            import pyspark  # noqa: F401
+        except ImportError as err:  # pragma: no cover - depends on the install
+            raise ValueError(
+                "engine.name=spark needs pyspark: pip install 'conceptprune[spark]' (or set "
+                "engine.name=local)"
+            ) from err
+        from pipeline.engines.spark_engine import SparkEngine
+
+        return SparkEngine(master=e.master, app_name=e.app_name, conf=e.conf,
+                           progress=cfg.progress, threads=e.threads, max_retries=e.max_retries)
     return LocalEngine(progress=cfg.progress, threads=e.threads)

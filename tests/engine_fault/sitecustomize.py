@@ -1,7 +1,7 @@
-"""Fault injection for tests/test_engine_ray.py, loaded by every Python process started with
-this folder on PYTHONPATH: when CONCEPTPRUNE_TEST_KILL_ONCE names a file that does not exist
-yet, the first Ray worker to deduplicate a cluster creates it and SIGKILLs itself, as a lost
-machine would. Processes that are not Ray workers are left alone."""
+"""Fault injection for the engine tests, loaded by every Python process started with this
+folder on PYTHONPATH: when CONCEPTPRUNE_TEST_KILL_ONCE names a file that does not exist yet,
+the first Ray worker or Spark Python worker to deduplicate a cluster creates it and SIGKILLs
+itself, as a lost machine would. Other processes (the driver) are left alone."""
 
 import os
 import signal
@@ -11,7 +11,9 @@ _SENTINEL = os.environ.get("CONCEPTPRUNE_TEST_KILL_ONCE")
 
 def _in_ray_worker() -> bool:
     with open("/proc/self/cmdline", "rb") as f:
-        return f.read().startswith(b"ray::")
+        cmdline = f.read()
+    return cmdline.startswith(b"ray::") or b"pyspark.daemon" in cmdline \
+        or b"pyspark.worker" in cmdline
 
 
 if _SENTINEL:

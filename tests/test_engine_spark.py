@@ -1,0 +1,124 @@
+"""The spark engine (pyspark local[2]) gives the local engine's bytes: the embeddings run, the
+image run, a Python worker killed in the middle of a job, and the CLI's --engine spark."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytest.importorskip("pyspark")
+
+from test_engine_ray import outputs, settings  # noqa: E402
+
+from pipeline.config import validate_config  # noqa: E402
+from pipeline.engines.base import EngineError  # noqa: E402
+from pipeline.engines.spark_engine import SparkEngine  # noqa: E402
+from pipeline.runner import run  # noqa: E402
+from pipeline.synth.embeddings import SynthSpec, synth_embeddings  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SPARK_ENV = {"SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
+             "PYSPARK_DRIVER_PYTHON": sys.executable}
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[SparkEngine]:
+    from pyspark import cloudpickle
+
+    for key, value in SPARK_ENV.items():
+        os.environ.setdefault(key, value)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers lack tests/
+    spark = SparkEngine(master="local[2]", progress=False)
+    yield spark
+    spark.close()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synth_embeddings(tmp_path_factory.mktemp("sparkemb") / "data",
+                            SynthSpec(samples=20000, dim=32, concepts=20, files=5, seed=2))
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def pid_and_square(state: int, x: int) -> tuple[int, int]:
+    return state, x * x
+
+
+def fails(x: int) -> int:
+    raise ValueError(f"task {x} cannot be done")
+
+
+def test_map_keeps_order_runs_setup_per_worker_and_names_errors(engine: SparkEngine) -> None:
+    assert list(engine.map(square, range(12), desc="t")) == [x * x for x in range(12)]
+    got = list(engine.map(pid_and_square, range(8), desc="t", setup=os.getpid))
+    assert [y for _, y in got] == [x * x for x in range(8)]
+    assert 1 <= len({pid for pid, _ in got}) <= 2  # once per Python worker, not per task
+    assert engine.run_one(square, 7) == 49
+    with pytest.raises(EngineError, match="ValueError: task 3 cannot be done"):
+        list(engine.map(fails, [3], desc="t"))
+
+
+def test_spark_and_local_give_the_same_bytes(engine: SparkEngine, data: Path,
+                                             tmp_path: Path) -> None:
+    run(validate_config(settings(data, tmp_path / "local")))
+    run(validate_config({**settings(data, tmp_path / "spark"), "vector_cache_gb": 0,
+                         "engine": {"bucket_rows": 2500}}), engine=engine)
+    local, on_spark = outputs(tmp_path / "local"), outputs(tmp_path / "spark")
+    assert (local.pop("engine"), on_spark.pop("engine")) == ("local", "spark")
+    assert on_spark == local
+
+
+def test_image_run_on_spark_gives_the_local_bytes(engine: SparkEngine, tmp_path: Path) -> None:
+    from test_resume_images import files, raw_config
+
+    from pipeline.synth.images import synth_images
+
+    data = synth_images(tmp_path / "data", 600, seed=4, samples_per_shard=100, concepts=5)
+
+    def raw(out: Path) -> dict[str, Any]:
+        cfg = raw_config(data, out, k=5)
+        cfg["embed"].update(cluster_model=None, cluster_weights=None)
+        cfg["semdedup"].update(k=4, eps=0.0002)
+        cfg["write"].update(max_count=70, shards_per_task=1)
+        return cfg
+
+    run(validate_config(raw(tmp_path / "local")))
+    run(validate_config(raw(tmp_path / "spark")), engine=engine)
+    for sub in ("ledger", "shards"):
+        assert files(tmp_path / "spark" / sub) == files(tmp_path / "local" / sub)
+    assert (tmp_path / "spark" / "subset.npy").read_bytes() == \
+        (tmp_path / "local" / "subset.npy").read_bytes()
+
+
+def test_a_killed_python_worker_is_retried_and_the_result_holds(data: Path,
+                                                                tmp_path: Path) -> None:
+    """The CLI with --engine spark in its own process; tests/engine_fault makes the first
+    Python worker that deduplicates a cluster SIGKILL itself. Spark reruns the task."""
+    run(validate_config(settings(data, tmp_path / "local")))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({**settings(data, tmp_path / "spark"),
+                                   "engine": {"master": "local[2]"}}))
+    sentinel = tmp_path / "killed-pid"
+    env = {**os.environ, **SPARK_ENV, "PYTHONPATH": str(REPO / "tests" / "engine_fault"),
+           "CONCEPTPRUNE_TEST_KILL_ONCE": str(sentinel)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", str(cfg), "--engine", "spark",
+         "--no-progress"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sentinel.exists(), "no worker was killed"
+    local, on_spark = outputs(tmp_path / "local"), outputs(tmp_path / "spark")
+    assert (local.pop("engine"), on_spark.pop("engine")) == ("local", "spark")
+    assert on_spark == local
+    report = json.loads((tmp_path / "spark" / "report" / "report.json").read_text())
+    assert report["parameters"]["engine"]["name"] == "spark"
