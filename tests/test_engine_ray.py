@@ -218,7 +218,7 @@ def test_a_cluster_started_apart(data: Path, tmp_path: Path) -> None:
         cfg = tmp_path / "c.yaml"
         cfg.write_text(yaml.safe_dump(settings(data, tmp_path / "joined")))
         proc = subprocess.run(
-            [sys.executable, "-m", "pipeline.cli", "run", str(cfg), "--engine", "ray",
+            [sys.executable, "jobs/ray_job.py", str(cfg),  # the entry point of a Ray job
              "--no-progress", "--set", f"engine.address=127.0.0.1:{port}"],
             env=env, capture_output=True, text=True, timeout=300,
             cwd=Path(__file__).resolve().parents[1])

@@ -122,3 +122,25 @@ def test_a_killed_python_worker_is_retried_and_the_result_holds(data: Path,
     assert on_spark == local
     report = json.loads((tmp_path / "spark" / "report" / "report.json").read_text())
     assert report["parameters"]["engine"]["name"] == "spark"
+
+
+def test_spark_submit_runs_the_job_entry_point(tmp_path: Path) -> None:
+    """The real spark-submit (--master local[2]) on jobs/spark_job.py: the same subset as
+    conceptprune run on the local engine."""
+    data = synth_embeddings(tmp_path / "data", SynthSpec(samples=3000, dim=16, concepts=6,
+                                                         files=3, seed=1))
+    run(validate_config(settings(data, tmp_path / "local")))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(settings(data, tmp_path / "submitted")))
+    submit = Path(sys.executable).with_name("spark-submit")
+    env = {**os.environ, **SPARK_ENV, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [str(submit), "--master", "local[2]", "--conf", "spark.task.cpus=1",
+         str(REPO / "jobs" / "spark_job.py"), str(cfg), "--no-progress"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "kept" in proc.stdout
+    report = json.loads((tmp_path / "submitted" / "report" / "report.json").read_text())
+    assert report["engine"] == "spark"
+    assert (tmp_path / "submitted" / "subset.npy").read_bytes() == \
+        (tmp_path / "local" / "subset.npy").read_bytes()
