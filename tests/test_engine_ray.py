@@ -193,27 +193,33 @@ def test_image_run_on_ray_gives_the_local_bytes(engine: RayEngine, tmp_path: Pat
 
 
 def test_a_cluster_started_apart(data: Path, tmp_path: Path) -> None:
-    """`ray start --head`, then a run (its own process) joining it by engine.address. The head
-    runs with --block in its own process group, so stopping it touches no other Ray."""
+    """`ray start --head`, then a run (its own process) joining it by engine.address, and
+    `ray job submit` of jobs/ray_job.py to its job server. The head runs with --block in its
+    own process group, so stopping it touches no other Ray."""
     ray_bin = Path(sys.executable).with_name("ray")
     temp = tempfile.mkdtemp(prefix="cp-head-", dir="/tmp")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    port, dashboard = ports
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     head = subprocess.Popen(
         [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-         "--node-ip-address=127.0.0.1", "--include-dashboard=false", f"--temp-dir={temp}",
+         "--node-ip-address=127.0.0.1", "--include-dashboard=true",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp}",
          "--object-store-memory=268435456", "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert head.poll() is None and time.monotonic() < deadline, "no Ray head"
-            time.sleep(0.5)
+        for wanted in (port, dashboard):
+            while True:
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", wanted)) == 0:
+                        break
+                assert head.poll() is None and time.monotonic() < deadline, "no Ray head"
+                time.sleep(0.5)
         run(validate_config(settings(data, tmp_path / "local")))
         cfg = tmp_path / "c.yaml"
         cfg.write_text(yaml.safe_dump(settings(data, tmp_path / "joined")))
@@ -223,6 +229,14 @@ def test_a_cluster_started_apart(data: Path, tmp_path: Path) -> None:
             env=env, capture_output=True, text=True, timeout=300,
             cwd=Path(__file__).resolve().parents[1])
         assert proc.returncode == 0, proc.stderr[-3000:]
+        cfg.write_text(yaml.safe_dump(settings(data, tmp_path / "submitted")))
+        repo = Path(__file__).resolve().parents[1]
+        job = subprocess.run(
+            [str(ray_bin), "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--",
+             sys.executable, str(repo / "jobs" / "ray_job.py"), str(cfg), "--no-progress"],
+            env=env, capture_output=True, text=True, timeout=300, cwd=repo)
+        assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
+        assert "succeeded" in job.stdout
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
@@ -231,9 +245,12 @@ def test_a_cluster_started_apart(data: Path, tmp_path: Path) -> None:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
         shutil.rmtree(temp, ignore_errors=True)
-    local, joined = outputs(tmp_path / "local"), outputs(tmp_path / "joined")
-    assert (local.pop("engine"), joined.pop("engine")) == ("local", "ray")
-    assert joined == local
+    local = outputs(tmp_path / "local")
+    assert local.pop("engine") == "local"
+    for name in ("joined", "submitted"):
+        other = outputs(tmp_path / name)
+        assert other.pop("engine") == "ray"
+        assert other == local, name
 
 
 def kernel_threads(_: int) -> tuple[int, int]:
