@@ -144,3 +144,11 @@ def test_spark_submit_runs_the_job_entry_point(tmp_path: Path) -> None:
     assert report["engine"] == "spark"
     assert (tmp_path / "submitted" / "subset.npy").read_bytes() == \
         (tmp_path / "local" / "subset.npy").read_bytes()
+
+
+def test_gpu_tasks_ask_for_a_gpu_in_their_resource_profile(engine: SparkEngine) -> None:
+    from pipeline.engines.base import Resources
+
+    profile = engine._profile(Resources(cpus=2, gpus=1))
+    tasks = profile.taskResources
+    assert tasks["gpu"].amount == 1 and tasks["cpus"].amount == 2
