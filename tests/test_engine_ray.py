@@ -231,10 +231,15 @@ def test_a_cluster_started_apart(data: Path, tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stderr[-3000:]
         cfg.write_text(yaml.safe_dump(settings(data, tmp_path / "submitted")))
         repo = Path(__file__).resolve().parents[1]
-        job = subprocess.run(
-            [str(ray_bin), "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--",
-             sys.executable, str(repo / "jobs" / "ray_job.py"), str(cfg), "--no-progress"],
-            env=env, capture_output=True, text=True, timeout=300, cwd=repo)
+        for _ in range(30):  # the job agent comes up some seconds after the dashboard
+            job = subprocess.run(
+                [str(ray_bin), "job", "submit", "--address", f"http://127.0.0.1:{dashboard}",
+                 "--", sys.executable, str(repo / "jobs" / "ray_job.py"), str(cfg),
+                 "--no-progress"],
+                env=env, capture_output=True, text=True, timeout=300, cwd=repo)
+            if "No available agent" not in job.stdout + job.stderr:
+                break
+            time.sleep(2)
         assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
         assert "succeeded" in job.stdout
     finally:
