@@ -16,9 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import yaml
 from bench_data import cached_embeddings
-from bench_engines import one_run
+from bench_engines import run_engine
 
 PART_ROWS = 125_000
 
@@ -38,18 +37,11 @@ def main() -> None:
         for n in args.sizes:
             data, _ = cached_embeddings(args.out, n, args.dim, max(1, n // PART_ROWS))
             for engine in args.engines:
-                out = args.out / f"memory_{engine}_{n}"
-                shutil.rmtree(out, ignore_errors=True)
-                cfg = args.out / f"memory_{engine}_{n}.yaml"
-                cfg.write_text(yaml.safe_dump({
-                    "input": {"embeddings": str(data)}, "output": str(out), "seed": 0,
-                    "vector_cache_gb": 0,
+                wall, rss, out = run_engine(args.out, f"memory_{engine}_{n}", {
+                    "input": {"embeddings": str(data)}, "seed": 0, "vector_cache_gb": 0,
                     "semdedup": {"k": 400, "eps": 0.02},
                     "clip_filter": {"enabled": True, "keep_fraction": 0.9},
-                    "dbp": {"k": 100, "keep_fraction": 0.5},
-                    "engine": {"num_cpus": args.cpus, "temp_dir": temp,
-                               "object_store_gb": 1.0}}))
-                wall, rss = one_run(cfg, engine, [])
+                    "dbp": {"k": 100, "keep_fraction": 0.5}}, engine, args.cpus, temp)
                 peak[engine, n] = rss
                 print(f"{engine} {n} x {args.dim}: {wall:.1f} s, driver peak RSS {rss:.3f} GB",
                       flush=True)

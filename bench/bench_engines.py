@@ -30,16 +30,31 @@ app(sys.argv[1:])
 """
 
 
-def one_run(cfg: Path, engine: str, extra: list[str]) -> tuple[float, float]:
+def one_run(cfg: Path, engine: str) -> tuple[float, float]:
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", DRIVER, "run", str(cfg), "--no-progress",
-                           "--engine", engine, *extra], capture_output=True, text=True)
+                           "--engine", engine], capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"{engine} run failed:\n{proc.stderr[-3000:]}")
     rss = float(next(line.split()[1] for line in proc.stdout.splitlines()
                      if line.startswith("PEAK_RSS_GB")))
     return wall, rss
+
+
+def run_engine(folder: Path, name: str, settings: dict, engine: str, cpus: int, temp: str
+               ) -> tuple[float, float, Path]:
+    """Write ``NAME.yaml`` (``settings``, output ``NAME/``, every engine on ``cpus`` CPUs of this
+    machine) and run it on ``engine`` in a fresh process: (wall s, driver peak RSS GB, output)."""
+    out = folder / name
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = folder / f"{name}.yaml"
+    cfg.write_text(yaml.safe_dump({
+        **settings, "output": str(out),
+        "engine": {"num_cpus": cpus, "temp_dir": temp, "object_store_gb": 1.0,
+                   "master": f"local[{cpus}]"}}))
+    wall, rss = one_run(cfg, engine)
+    return wall, rss, out
 
 
 def main() -> None:
@@ -62,16 +77,10 @@ def main() -> None:
     try:
         for _ in range(args.repeat):
             for engine in args.engines:
-                out = args.out / f"engines_{engine}"
-                shutil.rmtree(out, ignore_errors=True)
-                cfg = args.out / f"engines_{engine}.yaml"
-                cfg.write_text(yaml.safe_dump({
-                    "input": {"embeddings": str(data)}, "output": str(out), "seed": 0,
+                wall, peak, out = run_engine(args.out, f"engines_{engine}", {
+                    "input": {"embeddings": str(data)}, "seed": 0,
                     "semdedup": {"k": max(1, args.samples // 2000), "eps": 0.02},
-                    "dbp": {"k": 100, "keep_fraction": 0.5},
-                    "engine": {"num_cpus": args.cpus, "temp_dir": temp,
-                               "object_store_gb": 1.0, "master": f"local[{args.cpus}]"}}))
-                wall, peak = one_run(cfg, engine, [])
+                    "dbp": {"k": 100, "keep_fraction": 0.5}}, engine, args.cpus, temp)
                 walls[engine].append(wall)
                 rss[engine].append(peak)
                 subsets[engine] = (out / "subset.npy").read_bytes()

@@ -2,34 +2,35 @@
 
 from __future__ import annotations
 
+import importlib
+
 from pipeline.config import RunConfig
 from pipeline.engines.base import Engine
 from pipeline.engines.local import LocalEngine
 
 
+def _require(module: str, what: str, extra: str, name: str) -> None:
+    """A clear error naming the extra to install when an engine's library is missing."""
+    try:
+        importlib.import_module(module)
+    except ImportError as err:  # pragma: no cover - depends on the install
+        raise ValueError(
+            f"engine.name={name} needs {what}: pip install 'conceptprune[{extra}]' (or set "
+            "engine.name=local)"
+        ) from err
+
+
 def make_engine(cfg: RunConfig) -> Engine:
     e = cfg.engine
     if e.name == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError as err:  # pragma: no cover - depends on the install
-            raise ValueError(
-                "engine.name=ray needs Ray: pip install 'conceptprune[ray]' (or set "
-                "engine.name=local)"
-            ) from err
+        _require("ray", "Ray", "ray", e.name)
         from pipeline.engines.ray_engine import RayEngine
 
         return RayEngine(address=e.address, num_cpus=e.num_cpus,
                          object_store_gb=e.object_store_gb, temp_dir=e.temp_dir,
                          max_retries=e.max_retries, progress=cfg.progress, threads=e.threads)
     if e.name == "spark":
-        try:
-            import pyspark  # noqa: F401
-        except ImportError as err:  # pragma: no cover - depends on the install
-            raise ValueError(
-                "engine.name=spark needs pyspark: pip install 'conceptprune[spark]' (or set "
-                "engine.name=local)"
-            ) from err
+        _require("pyspark", "pyspark", "spark", e.name)
         from pipeline.engines.spark_engine import SparkEngine
 
         return SparkEngine(master=e.master, app_name=e.app_name, conf=e.conf,

@@ -53,7 +53,10 @@ def _scored(task: PartKeys) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def part_keys(task: PartKeys) -> np.ndarray:
     """The sort keys (n x 4 uint64) of a part's alive, scored rows."""
     rows, score, ok = _scored(task)
-    rows, score = rows[ok], score[ok]
+    return _keys(task, rows[ok], score[ok])
+
+
+def _keys(task: PartKeys, rows: np.ndarray, score: np.ndarray) -> np.ndarray:
     ids = pq.read_table(ingest_path(Path(task.work), task.part), columns=["uid_hi", "uid_lo"])
     keys = np.empty((len(rows), 4), dtype=np.uint64)
     keys[:, 0] = ks.descending_float_key(score)
@@ -99,7 +102,7 @@ def apply_part(task: ApplyTask) -> list[int]:
     elif task.cut is None:
         keep = np.zeros(int(ok.sum()), dtype=bool)
     else:
-        keep = ks.at_most(part_keys(task.keys), task.cut)
+        keep = ks.at_most(_keys(task.keys, rows[ok], score[ok]), task.cut)
     dropped = rows[ok][~keep]
     removed[dropped] = True
     reason[dropped] = task.reason

@@ -11,6 +11,7 @@ by (seed, step, part), in part and row order. Only the fit's worker ever holds t
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -21,8 +22,14 @@ import pyarrow.parquet as pq
 from pipeline.algorithms import kmeans
 from pipeline.engines.base import Resources
 from pipeline.io.vector_store import VectorStore
-from pipeline.stages.context import RunContext, alive_rows, ingest_path
-from pipeline.stages.shuffle import part_counts, write_scatter
+from pipeline.stages.context import (
+    RunContext,
+    StepResult,
+    alive_rows,
+    ingest_path,
+    step_part_path,
+)
+from pipeline.stages.shuffle import ApplyTask, part_counts, write_scatter
 from pipeline.workdir import write_npy
 
 log = logging.getLogger(__name__)
@@ -171,6 +178,19 @@ def fit_and_assign(ctx: RunContext, step: str, earlier: tuple[str, ...], alive: 
         if total is not None:
             total += np.load(scatter / f"sums-{p:05d}.npy")
     return Assigned(centroids, sizes, total, scatter)
+
+
+def apply_decisions(ctx: RunContext, step: str, fn: Callable[[ApplyTask], list[int]],
+                    scatter: Path, buckets: int) -> StepResult:
+    """The map writing each part's row-aligned table from its scatter file and the buckets'
+    decisions (``fn``); the step's result from what each part returns: [alive, removed]."""
+    decisions = ctx.step_folder(step, "decisions")
+    tasks = [ApplyTask(str(scatter), str(decisions), buckets, p.index, p.rows,
+                       str(step_part_path(ctx.work.root, step, p.index))) for p in ctx.parts]
+    applied = ctx.map_units(step, "apply", fn, tasks, [p.index for p in ctx.parts],
+                            desc=f"{step}: decisions", unit="part", concurrent=True,
+                            plan=ctx.cfg.engine.bucket_rows)
+    return StepResult([a for a, _ in applied], [r for _, r in applied], {})
 
 
 def _same(store: VectorStore) -> VectorStore:

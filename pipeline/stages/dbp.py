@@ -17,13 +17,13 @@ import pyarrow as pa
 from pipeline.algorithms import budget as bud
 from pipeline.algorithms.selection import fraction_of, select_within_concepts
 from pipeline.io.tables import masked
-from pipeline.stages.clusters import fit_and_assign
-from pipeline.stages.context import RunContext, StepResult, step_part_path
+from pipeline.stages.clusters import apply_decisions, fit_and_assign
+from pipeline.stages.context import RunContext, StepResult
 from pipeline.stages.shuffle import (
+    ApplyTask,
     gather_bucket,
+    part_decisions,
     plan_buckets,
-    read_results,
-    read_scatter,
     write_results,
 )
 from pipeline.workdir import write_parquet
@@ -92,33 +92,19 @@ def select_bucket(task: SelectTask) -> list[int]:
     return [int(x) for x in kept]
 
 
-@dataclass(frozen=True)
-class ApplyTask:
-    scatter: str
-    decisions: str
-    buckets: int
-    part: int
-    rows: int
-    out: str
-
-
 def apply_part(task: ApplyTask) -> list[int]:
     """Write one part's row-aligned dbp table; returns [alive rows, removed]."""
-    n = task.rows
-    cluster = np.full(n, -1, dtype=np.int32)
-    distance = np.full(n, np.nan, dtype=np.float32)
-    rec = read_scatter(Path(task.scatter), task.part)
-    cluster[rec["row"]], distance[rec["row"]] = rec["cluster"], rec["distance"]
-    removed = np.zeros(n, dtype=bool)
-    got = read_results(Path(task.decisions), task.buckets, task.part)
-    if got is not None:
-        removed[got["row"]] = got["removed"]
+    part = part_decisions(task)
+    cluster, distance = part.cluster, part.distance
+    removed = np.zeros(task.rows, dtype=bool)
+    if part.decisions is not None:
+        removed[part.decisions["row"]] = part.decisions["removed"]
     write_parquet(Path(task.out), pa.table({
         "cluster": masked(cluster, cluster < 0, pa.int32()),
         "distance": masked(distance, np.isnan(distance), pa.float32()),
         "removed": pa.array(removed),
     }, schema=schemas.DBP))
-    return [int(len(rec)), int(removed.sum())]
+    return [part.alive, int(removed.sum())]
 
 
 def run_dbp(ctx: RunContext, earlier: tuple[str, ...], alive: list[int]
@@ -143,13 +129,8 @@ def run_dbp(ctx: RunContext, earlier: tuple[str, ...], alive: list[int]
                             desc="dbp: select", unit="bucket", plan=ctx.cfg.engine.bucket_rows)
     for b, counts in zip(buckets, results, strict=True):
         kept[b.first : b.stop] = counts
-    applied = ctx.map_units(
-        "dbp", "apply", apply_part,
-        [ApplyTask(str(got.scatter), str(decisions), len(buckets), p.index, p.rows,
-                   str(step_part_path(ctx.work.root, "dbp", p.index))) for p in ctx.parts],
-        [p.index for p in ctx.parts], desc="dbp: decisions", unit="part", concurrent=True,
-        plan=ctx.cfg.engine.bucket_rows)
-    result = StepResult([a for a, _ in applied], [r for _, r in applied],
+    applied = apply_decisions(ctx, "dbp", apply_part, got.scatter, len(buckets))
+    result = StepResult(applied.alive_in, applied.removed,
                         {"k": cfg.k, "target": target, "reaching": sum(alive),
                          "keep": cfg.keep, "buckets": len(buckets)})
     log.info("dbp: k=%d target N=%d of M=%d, kept %d", cfg.k, target, sum(alive),

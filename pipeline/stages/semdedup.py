@@ -17,13 +17,13 @@ import pyarrow as pa
 from pipeline.algorithms.semdedup import auto_block_rows, dedup_cluster
 from pipeline.io.tables import masked
 from pipeline.io.vector_store import VectorStore
-from pipeline.stages.clusters import _same, fit_and_assign
-from pipeline.stages.context import RunContext, StepResult, step_part_path
+from pipeline.stages.clusters import _same, apply_decisions, fit_and_assign
+from pipeline.stages.context import RunContext, StepResult
 from pipeline.stages.shuffle import (
+    ApplyTask,
     gather_bucket,
+    part_decisions,
     plan_buckets,
-    read_results,
-    read_scatter,
     write_results,
 )
 from pipeline.workdir import write_parquet
@@ -81,29 +81,16 @@ def dedup_bucket(store: VectorStore, task: DedupTask) -> int:
     return int(out["removed"].sum())
 
 
-@dataclass(frozen=True)
-class ApplyTask:
-    scatter: str
-    decisions: str
-    buckets: int
-    part: int
-    rows: int
-    out: str
-
-
 def apply_part(task: ApplyTask) -> list[int]:
     """Write one part's row-aligned semdedup table; returns [alive rows, removed]."""
     n = task.rows
-    cluster = np.full(n, -1, dtype=np.int32)
-    distance = np.full(n, np.nan, dtype=np.float32)
-    rec = read_scatter(Path(task.scatter), task.part)
-    cluster[rec["row"]], distance[rec["row"]] = rec["cluster"], rec["distance"]
+    part = part_decisions(task)
+    cluster, distance, got = part.cluster, part.distance, part.decisions
     removed = np.zeros(n, dtype=bool)
     has = np.zeros(n, dtype=bool)
     dup_hi = np.zeros(n, dtype=np.uint64)
     dup_lo = np.zeros(n, dtype=np.uint64)
     sim = np.full(n, np.nan, dtype=np.float32)
-    got = read_results(Path(task.decisions), task.buckets, task.part)
     if got is not None:
         r = got["row"]
         removed[r], has[r], sim[r] = got["removed"], got["has_dup"], got["similarity"]
@@ -116,7 +103,7 @@ def apply_part(task: ApplyTask) -> list[int]:
         "dup_similarity": masked(sim, np.isnan(sim), pa.float32()),
         "removed": pa.array(removed),
     }, schema=schemas.SEMDEDUP))
-    return [int(len(rec)), int(removed.sum())]
+    return [part.alive, int(removed.sum())]
 
 
 def run_semdedup(ctx: RunContext, earlier: tuple[str, ...], alive: list[int]) -> StepResult:
@@ -131,13 +118,8 @@ def run_semdedup(ctx: RunContext, earlier: tuple[str, ...], alive: list[int]) ->
     ctx.map_units("semdedup", "bucket", dedup_bucket, tasks, [b.index for b in buckets],
                   desc="semdedup: clusters", unit="bucket", setup=partial(_same, ctx.store),
                   plan=ctx.cfg.engine.bucket_rows)
-    applied = ctx.map_units(
-        "semdedup", "apply", apply_part,
-        [ApplyTask(str(got.scatter), str(decisions), len(buckets), p.index, p.rows,
-                   str(step_part_path(ctx.work.root, "semdedup", p.index))) for p in ctx.parts],
-        [p.index for p in ctx.parts], desc="semdedup: decisions", unit="part", concurrent=True,
-        plan=ctx.cfg.engine.bucket_rows)
-    result = StepResult([a for a, _ in applied], [r for _, r in applied],
+    applied = apply_decisions(ctx, "semdedup", apply_part, got.scatter, len(buckets))
+    result = StepResult(applied.alive_in, applied.removed,
                         {"k": k, "buckets": len(buckets),
                          "largest_cluster": int(got.sizes.max()) if k else 0})
     log.info("semdedup: k=%d eps=%g removed %d of %d", k, cfg.eps, sum(result.removed),

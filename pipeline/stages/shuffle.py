@@ -145,3 +145,35 @@ def read_results(folder: Path, buckets: int, part: int) -> np.ndarray | None:
         if hi > lo:
             pieces.append(np.array(np.load(data, mmap_mode="r")[lo:hi]))
     return np.concatenate(pieces) if pieces else None
+
+
+@dataclass(frozen=True)
+class ApplyTask:
+    """One part's share of a clustering step: its scatter file and every bucket's
+    decisions, to be written as the step's row-aligned table at ``out``."""
+
+    scatter: str
+    decisions: str
+    buckets: int
+    part: int
+    rows: int
+    out: str
+
+
+@dataclass
+class PartDecisions:
+    """A part's rows as a clustering step left them, row-aligned."""
+
+    cluster: np.ndarray  # int32, -1 where the row was not alive
+    distance: np.ndarray  # float32, NaN where it was not
+    alive: int
+    decisions: np.ndarray | None  # the buckets' decisions for its alive rows (by ``row``)
+
+
+def part_decisions(task: ApplyTask) -> PartDecisions:
+    cluster = np.full(task.rows, -1, dtype=np.int32)
+    distance = np.full(task.rows, np.nan, dtype=np.float32)
+    rec = read_scatter(Path(task.scatter), task.part)
+    cluster[rec["row"]], distance[rec["row"]] = rec["cluster"], rec["distance"]
+    return PartDecisions(cluster, distance, len(rec),
+                         read_results(Path(task.decisions), task.buckets, task.part))
