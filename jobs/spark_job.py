@@ -1,9 +1,9 @@
-"""What ``spark-submit`` runs: ``conceptprune run`` on the session spark-submit made.
+"""What ``spark-submit`` runs: ``conceptprune run`` on the Spark context spark-submit set up.
 
     spark-submit --master yarn jobs/spark_job.py CONFIG [--set KEY=VALUE ...]
 
 The arguments are those of ``conceptprune run``; the engine is spark, and its maps run in
-the session made here from spark-submit's settings (master, executors, conf).
+the context made here from spark-submit's settings (master, executors, conf).
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import sys
 
 
 def main(argv: list[str]) -> None:
-    from pyspark.sql import SparkSession
+    from pyspark import SparkContext
 
     from pipeline.cli import app
 
-    SparkSession.builder.getOrCreate()  # spark-submit's session: the engine joins it
+    SparkContext.getOrCreate()  # from spark-submit's settings: the engine joins it
     app(["run", *argv, "--engine", "spark"], prog_name="spark_job.py")
 
 

@@ -206,11 +206,11 @@ class EngineConfig(_Section):
     )
     master: str | None = Field(
         None, description="spark: master URL (local[2], spark://host:7077, yarn, k8s://...); "
-        "unset: the session spark-submit made, else local[*]",
+        "unset: the context spark-submit set up, else local[*]",
     )
     app_name: str = Field("conceptprune", description="spark: the application's name")
     conf: dict[str, str] = Field(
-        default_factory=dict, description="spark: settings for a session made here "
+        default_factory=dict, description="spark: settings for a context started here "
         "(spark.executor.memory, ...)",
     )
     threads: int | None = Field(

