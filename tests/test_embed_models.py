@@ -96,6 +96,16 @@ def test_device_and_precision_resolution():
             resolve_device("cuda")
 
 
+def test_the_gpu_an_engine_gave_the_task_is_used_where_the_setting_names_none(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # torch.device needs no GPU
+    assert resolve_device("auto", 1) == torch.device("cuda", 1)
+    assert resolve_device("cuda", 1) == torch.device("cuda", 1)
+    assert resolve_device("cuda:0", 1) == torch.device("cuda", 0)  # the setting names one
+    assert resolve_device("auto", None) == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto", 1) == torch.device("cpu")
+
+
 # --- CLIP checkpoints ----------------------------------------------------------------------
 
 

@@ -152,3 +152,42 @@ def test_gpu_tasks_ask_for_a_gpu_in_their_resource_profile(engine: SparkEngine) 
     profile = engine._profile(Resources(cpus=2, gpus=1))
     tasks = profile.taskResources
     assert tasks["gpu"].amount == 1 and tasks["cpus"].amount == 2
+
+
+def test_a_task_hands_the_gpu_spark_gave_it_to_the_stages(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """What a Python worker does per task, with the task's GPU address as Spark sets it; a
+    worker running tasks on two GPUs sets its state (models) up again for the other GPU."""
+    import pyspark
+    from pyspark.resource import ResourceInformation
+
+    from pipeline.engines import spark_engine
+    from pipeline.engines.gpu import set_task_gpu, task_gpu
+
+    class Context:
+        address = "1"
+
+        def resources(self) -> dict[str, ResourceInformation]:
+            return {"gpu": ResourceInformation("gpu", [self.address])}
+
+    context = Context()
+    monkeypatch.setattr(pyspark.TaskContext, "get", staticmethod(lambda: context))
+    monkeypatch.setattr(spark_engine, "_WORKER", {})
+    setups: list[int | None] = []
+
+    def setup() -> int | None:
+        setups.append(task_gpu())
+        return task_gpu()
+
+    def run(token: str, address: str) -> list[tuple[int, Any]]:
+        context.address = address
+        return list(spark_engine._run_partition(
+            token, setup, lambda state, x: (state, task_gpu(), x), None, [(0, "t")]))
+
+    try:
+        assert run("a", "1") == [(0, (1, 1, "t"))]
+        assert run("a", "1") == [(0, (1, 1, "t"))] and setups == [1]  # kept for the map
+        assert run("a", "0") == [(0, (0, 0, "t"))] and setups == [1, 0]  # the other GPU
+        assert run("b", "0") == [(0, (0, 0, "t"))] and setups == [1, 0, 0]  # the next map
+    finally:
+        set_task_gpu(None)

@@ -42,15 +42,21 @@ def check_k(k: int, n: int, setting: str) -> None:
 
 
 def fit_spherical(sample: np.ndarray, k: int, niter: int, seed: int, gpu: bool = False,
-                  setting: str = "k") -> np.ndarray:
-    """Fit k L2-normalised centroids on ``sample`` (rows L2-normalised float32)."""
+                  setting: str = "k", device: int | None = None) -> np.ndarray:
+    """Fit k L2-normalised centroids on ``sample`` (rows L2-normalised float32).
+
+    On the GPU: the one numbered ``device``, or every GPU this process sees when None.
+    """
     sample = np.ascontiguousarray(sample, dtype=np.float32)
     n, d = sample.shape
     check_k(k, n, setting)
     km = faiss.Kmeans(
-        d, k, niter=niter, seed=seed, spherical=True, gpu=gpu, verbose=False,
-        max_points_per_centroid=max(1, n // k + 1), min_points_per_centroid=1,
+        d, k, niter=niter, seed=seed, spherical=True, gpu=gpu and device is None,
+        verbose=False, max_points_per_centroid=max(1, n // k + 1), min_points_per_centroid=1,
     )
+    if gpu and device is not None:
+        resources = faiss.StandardGpuResources()
+        km.index = faiss.index_cpu_to_gpu(resources, device, faiss.IndexFlatIP(d))
     km.train(sample)
     centroids = np.ascontiguousarray(km.centroids, dtype=np.float32)
     norms = np.linalg.norm(centroids, axis=1, keepdims=True)
@@ -61,12 +67,14 @@ def fit_spherical(sample: np.ndarray, k: int, niter: int, seed: int, gpu: bool =
 class Assigner:
     """Nearest centroid by inner product, reused across batches."""
 
-    def __init__(self, centroids: np.ndarray, gpu: bool = False) -> None:
+    def __init__(self, centroids: np.ndarray, gpu: bool = False, device: int | None = None
+                 ) -> None:
+        """On the GPU numbered ``device`` (None: the first this process sees) when ``gpu``."""
         centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         index = faiss.IndexFlatIP(centroids.shape[1])
         if gpu:
             res = faiss.StandardGpuResources()
-            index = faiss.index_cpu_to_gpu(res, 0, index)
+            index = faiss.index_cpu_to_gpu(res, device or 0, index)
             self._res = res
         index.add(centroids)
         self.index = index

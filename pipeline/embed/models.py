@@ -101,10 +101,13 @@ def register_model_configs() -> list[str]:
     return names
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` = cuda when available, else cpu; a cuda request without a GPU is an error."""
+def resolve_device(device: str | torch.device, gpu: int | None = None) -> torch.device:
+    """``auto`` = cuda when available, else cpu; a cuda request without a GPU is an error.
+
+    ``gpu``: the GPU an engine gave the task, used where the setting names none (auto, cuda).
+    """
     if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except RuntimeError as err:
@@ -112,6 +115,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise EmbedModelError(f"device {device!r} asked for but no CUDA GPU is available; "
                               "use device=auto or cpu")
+    if dev.type == "cuda" and dev.index is None and gpu is not None:
+        dev = torch.device("cuda", gpu)
     return dev
 
 
@@ -158,7 +163,7 @@ def _seeded(seed: int) -> Iterator[None]:
 # --- CLIP ----------------------------------------------------------------------------------
 
 
-def load_clip(model: str, pretrained: str | None, device: str = "auto",
+def load_clip(model: str, pretrained: str | None, device: str | torch.device = "auto",
               precision: str = "auto", *, seed: int = 0) -> ClipModel:
     """Build open_clip model ``model`` with weights from ``pretrained``.
 
@@ -263,7 +268,7 @@ def describe_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, 
 # --- cluster encoder (timm) ----------------------------------------------------------------
 
 
-def load_cluster_encoder(name: str, weights: str | None, device: str = "auto", *,
+def load_cluster_encoder(name: str, weights: str | None, device: str | torch.device = "auto", *,
                          seed: int = 0) -> ClusterEncoder:
     """Build timm model ``name`` without classifier, for pooled image features.
 

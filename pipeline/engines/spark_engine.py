@@ -2,9 +2,10 @@
 
 Results are collected in task order. A ``setup`` runs once per Python worker process (Spark
 reuses them between tasks) and is kept until the next map's. Tasks that need a GPU run under
-a stage-level resource profile, and the GPU Spark assigned to the task is the only one the
-task sees. Spark's own task retries (``spark.task.maxFailures``; ``local[N,F]`` in local
-mode) rerun a failed task, whose unit writes the same bytes again.
+a stage-level resource profile, and the GPU Spark assigned to the task is handed to torch and
+faiss by its index (``pipeline.engines.gpu``). Spark's own task retries
+(``spark.task.maxFailures``; ``local[N,F]`` in local mode) rerun a failed task, whose unit
+writes the same bytes again.
 """
 
 from __future__ import annotations
@@ -32,18 +33,21 @@ def _run_partition(token: str, setup: Callable[[], Any] | None, fn: Callable[...
                    ) -> Iterator[tuple[int, Any]]:
     from pyspark import TaskContext
 
+    from pipeline.engines.gpu import set_task_gpu
+
     context = TaskContext.get()
     gpus = context.resources().get("gpu") if context is not None else None
-    if gpus is not None and gpus.addresses:
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus.addresses)
+    gpu = int(gpus.addresses[0]) if gpus is not None and gpus.addresses else None
+    set_task_gpu(gpu)  # handed to torch and faiss by index: CUDA was maybe set up already
     if threads is not None and _WORKER.get("threads") != threads:
         from pipeline.engines.base import pin_kernel_threads
 
         pin_kernel_threads(threads)
         _WORKER["threads"] = threads
-    if setup is not None and _WORKER.get("token") != token:
-        _WORKER.pop("state", None)  # free the last map's state first
-        _WORKER["state"], _WORKER["token"] = setup(), token
+    # the state (models on a GPU, say) is this map's and this GPU's
+    if setup is not None and _WORKER.get("key") != (token, gpu):
+        _WORKER.pop("state", None)  # free the last state first
+        _WORKER["state"], _WORKER["key"] = setup(), (token, gpu)
     for index, task in items:
         yield index, fn(_WORKER["state"], task) if setup is not None else fn(task)
 

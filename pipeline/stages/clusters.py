@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from pipeline.algorithms import kmeans
 from pipeline.engines.base import Resources
+from pipeline.engines.gpu import task_gpu
 from pipeline.io.vector_store import VectorStore
 from pipeline.stages.context import (
     RunContext,
@@ -87,7 +88,7 @@ def fit(task: FitTask) -> np.ndarray:
     sample = np.concatenate(pieces)
     del pieces
     return kmeans.fit_spherical(sample, task.k, task.niter, task.seed, gpu=task.gpu,
-                                setting=task.setting)
+                                setting=task.setting, device=task_gpu())
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ class AssignTask:
 
 def _assign_state(store: VectorStore, centroids: np.ndarray, gpu: bool
                   ) -> tuple[VectorStore, kmeans.Assigner]:
-    return store, kmeans.Assigner(centroids, gpu=gpu)
+    return store, kmeans.Assigner(centroids, gpu=gpu, device=task_gpu())
 
 
 def assign_part(state: tuple[VectorStore, kmeans.Assigner], task: AssignTask) -> int:

@@ -233,12 +233,14 @@ class EmbedModels:
 
 def load_models(cfg: Any, seed: int) -> EmbedModels:  # noqa: ANN401 - EmbedConfig
     """Once per worker: the CLIP model and the optional clustering encoder."""
-    from pipeline.embed.models import load_clip, load_cluster_encoder
+    from pipeline.embed.models import load_clip, load_cluster_encoder, resolve_device
+    from pipeline.engines.gpu import task_gpu
 
-    clip = load_clip(cfg.model, cfg.pretrained, cfg.device, cfg.precision, seed=seed)
+    device = resolve_device(cfg.device, task_gpu())  # the GPU the engine gave this task
+    clip = load_clip(cfg.model, cfg.pretrained, device, cfg.precision, seed=seed)
     cluster = None
     if cfg.cluster_model:
-        cluster = load_cluster_encoder(cfg.cluster_model, cfg.cluster_weights, cfg.device,
+        cluster = load_cluster_encoder(cfg.cluster_model, cfg.cluster_weights, device,
                                        seed=seed)
     models = {"clip": clip.describe(), "clip_random_weights": clip.random_weights,
               "cluster": None if cluster is None else cluster.describe(),
