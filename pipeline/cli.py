@@ -30,18 +30,16 @@ def _not_library_chatter(record: logging.LogRecord) -> bool:
     return record.name != "root" or record.levelno >= logging.WARNING
 
 
-def setup_logging(verbose: bool, log_file: Path | None = None) -> None:
-    """Log to stderr and, when given, to the run's log file (which keeps everything)."""
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(verbose: bool) -> None:
+    """Log to stderr; a run adds its own log file once it owns its output folder."""
     console = logging.StreamHandler(sys.stderr)
     if not verbose:
         console.addFilter(_not_library_chatter)
-    handlers: list[logging.Handler] = [console]
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        handlers=handlers, force=True)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT,
+                        handlers=[console], force=True)
 
 
 @app.command()
@@ -57,30 +55,36 @@ def run(
         "ray (a Ray cluster: engine.address, or a Ray instance started here) or spark (the "
         "session spark-submit made, or engine.master); the same as --set engine.name=...")
     ] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="take over an output or work folder that holds files no run "
+        "wrote there (by default such a folder is refused and nothing is touched): the run "
+        "then replaces what it writes there; other files are never touched")] = False,
 ) -> None:
     """Run semdedup -> clip_filter -> dbp and write subset.npy, ledger/ and report/.
 
     Re-running the same command resumes an interrupted run from its work folder, and does
-    nothing more after a finished one.
+    nothing more after a finished one. One run at a time may use an output folder.
     """
     from pipeline.engines.base import EngineError
+    from pipeline.run_lock import RunLockError
     from pipeline.runner import run as run_pipeline
 
     try:
         overrides = list(set_ or [])
         if engine is not None:
             overrides.append(f"engine.name={engine}")
+        if overwrite:
+            overrides.append("overwrite=true")
         cfg = load_config(config, overrides)
     except ConfigError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     if no_progress:
         cfg.progress = False
-    setup_logging(verbose, Path(cfg.output) / "logs" / "run.log")
+    setup_logging(verbose)
     try:
         summary = run_pipeline(cfg)
-    except (ValueError, OSError, EngineError) as err:
-        log.error("%s", err)
+    except (ValueError, OSError, EngineError, RunLockError):  # run() logged it
         raise typer.Exit(1) from None
     typer.echo(f"kept {summary.kept} of {summary.input_samples} samples "
                f"({summary.kept / max(1, summary.input_samples):.1%})")

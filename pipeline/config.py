@@ -234,6 +234,11 @@ class RunConfig(_Section):
     work: str | None = Field(
         None, description="work folder for intermediates and markers (default: OUTPUT/_work)"
     )
+    overwrite: bool = Field(
+        False, description="take over an output or work folder that holds files no run wrote "
+        "there: the run replaces what it writes (shards/, ledger/, subset.npy, report/, the "
+        "work folder's steps); other files are never touched",
+    )
     seed: int = Field(0, ge=0, description="seed for every sampled or random choice")
     progress: bool = Field(True, description="show progress bars on long stages")
     vector_cache_gb: float = Field(

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                                                       args.clip_weights, args.workers),
                                           sort_keys=False))
     cfg = load_config(config_file)
-    setup_logging(False, Path(cfg.output) / "logs" / "run.log")
+    setup_logging(False)
     summary = run(cfg)
 
     print(f"kept {summary.kept} of {summary.input_samples} samples")

@@ -6,6 +6,8 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,16 @@ from pipeline.io.embeddings import (
     local_path,
 )
 from pipeline.io.vector_store import VectorStore
+from pipeline.output_guard import (
+    check_output_path,
+    claim_output,
+    claim_work,
+    inside,
+    own,
+    settle,
+    written_by_runs,
+)
+from pipeline.run_lock import run_lock
 from pipeline.stages import subset
 from pipeline.stages.clip_filter import run_clip_filter
 from pipeline.stages.context import RunContext, StepResult
@@ -186,13 +198,20 @@ class Runner:
         from pipeline.io.shards import expand_shards
 
         cfg = self.cfg
-        self.shard_urls = expand_shards(cfg.input.shards)
+        self.shard_urls = self._outside_output(expand_shards(cfg.input.shards))
         out_dir = self.work.step_dir("embed")
         settings = cfg.embed.model_dump(exclude={"workers"})
         fps = {i: fingerprint("embed", _file_identity(url), settings)
                for i, url in enumerate(self.shard_urls)}
         todo = [(i, url) for i, url in enumerate(self.shard_urls)
                 if not self.work.done(f"embed-{i:05d}", fps[i])]
+        # what another input list or other settings left: shard numbers past this list's
+        # end, and every file of a shard embedded again (its settings may write fewer files)
+        again = {i for i, _ in todo}
+        _remove_embed_files(out_dir, lambda num: num >= len(self.shard_urls) or num in again)
+        for marker in self.work.markers.glob("embed-*.json"):
+            if int(marker.stem.split("-")[1]) >= len(self.shard_urls):
+                marker.unlink()
         start = time.perf_counter()
         if len(todo) < len(self.shard_urls):
             log.info("embed: %d of %d shards already embedded with these settings, reusing "
@@ -226,9 +245,35 @@ class Runner:
                                  setup=partial(load_models, cfg, self.cfg.seed)):
             pass
 
+    def _ours(self, url: str) -> bool:
+        path = local_path(url)
+        return path is not None and written_by_runs(path, self.output, self.work.root)
+
+    def _outside_output(self, urls: list[str]) -> list[str]:
+        """The input shards, less those where a run writes (the output's shards/, the work
+        folder): a run never reads what a run wrote, as when an input glob matches an
+        earlier run's output shards."""
+        ours = {u for u in urls if self._ours(u)}
+        if ours and len(ours) == len(urls):
+            raise ValueError(
+                f"every input shard lies where this run writes its output ({self.output}; e.g. "
+                f"{sorted(ours)[0]}): a run never reads what a run wrote; move the shards out "
+                "or choose another output folder")
+        if ours:
+            log.warning("%d input shards are an earlier run's output, in %s, and are left out "
+                        "(a run never reads what a run wrote): %s%s", len(ours), self.output,
+                        ", ".join(sorted(ours)[:3]), ", ..." if len(ours) > 3 else "")
+        return [u for u in urls if u not in ours]
+
     def _parts(self) -> list[EmbeddingPart]:
         if self.cfg.input.shards:
             return self._embed()
+        for folder in (self.cfg.input.embeddings, self.cfg.input.datacomp):
+            if folder and self._ours(folder):
+                raise ValueError(
+                    f"the input {folder} lies where this run writes its output "
+                    f"({self.output}): a run never reads what a run wrote; choose another "
+                    "output folder")
         return discover(self.cfg.input)
 
     def run(self) -> RunSummary:
@@ -283,6 +328,7 @@ class Runner:
         report = build_report(cfg, n, kept, failed, steps, clusters, extra, shards,
                               self.timings)
         write_json(report_path, report)
+        settle(self.output)
         self.work.mark("write", fps["write"])
         ctx.store.close()
         return RunSummary(self.output, n, kept, report, self.skipped)
@@ -312,6 +358,7 @@ class Runner:
                 read_per_shard.update(got["read"])
                 kept.append(got["kept"])
             shards = check_invariant(staging, read_per_shard)
+            own(self.output, "ledger", staging)
         bounds = subset.range_bounds(sum(kept))
         ranges = [subset.RangeTask(str(subset_dir), len(ctx.parts), i, bounds[i], bounds[i + 1])
                   for i in range(len(bounds) - 1)]
@@ -344,6 +391,7 @@ class Runner:
             results = list(self.engine.map(ws.write_range, tasks, desc="write shards",
                                            total=len(tasks), unit="run", concurrent=True))
             written = ws.number_shards(staging, results)
+            own(self.output, "shards", staging)
         by_span = sum(r["by_span"] for r in results)
         by_parsing = sum(r["by_parsing"] for r in results)
         log.info("write: %d samples copied by their recorded spans, %d by reading their shard "
@@ -363,6 +411,14 @@ class Runner:
                 "failed": sum(e["failed"] for e in self.embedded)}
 
 
+def _remove_embed_files(folder: Path, stale: Callable[[int], bool]) -> None:
+    """Remove the embed step's numbered files (``KIND/KIND_N.ext``) whose N is ``stale``."""
+    for path in folder.glob("*/*_*.*"):
+        num = path.stem.rsplit("_", 1)[-1]
+        if num.isdigit() and stale(int(num)):
+            path.unlink(missing_ok=True)
+
+
 def _embeds_on_gpu(device: str) -> bool:
     """Whether embed tasks declare a GPU: a CUDA device named, or auto with one visible here."""
     if device.startswith("cuda"):
@@ -375,10 +431,51 @@ def _embeds_on_gpu(device: str) -> bool:
 
 
 def run(cfg: RunConfig, engine: Engine | None = None) -> RunSummary:
-    """One run; an engine made here from ``cfg.engine`` is closed at the end."""
-    runner = Runner(cfg, engine)
+    """One run, holding its output (and work) folder alone, in folders it owns; its log goes
+    to OUTPUT/logs/run.log. An engine made here from ``cfg.engine`` is closed at the end."""
+    output, work = Path(cfg.output), cfg.work_dir
     try:
-        return runner.run()
+        check_output_path(output)
+        with ExitStack() as held:
+            held.enter_context(run_lock(output, "output folder"))
+            if not inside(work, output):
+                held.enter_context(run_lock(work, "work folder"))
+            claim_output(output, cfg.overwrite)
+            claim_work(work, cfg.overwrite)
+            held.enter_context(_run_log(output / "logs" / "run.log"))
+            try:
+                runner = Runner(cfg, engine)
+                try:
+                    return runner.run()
+                finally:
+                    if runner.owns_engine:
+                        runner.engine.close()
+            except (ValueError, OSError, RuntimeError) as err:
+                _log_error(err)  # while the run's log file is attached
+                raise
+    except (ValueError, OSError, RuntimeError) as err:
+        _log_error(err)  # a folder refused or held by another run: nothing was written
+        raise
+
+
+def _log_error(err: BaseException) -> None:
+    if not getattr(err, "_logged", False):
+        logging.getLogger("conceptprune").error("%s", err)
+        err._logged = True  # type: ignore[attr-defined]
+
+
+@contextmanager
+def _run_log(path: Path) -> Iterator[None]:
+    """Everything logged while the run holds its output also goes to its log file."""
+    from pipeline.cli import LOG_FORMAT
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
     finally:
-        if runner.owns_engine:
-            runner.engine.close()
+        root.removeHandler(handler)
+        handler.close()

