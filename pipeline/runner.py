@@ -237,7 +237,7 @@ class Runner:
         groups = [todo] if local else [[shard] for shard in todo]
         tasks = [EmbedTask(tuple(g), tuple(fps[i] for i, _ in g), str(out_dir),
                            str(self.work.root), cfg.batch_size, cfg.workers,
-                           self.cfg.progress and local) for g in groups]
+                           self.cfg.progress and local, cfg.max_pixels) for g in groups]
         gpu = Resources(gpus=1.0) if _embeds_on_gpu(cfg.device) else Resources()
         log.info("embedding %d shards", len(todo))
         for _ in self.engine.map(embed_task, tasks, desc="embed", total=len(tasks),

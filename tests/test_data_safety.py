@@ -242,3 +242,22 @@ def test_turning_the_clustering_encoder_on_reuses_no_file_of_the_old_settings(
     run(on)
     run(on.model_copy(update={"output": str(tmp_path / "fresh")}))
     assert (out / "subset.npy").read_bytes() == (tmp_path / "fresh" / "subset.npy").read_bytes()
+
+
+def test_images_over_embed_max_pixels_are_counted_failures(images: Path, tmp_path: Path
+                                                           ) -> None:
+    from PIL import Image
+
+    from pipeline.io.shards import iter_samples
+
+    sizes = {s.key: Image.open(__import__("io").BytesIO(s.image_bytes)).size
+             for tar in sorted(images.glob("*.tar")) for s in iter_samples(str(tar))}
+    limit = sorted(w * h for w, h in sizes.values())[len(sizes) * 3 // 4]
+    big = {k for k, (w, h) in sizes.items() if w * h > limit}
+    assert 0 < len(big) < len(sizes) // 2
+    embed = {"model": "conceptprune-tiny-vit", "pretrained": None, "batch_size": 16,
+             "workers": 0, "max_pixels": limit}
+    summary = run(image_config(str(images), tmp_path / "out", embed=embed))
+    failed = {r["key"] for r in ledger_rows(tmp_path / "out")
+              if r["status"] == "failed" and f"more than embed.max_pixels={limit}" in r["reason"]}
+    assert failed == big and summary.input_samples == len(sizes)

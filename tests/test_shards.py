@@ -7,6 +7,7 @@ import io
 import json
 import pickle
 import tarfile
+import zlib
 from pathlib import Path
 
 import fsspec
@@ -16,8 +17,10 @@ from hypothesis import strategies as st
 from PIL import Image
 from tar_helpers import seven_digit_checksums
 
+from pipeline.config import EmbedConfig
 from pipeline.ids import derive_uid
 from pipeline.io.shards import (
+    DEFAULT_MAX_PIXELS,
     CorruptShardError,
     ImageDecodeError,
     ShardError,
@@ -201,6 +204,41 @@ def test_undecodable_image_error_names_key_and_shard(tmp_path: Path) -> None:
     sample.image_bytes, sample.image_ext = None, None
     with pytest.raises(ImageDecodeError, match="no image for k7 in shard 00012"):
         decode_image(sample)
+
+
+def test_undecodable_image_reasons_are_the_same_on_every_run(tmp_path: Path) -> None:
+    url = write_tar(tmp_path / "00012.tar", sample_members("k7", image=b"not an image"))
+    reasons = []
+    for _ in range(2):
+        with pytest.raises(ImageDecodeError) as err:
+            decode_image(next(iter_samples(url)))
+        reasons.append(str(err.value))
+    assert reasons[0] == reasons[1] and " at 0x" not in reasons[0]
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that says it is width x height (its pixels absent): only a header is read."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (len(data).to_bytes(4, "big") + kind + data
+                + zlib.crc32(kind + data).to_bytes(4, "big"))
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_images_over_the_pixel_limit_are_refused_from_their_header(tmp_path: Path) -> None:
+    huge = write_tar(tmp_path / "00003.tar",
+                     sample_members("big", image=png_header_only(12000, 12000)))
+    with pytest.raises(ImageDecodeError, match=r"big\.jpg in shard 00003 has 12000 x 12000 = "
+                       r"144000000 pixels, more than embed\.max_pixels=36000000"):
+        decode_image(next(iter_samples(huge)))
+    assert EmbedConfig().max_pixels == DEFAULT_MAX_PIXELS
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30)).save(buf, format="PNG")
+    small = next(iter_samples(write_tar(tmp_path / "1.tar",
+                                        sample_members("s", image=buf.getvalue()))))
+    assert decode_image(small, max_pixels=1200).size == (40, 30)
+    with pytest.raises(ImageDecodeError, match="1200 pixels, more than embed.max_pixels=1199"):
+        decode_image(small, max_pixels=1199)
 
 
 def test_decode_image_gives_rgb(tmp_path: Path) -> None:

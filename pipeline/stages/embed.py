@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from pipeline.embed.encoder import BatchEncoder, PreparedBatch, Preprocessor, collate
 from pipeline.embed.memory import reuse_freed_memory
 from pipeline.io.shards import (
+    DEFAULT_MAX_PIXELS,
     ImageDecodeError,
     ShardStream,
     decode_image,
@@ -71,10 +72,11 @@ class ShardBatches(IterableDataset):
     """Whole shards per worker, turned into per-shard batches of prepared samples."""
 
     def __init__(self, shards: list[tuple[int, str]], preprocessor: Preprocessor,
-                 batch_size: int) -> None:
+                 batch_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.shards = shards
         self.preprocessor = preprocessor
         self.batch_size = batch_size
+        self.max_pixels = max_pixels
 
     def __iter__(self) -> Iterator[ShardBatch | ShardEnd]:
         info = get_worker_info()
@@ -97,7 +99,8 @@ class ShardBatches(IterableDataset):
             if sample.failed:
                 continue
             try:
-                prepared.append(self.preprocessor(decode_image(sample), sample.caption))
+                image = decode_image(sample, self.max_pixels)
+                prepared.append(self.preprocessor(image, sample.caption))
             except ImageDecodeError as err:
                 record["failed_reason"], record["failed_stage"] = str(err), "embed"
                 continue
@@ -177,11 +180,12 @@ def write_shard_outputs(out_dir: Path, end: ShardEnd, pending: _Pending, clip_di
 
 def embed_shards(shards: list[tuple[int, str]], encoder: BatchEncoder, out_dir: Path,
                  batch_size: int, workers: int, on_done: Callable[[EmbeddedShard], None],
-                 progress: Callable[[int], None] | None = None) -> None:
+                 progress: Callable[[int], None] | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """Embed ``shards`` ((index, url) pairs) into ``out_dir``; ``on_done`` after each one."""
     if not shards:
         return
-    dataset = ShardBatches(shards, encoder.preprocessor, batch_size)
+    dataset = ShardBatches(shards, encoder.preprocessor, batch_size, max_pixels)
     loader = DataLoader(
         dataset, batch_size=None, num_workers=min(workers, len(shards)),
         pin_memory=encoder.device.type == "cuda",
@@ -221,6 +225,7 @@ class EmbedTask:
     batch_size: int
     workers: int
     progress: bool
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 @dataclass
@@ -267,5 +272,5 @@ def embed_task(models: EmbedModels, task: EmbedTask) -> int:
 
     with progress_bar("embed", None, "img", task.progress) as bar:
         embed_shards(list(task.shards), models.encoder, Path(task.out_dir), task.batch_size,
-                     task.workers, done, progress=bar.update)
+                     task.workers, done, progress=bar.update, max_pixels=task.max_pixels)
     return read
