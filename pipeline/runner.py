@@ -192,6 +192,27 @@ class Runner:
         self.timings[name] = time.perf_counter() - start
         return result
 
+    def _nothing_usable(self, n: int, parts: int) -> str:
+        """The error of an input without a single usable sample, with the commonest
+        reasons (blaming the input, not a setting that needs samples)."""
+        from pipeline.stages.context import ingest_path
+
+        what = "input shards" if self.cfg.input.shards else "input parts"
+        if n == 0:
+            return (f"no usable sample in the input: no sample could be read from the {parts} "
+                    f"{what} (empty, or damaged before their first sample); check them with "
+                    "`tar tvf` or point the input at other files")
+        reasons: Counter = Counter()
+        for part in range(min(parts, 16)):
+            path = ingest_path(self.work.root, part)
+            if path.exists():
+                reasons.update(pq.read_table(path, columns=["failed_reason"])
+                               .column(0).drop_null().to_pylist())
+        common = "; ".join(f"{count} x {reason}" for reason, count in reasons.most_common(3))
+        return (f"no usable sample in the input: all {n} samples read from the {parts} {what} "
+                f"failed (commonest reasons: {common}); fix the input, or see every sample's "
+                "reason in the work folder's ingest/ tables")
+
     # -- the run -------------------------------------------------------------------------
     def _embed(self) -> list[EmbeddingPart]:
         """Embed the input shards not embedded yet; their clip-retrieval folder's parts."""
@@ -297,6 +318,8 @@ class Runner:
         del cached
         n = sum(p.rows for p in ingested)
         failed = sum(p.failed for p in ingested)
+        if n == failed:
+            raise ValueError(self._nothing_usable(n, len(ingested)))
         alive = [p.rows - p.failed for p in ingested]
         steps: list[tuple[str, int, int]] = []
         extra: dict[str, Any] = {}
@@ -394,12 +417,14 @@ class Runner:
             own(self.output, "shards", staging)
         by_span = sum(r["by_span"] for r in results)
         by_parsing = sum(r["by_parsing"] for r in results)
+        not_copied = sum(r["not_copied"] for r in results)
         log.info("write: %d samples copied by their recorded spans, %d by reading their shard "
                  "again", by_span, by_parsing)
         self.timings["write_shards"] = time.perf_counter() - start
         return {"folder": str(self.output / "shards"), "count": len(written),
                 "samples": sum(w[1] for w in written), "bytes": sum(w[2] for w in written),
-                "copied_by_span": by_span, "copied_by_parsing": by_parsing}
+                "copied_by_span": by_span, "copied_by_parsing": by_parsing,
+                "kept_not_copied": not_copied}
 
     def _embed_report(self) -> dict[str, Any]:
         damaged = [{"shard": e["url"], "samples_read": e["samples"], "damage": e["damage"],

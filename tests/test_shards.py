@@ -300,6 +300,20 @@ def test_non_sample_members_are_skipped(tmp_path: Path) -> None:
 # --- damaged tars --------------------------------------------------------------------------
 
 
+def test_a_cut_gzip_shard_gives_every_sample_before_the_damage(tmp_path: Path) -> None:
+    raw = Path(good_shard(tmp_path / "full.tar", 40)).read_bytes()
+    packed = gzip.compress(raw)
+    cut = packed[: len(packed) * 3 // 4]
+    (tmp_path / "00003.tar.gz").write_bytes(cut)
+    readable = zlib.decompressobj(wbits=31).decompress(cut)  # all the cut file still holds
+    (tmp_path / "00004.tar").write_bytes(readable)
+    zipped, plain = ShardStream(str(tmp_path / "00003.tar.gz")), ShardStream(str(tmp_path /
+                                                                                 "00004.tar"))
+    got, want = list(zipped), list(plain)
+    assert zipped.error is not None and len(want) > 20
+    assert [(s.key, s.failed) for s in got] == [(s.key, s.failed) for s in want]
+
+
 def test_truncated_tar_keeps_samples_before_the_damage(tmp_path: Path) -> None:
     raw = Path(good_shard(tmp_path / "full.tar", 6)).read_bytes()
     full = list(iter_samples(str(tmp_path / "full.tar")))
@@ -316,7 +330,9 @@ def test_truncated_tar_keeps_samples_before_the_damage(tmp_path: Path) -> None:
         assert "truncated" in err.detail and "00002" in str(err)
         assert isinstance(err, ShardError)
         assert [s.key for s in got] == [s.key for s in full[: len(got)]]
-        assert all(s.failed_reason is None for s in got)
+        assert all(s.failed_reason is None for s in got[:-1])
+        if got and got[-1].failed:  # the sample being read when the tar broke off
+            assert "breaks off while this sample is read" in got[-1].failed_reason
         assert len(got) < len(full)
     # the samples entirely before the cut survive
     path.write_bytes(raw[: len(raw) // 2])
@@ -335,8 +351,11 @@ def test_corrupt_header_is_reported(tmp_path: Path) -> None:
     raw[third + 124 : third + 130] = b"zzzzzz"  # garbled size field
     (tmp_path / "00006.tar").write_bytes(bytes(raw))
     stream = ShardStream(str(tmp_path / "00006.tar"))
-    # sample 0001 was still open when the damage was found: it may have had more members
-    assert [s.key for s in stream] == ["0000"]
+    # sample 0001 was still open when the damage was found (it may have had more members):
+    # it has its ledger row, failed
+    got = list(stream)
+    assert [(s.key, s.failed) for s in got] == [("0000", False), ("0001", True)]
+    assert "breaks off while this sample is read" in got[1].failed_reason
     assert stream.error is not None and "bad header" in stream.error.detail
 
 
@@ -417,3 +436,12 @@ def test_checksums_in_any_standard_form_are_accepted(tmp_path: Path) -> None:
     stream = ShardStream(str(path))
     assert [s.key for s in stream] == ["a", "b"]
     assert stream.error is None
+
+
+@pytest.mark.parametrize("key", ["../../x", "a/../../x", "/etc/x"])
+def test_member_names_that_climb_out_or_are_absolute_fail_the_sample(tmp_path: Path,
+                                                                     key: str) -> None:
+    url = write_tar(tmp_path / "00001.tar", sample_members(key) + sample_members("next"))
+    bad, good = iter_samples(url)
+    assert bad.failed and "is absolute or climbs out of the tar" in bad.failed_reason
+    assert good.key == "next" and not good.failed

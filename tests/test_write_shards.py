@@ -207,6 +207,7 @@ def test_headers_are_checked_even_when_size_and_mtime_match(
                                metadata_parts=metas)
     # read again: the tar is damaged from that header on, so what follows is not copied
     assert counts.by_span == 0 and 0 < counts.by_parsing < 19
+    assert counts.by_parsing + counts.not_copied == 20  # none lost unaccounted
     assert "changed since" in caplog.text
 
 
@@ -233,7 +234,8 @@ def test_a_json_member_that_no_longer_holds_an_object_is_read_again(
     with caplog.at_level(logging.WARNING):
         _, counts = write_kept(urls, ledgers, tmp_path / "out", 100, 1 << 30,
                                metadata_parts=metas)
-    assert (counts.by_span, counts.by_parsing) == (0, 10)
+    # read again; the sample whose json broke is no longer as embedded: counted, not copied
+    assert (counts.by_span, counts.by_parsing, counts.not_copied) == (0, 9, 1)
     assert "changed since" in caplog.text
 
 
@@ -262,3 +264,27 @@ def test_samples_without_json_or_with_utf16_json_copy_by_span(tmp_path: Path) ->
     assert fast_rows == slow_rows
     assert fast_rows[4]["caption_fr"] == "été"
     assert "url" not in fast_rows[2] or fast_rows[2]["url"] is None
+
+
+def test_a_sample_read_again_is_chosen_by_position_not_by_key(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Keys may repeat in a shard: the kept one is copied, never a removed one of that key."""
+    rng = np.random.default_rng(4)
+    entries = [m for i, key in enumerate(["a", "b", "a", "c"])
+               for m in sample_members(i, rng, key=key)]
+    url = by_tarfile(tmp_path / "00000.tar", entries)  # read again: no recorded spans
+    led = tmp_path / "ledger.parquet"
+    pq.write_table(pa.table({"key": ["a", "b", "a", "c"],
+                             "status": ["removed", "kept", "kept", "kept"]}), led)
+    written, counts = write_kept([url], [led], tmp_path / "out", 100, 1 << 30)
+    got, _ = read_back(written)
+    samples = list(iter_samples(url))
+    assert got == [(s.key, s.members) for s in samples[1:]]  # the second "a", not the first
+    # a kept position the shard no longer holds as embedded is counted, not copied
+    pq.write_table(pa.table({"key": ["a", "x", "a", "c", "d"],
+                             "status": ["kept", "kept", "removed", "kept", "kept"]}), led)
+    with caplog.at_level(logging.WARNING):
+        written, counts = write_kept([url], [led], tmp_path / "out2", 100, 1 << 30)
+    assert [k for k, _ in read_back(written)[0]] == ["a", "c"]
+    assert counts.by_parsing == 2 and counts.not_copied == 2
+    assert "no longer holds 2 kept samples" in caplog.text

@@ -217,8 +217,8 @@ def read_part(part: EmbeddingPart) -> PartData:
         raise InputError(f"cannot read metadata file {part.metadata_path}: {err}") from err
     rows = table.num_rows
     keys = _column(table, "key")
-    if part.npz_image_key is None:
-        keys = _column(table, "image_path") or keys
+    if part.npz_image_key is None and "image_path" in table.column_names:
+        keys = _column(table, "image_path")  # (an empty part has an empty one)
     uids = _column(table, "uid")
     if keys is None:
         keys = list(uids) if uids is not None else None
@@ -228,7 +228,7 @@ def read_part(part: EmbeddingPart) -> PartData:
             "samples cannot be named; add one of them (image_path in clip-retrieval metadata, "
             "uid in DataComp parquet files)"
         )
-    shards = _column(table, "shard") or [part.shard] * rows
+    shards = _column(table, "shard") if "shard" in table.column_names else [part.shard] * rows
     if part.npz_image_key is not None:
         image = _load_npz_member(part.image_path, part.npz_image_key)
         text = _load_npz_member(part.image_path, part.npz_text_key or "")

@@ -380,6 +380,9 @@ def make_sample(shard: str, key: str, members: list[tuple[str, bytes]]) -> Sampl
     exts: set[str] = set()
     caption: bytes | None = None
     cut = len(key) + 1
+    if key.startswith("/") or ".." in key.split("/"):
+        problems.append(f"member name {members[0][0]!r} is absolute or climbs out of the tar "
+                        "('..'): such a name is never copied into an output shard")
     for name, data in members:
         ext = name[cut:].lower()
         if ext in exts:
@@ -437,7 +440,27 @@ def _open_stream(url: str) -> Iterator[BinaryIO]:
             yield f
         return
     with fsspec.open(url, "rb", compression="infer") as raw:
-        yield io.BufferedReader(raw, _READ_BUFFER)
+        yield io.BufferedReader(_Chunks(raw), _READ_BUFFER)
+
+
+class _Chunks(io.RawIOBase):
+    """A (decompressing) stream handed on one decompressed chunk at a time (``read1``).
+
+    A large ``read()`` of a gzip file cut short raises and drops all it had decompressed,
+    so a buffer as big as the shard lost every sample before the damage; read in chunks,
+    all complete members before it are parsed.
+    """
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._read = getattr(raw, "read1", raw.read)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:  # noqa: ANN401 - a writable buffer
+        data = self._read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def _with_span(sample: Sample, offsets: list[tuple[int, int]]) -> Sample:
@@ -513,7 +536,15 @@ def iter_samples(url: str) -> Iterator[Sample]:
             try:
                 item = next(stream, None)
             except _READ_ERRORS as err:
-                raise CorruptShardError(url, count, str(err) or type(err).__name__) from err
+                reason = str(err) or type(err).__name__
+                if key is not None:  # the sample being read: a ledger row, failed
+                    broken = make_sample(shard, key, members)
+                    broken.failed_reason = f"the shard breaks off while this sample is read " \
+                                           f"({reason})"
+                    broken.span = broken.json_span = None
+                    count += 1
+                    yield broken
+                raise CorruptShardError(url, count, reason) from err
             if item is None:
                 break
             name, data, start, data_start = item

@@ -52,6 +52,7 @@ class WriteCounts:
 
     by_span: int = 0
     by_parsing: int = 0
+    not_copied: int = 0  # kept, but the shard read again no longer holds them as embedded
 
 
 def _kept_index(table: pa.Table) -> np.ndarray:
@@ -171,6 +172,7 @@ class _ShardPlan:
     tar with the kept samples' spans and parquet rows."""
 
     keys: list[str]
+    positions: list[int]  # of the kept samples in the shard's sample order
     mapped: mmap.mmap | None = None
     starts: np.ndarray | None = None
     ends: np.ndarray | None = None
@@ -188,7 +190,7 @@ def _prepare(url: str, ledger_part: Path, metadata: Path | None) -> _ShardPlan:
     """Read the ledger part and, where it can, map the tar and check the recorded spans."""
     ledger = pq.ParquetFile(ledger_part).read(columns=["key", "status"])
     kept = _kept_index(ledger)
-    plan = _ShardPlan(ledger["key"].take(kept).to_pylist())
+    plan = _ShardPlan(ledger["key"].take(kept).to_pylist(), kept.tolist())
     if not len(kept):
         return plan
     found = _span_plan(url, ledger, kept, metadata)
@@ -236,8 +238,9 @@ def write_kept(shards: list[str], ledger_parts: list[Path], out_dir: Path, max_c
                     ahead.append(pool.submit(_prepare, *jobs[i + 1]))
                 if plan.mapped is None:
                     if plan.keys:
-                        counts.by_parsing += _copy_by_parsing(writer, url, set(plan.keys),
-                                                              progress)
+                        copied = _copy_by_parsing(writer, url, plan, progress)
+                        counts.by_parsing += copied
+                        counts.not_copied += len(plan.keys) - copied
                     continue
                 try:
                     with memoryview(plan.mapped) as view:
@@ -255,15 +258,28 @@ def write_kept(shards: list[str], ledger_parts: list[Path], out_dir: Path, max_c
         return writer.close(), counts
 
 
-def _copy_by_parsing(writer: ShardWriter, url: str, keep: set[str],
+def _copy_by_parsing(writer: ShardWriter, url: str, plan: _ShardPlan,
                      progress: Callable[[int], None] | None) -> int:
-    copied = 0
-    for sample in ShardStream(url):
-        if sample.key in keep:
-            writer.write_sample(sample)
-            copied += 1
-            if progress is not None:
-                progress(1)
+    """Copy the kept samples by their position in the shard (a key may occur more than
+    once), each only if it is still the sample embedded there: same key, readable."""
+    wanted = dict(zip(plan.positions, plan.keys, strict=True))
+    copied, lost = 0, []
+    for position, sample in enumerate(ShardStream(url)):
+        key = wanted.pop(position, None)
+        if key is None:
+            continue
+        if sample.key != key or sample.failed:
+            lost.append(key)
+            continue
+        writer.write_sample(sample)
+        copied += 1
+        if progress is not None:
+            progress(1)
+    lost += wanted.values()  # the shard now ends before them
+    if lost:
+        log.warning("shard %s no longer holds %d kept samples as they were embedded (changed "
+                    "or damaged since?): they are not copied (%s%s); the report counts them",
+                    url, len(lost), ", ".join(lost[:5]), ", ..." if len(lost) > 5 else "")
     return copied
 
 
@@ -298,7 +314,8 @@ def write_range(task: WriteTask) -> dict[str, Any]:
                                  Path(task.out_dir), task.max_count, task.max_bytes,
                                  metadata_parts=[Path(p) for p in task.metadata_parts])
     return {"shards": [[w.name, w.count, w.bytes] for w in written],
-            "by_span": counts.by_span, "by_parsing": counts.by_parsing}
+            "by_span": counts.by_span, "by_parsing": counts.by_parsing,
+            "not_copied": counts.not_copied}
 
 
 SHARD_FILES = (".tar", ".parquet", "_stats.json")
