@@ -261,3 +261,36 @@ def test_images_over_embed_max_pixels_are_counted_failures(images: Path, tmp_pat
     failed = {r["key"] for r in ledger_rows(tmp_path / "out")
               if r["status"] == "failed" and f"more than embed.max_pixels={limit}" in r["reason"]}
     assert failed == big and summary.input_samples == len(sizes)
+
+
+def test_an_empty_embeddings_part_is_read(tmp_path: Path) -> None:
+    import numpy as np
+
+    data = make_data(tmp_path, files=2)
+    np.save(data / "img_emb" / "img_emb_2.npy", np.zeros((0, 8), np.float16))
+    np.save(data / "text_emb" / "text_emb_2.npy", np.zeros((0, 8), np.float16))
+    empty = pq.read_table(data / "metadata" / "metadata_0.parquet").slice(0, 0)
+    pq.write_table(empty, data / "metadata" / "metadata_2.parquet")
+    res = cli(str(write_config(tmp_path, data)))
+    assert res.exit_code == 0, res.output
+    assert "kept" in res.output and "of 60 samples" in res.output
+
+
+def test_an_input_without_one_usable_sample_blames_the_input(images: Path,
+                                                             tmp_path: Path) -> None:
+    import gzip
+
+    import numpy as np
+
+    packed = gzip.compress(sorted(images.glob("*.tar"))[0].read_bytes())
+    (tmp_path / "cut.tar.gz").write_bytes(packed[:100])
+    with pytest.raises(ValueError, match="no usable sample in the input: no sample could be "
+                       "read from the 1 input shards"):
+        run(image_config(str(tmp_path / "cut.tar.gz"), tmp_path / "out"))
+    data = make_data(tmp_path)
+    for path in (data / "img_emb").glob("*.npy"):
+        np.save(path, np.full_like(np.load(path), np.nan))
+    res = cli(str(write_config(tmp_path, data, output=str(tmp_path / "out2"))))
+    text = one_line(res.output)
+    assert res.exit_code == 1 and "no usable sample in the input: all 60 samples" in text
+    assert "60 x image embedding has a NaN or infinite value" in text
