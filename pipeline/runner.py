@@ -156,6 +156,7 @@ class Runner:
         cfg = self.cfg
         seed_fp = [cfg.seed, cfg.kmeans.niter, cfg.kmeans.max_points_per_centroid]
         fps = {"read": fingerprint("ingest-all", part_fps)}
+        fps["uids"] = fingerprint("uids", fps["read"])  # a function of what was read
         fp = fps["read"]
         for step in cfg.enabled_steps():
             section = getattr(cfg, step).model_dump()
@@ -169,6 +170,19 @@ class Runner:
         return RunContext(cfg=self.cfg, work=self.work, engine=self.engine, parts=parts,
                           store=VectorStore([p.vectors for p in parts], [p.rows for p in parts]),
                           fingerprints=fps)
+
+    def _unique_uids(self, ctx: RunContext, alive: list[int]) -> list[int]:
+        """The later copies of every uid, per part (``stages/uids.py``), or the count a
+        finished attempt recorded."""
+        from pipeline.stages.uids import STEP, run_unique_uids
+
+        fp = ctx.fingerprints[STEP]
+        if self.work.done(STEP, fp):
+            return self.work.stats(STEP)["duplicates"]
+        self.work.begin_step(STEP, fp)
+        duplicates = run_unique_uids(ctx, alive, self.cfg.engine.bucket_rows)
+        self.work.mark(STEP, fp, {"duplicates": duplicates})
+        return duplicates
 
     def _step(self, ctx: RunContext, name: str, earlier: tuple[str, ...], alive: list[int]
               ) -> StepResult:
@@ -321,6 +335,11 @@ class Runner:
         if n == failed:
             raise ValueError(self._nothing_usable(n, len(ingested)))
         alive = [p.rows - p.failed for p in ingested]
+        duplicates = self._unique_uids(ctx, alive)
+        failed += sum(duplicates)
+        alive = [a - d for a, d in zip(alive, duplicates, strict=True)]
+        if sum(alive) == 0:
+            raise ValueError(self._nothing_usable(n, len(ingested)))
         steps: list[tuple[str, int, int]] = []
         extra: dict[str, Any] = {}
         done: list[str] = []

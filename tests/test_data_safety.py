@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from test_error_messages import _restore_logging, cli, make_data, one_line, write_config
@@ -294,3 +295,29 @@ def test_an_input_without_one_usable_sample_blames_the_input(images: Path,
     text = one_line(res.output)
     assert res.exit_code == 1 and "no usable sample in the input: all 60 samples" in text
     assert "60 x image embedding has a NaN or infinite value" in text
+
+
+def test_every_uid_once_later_copies_are_read_failures(tmp_path: Path) -> None:
+    import numpy as np
+
+    data = make_data(tmp_path, files=2)
+    metas = sorted((data / "metadata").glob("*.parquet"))
+    tables = [pq.read_table(m) for m in metas]
+    n0, n1 = tables[0].num_rows, tables[1].num_rows
+    uids = [f"{i:032x}" for i in range(n0 + n1)]
+    uids[5] = uids[2]  # within a part
+    uids[n0 + 3] = uids[1]  # across parts
+    uids[n0 + 4] = uids[n0 + 7] = uids[9]  # three copies: the first in input order stays
+    for m, t, chunk in ((metas[0], tables[0], uids[:n0]), (metas[1], tables[1], uids[n0:])):
+        pq.write_table(t.append_column("uid", pa.array(chunk)), m)
+    res = cli(str(write_config(tmp_path, data)))
+    assert res.exit_code == 0, res.output
+    rows = pq.read_table(tmp_path / "out" / "ledger").to_pylist()
+    later = {i for i, r in enumerate(rows) if r["reason"] and "duplicate uid" in r["reason"]}
+    assert later == {5, n0 + 3, n0 + 4, n0 + 7}
+    assert all(rows[i]["status"] == "failed" and rows[i]["stage"] == "read" for i in later)
+    assert f"an earlier sample has it (key {rows[9]['key']}" in rows[n0 + 7]["reason"]
+    subset = np.load(tmp_path / "out" / "subset.npy")
+    assert len(subset) == len(np.unique(subset))
+    report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
+    assert report["failed"] == 4 and report["input_samples"] == n0 + n1

@@ -72,6 +72,21 @@ def ledger_table(ingest: pa.Table, status: np.ndarray, stage: np.ndarray, reason
     }, schema=schemas.LEDGER)
 
 
+def _with_duplicates(ingest: pa.Table, uids: pa.Table) -> pa.Table:
+    """The ingest rows with the later copies of a uid failed at read, for their reason."""
+    duplicate = uids.column("duplicate").to_numpy(zero_copy_only=False)
+    if not duplicate.any():
+        return ingest
+    reason = np.where(duplicate, uids.column("reason").to_numpy(zero_copy_only=False),
+                      ingest.column("failed_reason").to_numpy(zero_copy_only=False))
+    stage = np.where(duplicate, "read",
+                     ingest.column("failed_stage").to_numpy(zero_copy_only=False))
+    for name, values in (("failed_reason", reason), ("failed_stage", stage)):
+        i = ingest.schema.get_field_index(name)
+        ingest = ingest.set_column(i, name, pa.array(values.tolist(), pa.string()))
+    return ingest
+
+
 def check_invariant(ledger_dir: Path, read_per_shard: Counter) -> dict[str, dict[str, int]]:
     """Per shard, kept + removed + failed in the written ledger must equal the samples read."""
     counts: dict[str, Counter] = {}
@@ -123,7 +138,7 @@ def write_ledger_part(task: LedgerTask) -> dict:
     """Write one part's ledger and its kept uids; returns the samples read per source shard
     and the kept count."""
     from pipeline.stages import subset
-    from pipeline.stages.context import ingest_path, step_part_path
+    from pipeline.stages.context import ingest_path, step_part_path, uids_path
 
     work = Path(task.work)
     ingest = pq.read_table(ingest_path(work, task.part),
@@ -131,6 +146,9 @@ def write_ledger_part(task: LedgerTask) -> dict:
                                     "failed_stage", "clip_score"])
     n = ingest.num_rows
     failed = ~ingest.column("failed_reason").is_null().to_numpy(zero_copy_only=False)
+    if uids_path(work, task.part).exists():  # later copies of a uid: failed at read
+        ingest = _with_duplicates(ingest, pq.read_table(uids_path(work, task.part)))
+        failed = ~ingest.column("failed_reason").is_null().to_numpy(zero_copy_only=False)
     tables = {s: pq.read_table(step_part_path(work, s, task.part)) for s in task.steps}
     fixed = dict(task.reasons)
     removals = []
