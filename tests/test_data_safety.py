@@ -1,7 +1,8 @@
-"""A run owns what it writes and only that (issue: data safety): folders holding files no run
-wrote are refused untouched, one run per output at a time, stale locks and unfinished writes
-of killed runs are cleaned, a run never reads what a run wrote, and a changed input list
-never reuses another list's intermediates."""
+"""Nothing lost, nothing overwritten, nothing let in: folders holding files no run wrote are
+refused untouched, one run per output at a time, stale locks and unfinished writes of killed
+runs are cleaned, a run never reads what a run wrote, a changed input list or embed setting
+reuses none of the old intermediates, images over the pixel limit are counted failures, an
+input without a usable sample blames the input, and every uid is kept at most once."""
 
 from __future__ import annotations
 
