@@ -482,10 +482,13 @@ def run(cfg: RunConfig, engine: Engine | None = None) -> RunSummary:
         check_output_path(output)
         with ExitStack() as held:
             held.enter_context(run_lock(output, "output folder"))
-            if not inside(work, output):
+            if inside(work, output):
+                claim_output(output, cfg.overwrite)
+                claim_work(work, cfg.overwrite)
+            else:  # a refused work folder leaves the output as it was
                 held.enter_context(run_lock(work, "work folder"))
-            claim_output(output, cfg.overwrite)
-            claim_work(work, cfg.overwrite)
+                claim_work(work, cfg.overwrite)
+                claim_output(output, cfg.overwrite)
             held.enter_context(_run_log(output / "logs" / "run.log"))
             try:
                 runner = Runner(cfg, engine)
