@@ -74,7 +74,7 @@ class EmbedConfig(_Section):
         "auto", description="autocast precision; auto = bf16/fp16 on GPU, fp32 on CPU"
     )
     max_pixels: int = Field(
-        36_000_000, ge=1, description="an image of more pixels (width x height, read from "
+        40_000_000, ge=1, description="an image of more pixels (width x height, read from "
         "its header) is not decoded: a counted embed failure"
     )
 

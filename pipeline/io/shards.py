@@ -585,7 +585,7 @@ class ShardStream:
             self.error = err
 
 
-DEFAULT_MAX_PIXELS = 36_000_000  # 6000 x 6000; PIL's own limit warns at 89M and stops at 179M
+DEFAULT_MAX_PIXELS = 40_000_000  # SPEC §5b; PIL's own limit warns at 89M and stops at 179M
 
 
 def decode_image(sample: Sample, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
