@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.run_lock import LOCK_NAME
-from pipeline.workdir import write_json
+from pipeline.workdir import unfinished_name, write_json
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +43,12 @@ def _read(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _temp_name(name: str) -> bool:
-    """Names of unfinished writes (atomic_write, staged_dir) a killed run may leave."""
-    return name.startswith(".") and any(m in name for m in (".tmp-", ".staging-", ".old-"))
-
-
 def _files(folder: Path) -> dict[str, int]:
     """Every file under ``folder`` (unfinished writes aside): path relative to its parent
     -> size."""
     out = {}
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and not _temp_name(path.name):
+        if path.is_file() and not unfinished_name(path.name):
             out[str(path.relative_to(folder.parent))] = path.stat().st_size
     return out
 
@@ -143,7 +138,7 @@ def _clean_unfinished(folder: Path, recursive: bool = True) -> None:
     if not folder.is_dir():
         return
     for path in list(folder.rglob(".*") if recursive else folder.glob(".*")):
-        if _temp_name(path.name) and path.exists():
+        if unfinished_name(path.name) and path.exists():
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import uuid
@@ -28,6 +29,15 @@ def unique_suffix() -> str:
     """Unique across the hosts of a cluster writing one shared work folder (a pid alone is
     not: two machines can run the same pid)."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+# what atomic_write and staged_dir name their unfinished files: nothing else matches
+_UNFINISHED = re.compile(r"\..+\.(tmp|staging|old)-.+-\d+-[0-9a-f]{8}")
+
+
+def unfinished_name(name: str) -> bool:
+    """Whether ``name`` is an unfinished write of this code (a killed run may leave one)."""
+    return _UNFINISHED.fullmatch(name) is not None
 
 
 def _tmp_name(path: Path) -> Path:

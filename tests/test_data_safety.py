@@ -170,14 +170,20 @@ def test_unfinished_writes_of_killed_runs_are_cleaned(tmp_path: Path) -> None:
     config = write_config(tmp_path, make_data(tmp_path))
     assert cli(str(config)).exit_code == 0
     out = tmp_path / "out"
-    left = [out / ".subset.npy.tmp-h-1-a", out / "ledger" / ".part-00000.parquet.tmp-h-1-b",
-            out / "_work" / "semdedup" / ".x.npy.tmp-h-1-c", out / "report" / ".r.tmp-h-1-d"]
+    left = [out / ".subset.npy.tmp-h-1-0000000a",
+            out / "ledger" / ".part-00000.parquet.tmp-h-1-0000000b",
+            out / "_work" / "semdedup" / ".x.npy.tmp-h-1-0000000c",
+            out / "report" / ".r.tmp-h-1-0000000d"]
     for path in left:
         path.write_bytes(b"half")
-    (out / ".ledger.staging-h-1-e").mkdir()
-    (out / ".ledger.staging-h-1-e" / "part-00000.parquet").write_bytes(b"half")
+    staging = out / ".ledger.staging-h-1-0000000e"
+    staging.mkdir()
+    (staging / "part-00000.parquet").write_bytes(b"half")
+    mine = out / ".my.tmp-notes"  # a user's file that only looks like one: kept
+    mine.write_text("keep")
     assert cli(str(config)).exit_code == 0  # "already complete" cleans too
-    assert not [p for p in left if p.exists()] and not (out / ".ledger.staging-h-1-e").exists()
+    assert not [p for p in left if p.exists()] and not staging.exists()
+    assert mine.read_text() == "keep"
 
 
 # --- the image path: inputs where a run writes, and changed input lists ------------------------
