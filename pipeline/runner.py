@@ -332,8 +332,6 @@ class Runner:
         del cached
         n = sum(p.rows for p in ingested)
         failed = sum(p.failed for p in ingested)
-        if n == failed:
-            raise ValueError(self._nothing_usable(n, len(ingested)))
         alive = [p.rows - p.failed for p in ingested]
         duplicates = self._unique_uids(ctx, alive)
         failed += sum(duplicates)

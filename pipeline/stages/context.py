@@ -38,21 +38,15 @@ def uids_path(work: Path, part: int) -> Path:
     return Path(work) / "uids" / f"part-{part:05d}.parquet"
 
 
-def usable_rows(work: str | Path, part: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row-aligned masks: failed at read or embed, and a later copy of a uid."""
-    failed = pq.read_table(ingest_path(Path(work), part), columns=["failed_reason"])
-    failed = ~failed.column("failed_reason").is_null().to_numpy(zero_copy_only=False)
-    path = uids_path(Path(work), part)
-    duplicate = (pq.read_table(path, columns=["duplicate"]).column(0)
-                 .to_numpy(zero_copy_only=False) if path.exists()
-                 else np.zeros(len(failed), dtype=bool))
-    return failed, duplicate
-
-
 def alive_rows(work: str | Path, part: int, earlier: Sequence[str]) -> np.ndarray:
-    """Rows of one part that reach a step: usable at read and removed by no earlier step."""
-    failed, duplicate = usable_rows(work, part)
-    alive = ~failed & ~duplicate
+    """Rows of one part that reach a step: usable at read, not a later copy of a uid, and
+    removed by no earlier step."""
+    failed = pq.read_table(ingest_path(Path(work), part), columns=["failed_reason"])
+    alive = failed.column("failed_reason").is_null().to_numpy(zero_copy_only=False)
+    path = uids_path(Path(work), part)
+    if path.exists():
+        alive &= ~pq.read_table(path, columns=["duplicate"]).column(0).to_numpy(
+            zero_copy_only=False)
     for step in earlier:
         removed = pq.read_table(step_part_path(Path(work), step, part), columns=["removed"])
         alive &= ~removed.column("removed").to_numpy(zero_copy_only=False)

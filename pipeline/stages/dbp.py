@@ -21,10 +21,9 @@ from pipeline.stages.clusters import apply_decisions, fit_and_assign
 from pipeline.stages.context import RunContext, StepResult
 from pipeline.stages.shuffle import (
     ApplyTask,
-    gather_bucket,
+    BucketTask,
     part_decisions,
     plan_buckets,
-    write_results,
 )
 from pipeline.workdir import write_parquet
 from schemas import arrow as schemas
@@ -66,13 +65,7 @@ def concept_table(size: np.ndarray, d_intra: np.ndarray, d_inter: np.ndarray,
 
 
 @dataclass(frozen=True)
-class SelectTask:
-    scatter: str
-    out: str
-    parts: int
-    bucket: int
-    first: int
-    stop: int
+class SelectTask(BucketTask):
     budget: np.ndarray  # budgets of concepts [first, stop)
     keep: str
     seed: int
@@ -80,14 +73,14 @@ class SelectTask:
 
 def select_bucket(task: SelectTask) -> list[int]:
     """Keep each concept's budget of its members; returns the kept count per concept."""
-    m = gather_bucket(Path(task.scatter), task.parts, task.first, task.stop)
+    m = task.members()
     budget = np.zeros(task.stop, dtype=np.int64)
     budget[task.first :] = task.budget
     keep = select_within_concepts(m.cluster, m.distance, m.uid_hi, m.uid_lo, budget, task.keep,
                                   task.seed)
     out = np.empty(len(keep), dtype=DECISION_DTYPE)
     out["row"], out["removed"] = m.row, ~keep
-    write_results(Path(task.out), task.bucket, task.parts, m.part, out)
+    task.write(m.part, out)
     kept = np.bincount(m.cluster[keep] - task.first, minlength=task.stop - task.first)
     return [int(x) for x in kept]
 

@@ -145,10 +145,9 @@ def write_ledger_part(task: LedgerTask) -> dict:
                            columns=["key", "uid", "shard", "uid_hi", "uid_lo", "failed_reason",
                                     "failed_stage", "clip_score"])
     n = ingest.num_rows
-    failed = ~ingest.column("failed_reason").is_null().to_numpy(zero_copy_only=False)
     if uids_path(work, task.part).exists():  # later copies of a uid: failed at read
         ingest = _with_duplicates(ingest, pq.read_table(uids_path(work, task.part)))
-        failed = ~ingest.column("failed_reason").is_null().to_numpy(zero_copy_only=False)
+    failed = ~ingest.column("failed_reason").is_null().to_numpy(zero_copy_only=False)
     tables = {s: pq.read_table(step_part_path(work, s, task.part)) for s in task.steps}
     fixed = dict(task.reasons)
     removals = []

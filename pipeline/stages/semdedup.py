@@ -22,10 +22,9 @@ from pipeline.stages.clusters import _same, apply_decisions, fit_and_assign
 from pipeline.stages.context import RunContext, StepResult
 from pipeline.stages.shuffle import (
     ApplyTask,
-    gather_bucket,
+    BucketTask,
     part_decisions,
     plan_buckets,
-    write_results,
 )
 from pipeline.workdir import write_parquet
 from schemas import arrow as schemas
@@ -51,14 +50,8 @@ def reason(eps: float) -> str:
 
 
 @dataclass(frozen=True)
-class DedupTask:
-    scatter: str
-    out: str
-    parts: int
+class DedupTask(BucketTask):
     offsets: np.ndarray  # global row of each part's first sample
-    bucket: int
-    first: int
-    stop: int
     eps: float
     block_rows: int
 
@@ -83,7 +76,7 @@ def _clusters_read_in_groups(store: VectorStore, rows: np.ndarray,
 
 def dedup_bucket(store: VectorStore, task: DedupTask) -> int:
     """Decide every member of clusters [first, stop); returns how many were removed."""
-    m = gather_bucket(Path(task.scatter), task.parts, task.first, task.stop)
+    m = task.members()
     rows = task.offsets[m.part] + m.row
     out = np.zeros(len(rows), dtype=DECISION_DTYPE)
     out["row"] = m.row
@@ -96,7 +89,7 @@ def dedup_bucket(store: VectorStore, task: DedupTask) -> int:
         piece["removed"], piece["has_dup"], piece["similarity"] = rem, has, sim
         piece["dup_hi"] = np.where(has, m.uid_hi[at], 0)
         piece["dup_lo"] = np.where(has, m.uid_lo[at], 0)
-    write_results(Path(task.out), task.bucket, task.parts, m.part, out)
+    task.write(m.part, out)
     return int(out["removed"].sum())
 
 
@@ -132,8 +125,8 @@ def run_semdedup(ctx: RunContext, earlier: tuple[str, ...], alive: list[int]) ->
     buckets = plan_buckets(got.sizes, ctx.cfg.engine.bucket_rows)
     decisions = ctx.step_folder("semdedup", "decisions")
     n_parts = len(ctx.parts)
-    tasks = [DedupTask(str(got.scatter), str(decisions), n_parts, ctx.offsets, b.index,
-                       b.first, b.stop, cfg.eps, cfg.block_rows) for b in buckets]
+    tasks = [DedupTask(str(got.scatter), str(decisions), n_parts, b.index, b.first, b.stop,
+                       ctx.offsets, cfg.eps, cfg.block_rows) for b in buckets]
     ctx.map_units("semdedup", "bucket", dedup_bucket, tasks, [b.index for b in buckets],
                   desc="semdedup: clusters", unit="bucket", setup=partial(_same, ctx.store),
                   plan=ctx.cfg.engine.bucket_rows)

@@ -95,6 +95,26 @@ class Members:
         return [(int(c[a]), int(a), int(b)) for a, b in zip(starts, stops, strict=True)]
 
 
+@dataclass(frozen=True)
+class BucketTask:
+    """One bucket's unit: clusters [first, stop) of the scatter files of ``parts`` parts,
+    its decisions written to ``out``. A step's bucket task adds its own settings."""
+
+    scatter: str
+    out: str
+    parts: int
+    bucket: int
+    first: int
+    stop: int
+
+    def members(self) -> Members:
+        return gather_bucket(Path(self.scatter), self.parts, self.first, self.stop)
+
+    def write(self, part: np.ndarray, values: np.ndarray) -> None:
+        """The decisions of the members of ``part`` (aligned with ``values``)."""
+        write_results(Path(self.out), self.bucket, self.parts, part, values)
+
+
 def gather_bucket(folder: Path, parts: int, first: int, stop: int) -> Members:
     """Read clusters [first, stop) from every part's scatter file and merge them."""
     pieces, part_ids = [], []

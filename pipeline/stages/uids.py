@@ -22,11 +22,10 @@ import pyarrow.parquet as pq
 from pipeline.ids import u128_to_uids
 from pipeline.stages.context import RunContext, ingest_path, uids_path
 from pipeline.stages.shuffle import (
-    gather_bucket,
+    BucketTask,
     part_counts,
     plan_buckets,
     read_results,
-    write_results,
     write_scatter,
 )
 from pipeline.workdir import write_parquet
@@ -61,19 +60,9 @@ def scatter_part(task: ScatterTask) -> int:
     return len(rows)
 
 
-@dataclass(frozen=True)
-class FindTask:
-    scatter: str
-    out: str
-    parts: int
-    bucket: int
-    first: int
-    stop: int
-
-
-def find_duplicates(task: FindTask) -> int:
+def find_duplicates(task: BucketTask) -> int:
     """Mark the later copies of every uid in hash buckets [first, stop); returns how many."""
-    m = gather_bucket(Path(task.scatter), task.parts, task.first, task.stop)
+    m = task.members()
     same = np.zeros(len(m.row), dtype=bool)
     same[1:] = (m.uid_hi[1:] == m.uid_hi[:-1]) & (m.uid_lo[1:] == m.uid_lo[:-1])
     start = np.maximum.accumulate(np.where(same, 0, np.arange(len(same))))
@@ -81,7 +70,7 @@ def find_duplicates(task: FindTask) -> int:
     out = np.empty(len(dup), dtype=FIRST_DTYPE)
     out["row"], out["first_part"] = m.row[dup], m.part[start[dup]]
     out["first_row"] = m.row[start[dup]]
-    write_results(Path(task.out), task.bucket, task.parts, m.part[dup], out)
+    task.write(m.part[dup], out)
     return len(dup)
 
 
@@ -133,7 +122,7 @@ def run_unique_uids(ctx: RunContext, alive: list[int], bucket_rows: int) -> list
     sizes = np.sum([part_counts(scatter, p) for p in parts], axis=0)
     buckets = plan_buckets(sizes, bucket_rows)
     ctx.map_units(STEP, "find", find_duplicates,
-                  [FindTask(str(scatter), str(found), len(parts), b.index, b.first, b.stop)
+                  [BucketTask(str(scatter), str(found), len(parts), b.index, b.first, b.stop)
                    for b in buckets], [b.index for b in buckets],
                   desc="uids: find", unit="bucket", plan=bucket_rows)
     dups = ctx.map_units(STEP, "apply", apply_part,
