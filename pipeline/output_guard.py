@@ -53,17 +53,19 @@ def _files(folder: Path) -> dict[str, int]:
     return out
 
 
-def check_output_path(output: Path) -> None:
+def check_folder_paths(output: Path, work: Path) -> None:
+    """Before anything is made in them: the output and work paths are not files."""
     if output.exists() and not output.is_dir():
         raise FolderNotOursError(
             f"the output {output} is a file, not a folder: set output to a folder (new or "
             "one an earlier run wrote)")
+    if work.exists() and not work.is_dir():
+        raise FolderNotOursError(f"the work folder {work} is a file: set work to a folder")
 
 
 def claim_output(output: Path, overwrite: bool) -> None:
     """Make ``output`` this run's, or refuse it (nothing touched) when it holds files no run
     wrote in the entries a run replaces; clean what killed runs left unfinished."""
-    check_output_path(output)
     output.mkdir(parents=True, exist_ok=True)
     manifest = _read(output / MANIFEST)
     if manifest is None:
@@ -119,8 +121,6 @@ def settle(output: Path, entries: Iterable[str] = CHECKED) -> None:
 
 def claim_work(work: Path, overwrite: bool) -> None:
     """The work folder, like the output: new, empty, or one a run made (its manifest)."""
-    if work.exists() and not work.is_dir():
-        raise FolderNotOursError(f"the work folder {work} is a file: set work to a folder")
     work.mkdir(parents=True, exist_ok=True)
     if _read(work / WORK_MANIFEST) is None:
         others = sorted(p.name for p in work.iterdir() if p.name != LOCK_NAME)

@@ -26,7 +26,7 @@ from pipeline.io.embeddings import (
 )
 from pipeline.io.vector_store import VectorStore
 from pipeline.output_guard import (
-    check_output_path,
+    check_folder_paths,
     claim_output,
     claim_work,
     inside,
@@ -477,7 +477,7 @@ def run(cfg: RunConfig, engine: Engine | None = None) -> RunSummary:
     to OUTPUT/logs/run.log. An engine made here from ``cfg.engine`` is closed at the end."""
     output, work = Path(cfg.output), cfg.work_dir
     try:
-        check_output_path(output)
+        check_folder_paths(output, work)
         with ExitStack() as held:
             held.enter_context(run_lock(output, "output folder"))
             if inside(work, output):

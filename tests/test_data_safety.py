@@ -328,3 +328,18 @@ def test_every_uid_once_later_copies_are_read_failures(tmp_path: Path) -> None:
     assert len(subset) == len(np.unique(subset))
     report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
     assert report["failed"] == 4 and report["input_samples"] == n0 + n1
+
+
+def test_a_work_folder_that_is_a_file_and_an_input_inside_the_output_are_clear_errors(
+        tmp_path: Path) -> None:
+    data = make_data(tmp_path)
+    (tmp_path / "w").write_text("a file")
+    res = cli(str(write_config(tmp_path, data, work=str(tmp_path / "w"))))
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert f"the work folder {tmp_path / 'w'} is a file" in one_line(res.output)
+    inner = tmp_path / "out" / "_work" / "mine"  # embeddings where a run writes
+    shutil.copytree(data, inner)
+    res = cli(str(write_config(tmp_path, inner, output=str(tmp_path / "out")), ),
+              "--overwrite")
+    assert res.exit_code == 1
+    assert "lies where this run writes its output" in one_line(res.output)
