@@ -34,7 +34,7 @@ import torch
 from pipeline.embed import TINY_MODEL, BatchEncoder, PreparedBatch, collate, load_clip
 from pipeline.embed.memory import reuse_freed_memory
 from pipeline.embed.models import load_cluster_encoder
-from pipeline.io.shards import ShardStream, decode_image, expand_shards
+from pipeline.io.shards import ShardStream, decode_image, expand_shards, shard_names
 from pipeline.stages.embed import embed_shards
 from pipeline.synth.images import synth_images
 
@@ -91,11 +91,14 @@ def main() -> None:
     data = synth_images(tmp / "data", args.images, seed=0,
                         samples_per_shard=-(-args.images // args.shards), concepts=10,
                         min_size=args.min_size, max_size=args.max_size)
-    shards = list(enumerate(expand_shards(str(data))))
+    urls = expand_shards(str(data))
+    shards = [(i, url, name)
+              for i, (url, name) in enumerate(zip(urls, shard_names(urls), strict=True))]
     prep = encoder.preprocessor
 
     # ready-made batches for (b) and (c), decoded and preprocessed outside the timing
-    prepared = [prep(decode_image(s), s.caption) for _, url in shards for s in ShardStream(url)]
+    prepared = [prep(decode_image(s), s.caption)
+                for _, url, name in shards for s in ShardStream(url, name)]
     host: list[PreparedBatch] = [collate(prepared[s : s + args.batch_size])
                                  for s in range(0, len(prepared), args.batch_size)]
     del prepared

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -77,6 +84,25 @@ class EmbedConfig(_Section):
         40_000_000, ge=1, description="an image of more pixels (width x height, read from "
         "its header) is not decoded: a counted embed failure"
     )
+    background: str = Field(
+        "white", description="colour transparent pixels are composited over before a model "
+        "sees them (white, black, #rrggbb or r,g,b), as img2dataset does; 'none' drops alpha "
+        "as open_clip's own preprocessing does (to reproduce published LAION embeddings)"
+    )
+
+    @field_validator("background")
+    @classmethod
+    def _a_colour(cls, value: str) -> str:
+        from pipeline.io.decode import parse_background
+
+        parse_background(value)  # a ValueError naming the accepted forms
+        return value
+
+    def decoding(self) -> Any:  # noqa: ANN401 - DecodeRules, imported where used
+        """The decoding rules a worker applies (SPEC §5b)."""
+        from pipeline.io.decode import DecodeRules, parse_background
+
+        return DecodeRules(self.max_pixels, parse_background(self.background))
 
 
 class WriteConfig(_Section):

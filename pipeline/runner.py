@@ -70,13 +70,26 @@ class RunSummary:
 
 
 def _file_identity(url: str | None) -> Any:
+    """What pins an input file: its path, size and mtime; for a remote object its URL,
+    size and ETag (or whatever version fields its store reports), so an object
+    replaced in place is read again."""
     if url is None:
         return None
     path = local_path(url)
-    if path is None:
-        return url
-    st = path.stat()
-    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+    if path is not None:
+        st = path.stat()
+        return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+    import fsspec
+
+    fs, fs_path = fsspec.core.url_to_fs(url)
+    info = fs.info(fs_path)
+    version = [str(info.get(k)) for k in _VERSION_FIELDS if info.get(k) is not None]
+    return [url, info.get("size"), *version]
+
+
+# what an object store reports that changes when an object is replaced (s3fs, gcsfs, adlfs)
+_VERSION_FIELDS = ("ETag", "etag", "VersionId", "generation", "md5Hash", "LastModified",
+                   "last_modified", "mtime", "updated", "created")
 
 
 @dataclass(frozen=True)
@@ -109,6 +122,7 @@ class Runner:
         self.skipped: list[str] = []
         self.shard_urls: list[str] | None = None  # the image path's input shards
         self.embedded: list[dict[str, Any]] = []
+        self.inputs: list[dict[str, Any]] = []  # the input set as pinned (report "inputs")
 
     # -- steps ---------------------------------------------------------------------------
     def _ingest(self, parts: list[EmbeddingPart], fps: list[str]
@@ -230,19 +244,22 @@ class Runner:
     # -- the run -------------------------------------------------------------------------
     def _embed(self) -> list[EmbeddingPart]:
         """Embed the input shards not embedded yet; their clip-retrieval folder's parts."""
-        from pipeline.io.shards import expand_shards
+        from pipeline.io.decode import DECODE_VERSION
+        from pipeline.io.shards import expand_shards, shard_names
 
         cfg = self.cfg
         self.shard_urls = self._outside_output(expand_shards(cfg.input.shards))
+        names = shard_names(self.shard_urls)  # their derived uids depend on the whole list
         out_dir = self.work.step_dir("embed")
-        settings = cfg.embed.model_dump(exclude={"workers"})
-        fps = {i: fingerprint("embed", _file_identity(url), settings)
-               for i, url in enumerate(self.shard_urls)}
-        todo = [(i, url) for i, url in enumerate(self.shard_urls)
+        settings = {**cfg.embed.model_dump(exclude={"workers"}), "decode": DECODE_VERSION}
+        self.inputs = [{"shard": name, "file": _file_identity(url)}
+                       for url, name in zip(self.shard_urls, names, strict=True)]
+        fps = {i: fingerprint("embed", pinned, settings) for i, pinned in enumerate(self.inputs)}
+        todo = [(i, url, names[i]) for i, url in enumerate(self.shard_urls)
                 if not self.work.done(f"embed-{i:05d}", fps[i])]
         # what another input list or other settings left: shard numbers past this list's
         # end, and every file of a shard embedded again (its settings may write fewer files)
-        again = {i for i, _ in todo}
+        again = {i for i, _, _ in todo}
         _remove_embed_files(out_dir, lambda num: num >= len(self.shard_urls) or num in again)
         for marker in self.work.markers.glob("embed-*.json"):
             if int(marker.stem.split("-")[1]) >= len(self.shard_urls):
@@ -257,7 +274,7 @@ class Runner:
         self.embedded = [self.work.stats(f"embed-{i:05d}") for i in range(len(self.shard_urls))]
         return discover_clip_retrieval(str(out_dir))
 
-    def _embed_shards(self, todo: list[tuple[int, str]], out_dir: Path,
+    def _embed_shards(self, todo: list[tuple[int, str, str]], out_dir: Path,
                       fps: dict[int, str]) -> None:
         """A map over the shards: models loaded once per worker (on a GPU when the embed
         device is one), every shard marked done by its worker after its files."""
@@ -270,9 +287,9 @@ class Runner:
         # this process: one task keeps one decoding pipeline across all shards; a cluster:
         # a task per shard, spread over the workers
         groups = [todo] if local else [[shard] for shard in todo]
-        tasks = [EmbedTask(tuple(g), tuple(fps[i] for i, _ in g), str(out_dir),
+        tasks = [EmbedTask(tuple(g), tuple(fps[i] for i, _, _ in g), str(out_dir),
                            str(self.work.root), cfg.batch_size, cfg.workers,
-                           self.cfg.progress and local, cfg.max_pixels) for g in groups]
+                           self.cfg.progress and local, cfg.decoding()) for g in groups]
         gpu = Resources(gpus=1.0) if _embeds_on_gpu(cfg.device) else Resources()
         log.info("embedding %d shards", len(todo))
         for _ in self.engine.map(embed_task, tasks, desc="embed", total=len(tasks),
@@ -309,7 +326,11 @@ class Runner:
                     f"the input {folder} lies where this run writes its output "
                     f"({self.output}): a run never reads what a run wrote; choose another "
                     "output folder")
-        return discover(self.cfg.input)
+        parts = discover(self.cfg.input)
+        self.inputs = [{"part": p.shard, "files": [_file_identity(f) for f in
+                                                   (p.metadata_path, p.image_path, p.text_path)
+                                                   if f is not None]} for p in parts]
+        return parts
 
     def run(self) -> RunSummary:
         cfg = self.cfg
@@ -365,6 +386,7 @@ class Runner:
         if written is not None:
             extra["output_shards"] = written
         extra["engine"] = self.engine.name
+        extra["inputs"] = self.inputs
         report = build_report(cfg, n, kept, failed, steps, clusters, extra, shards,
                               self.timings)
         write_json(report_path, report)
@@ -449,8 +471,13 @@ class Runner:
         models = self.embedded[0]["models"] if self.embedded else {}
         if models.get("clip_random_weights"):
             log.warning("the CLIP model had RANDOM WEIGHTS: clip scores carry no meaning")
+        from pipeline.io.decode import DECODE_VERSION
+
+        decoding = {"rules": "SPEC §5b", "version": DECODE_VERSION,
+                    "max_pixels": self.cfg.embed.max_pixels,
+                    "background": self.cfg.embed.background}
         return {"models": models, "shards": len(self.embedded), "damaged_shards": damaged,
-                "failed": sum(e["failed"] for e in self.embedded)}
+                "failed": sum(e["failed"] for e in self.embedded), "decoding": decoding}
 
 
 def _remove_embed_files(folder: Path, stale: Callable[[int], bool]) -> None:

@@ -1,10 +1,15 @@
 """Run the ``conceptprune`` CLI and SIGKILL it at a chosen point, as a crash would.
 
     python tests/kill_at.py MODULE:ATTR NTH MATCH -- run CONFIG ...
+    python tests/kill_at.py map NTH DESC -- run CONFIG ...
 
 The process kills itself just before the NTH call of ``MODULE:ATTR`` (``Class.method``
-allowed) whose arguments' text contains MATCH ('' matches every call). Nothing is cleaned
+allowed) whose arguments' text contains MATCH ('' matches every call); or, with ``map``,
+as the driver receives the NTH result of the engine map named DESC (any engine: the
+other results of that map may be in flight on workers, half written). Nothing is cleaned
 up: no finally blocks, no atexit, exactly what a lost machine leaves behind.
+
+``CONCEPTPRUNE_LIST_MAPS=FILE`` appends every map's name and task count to FILE instead.
 """
 
 from __future__ import annotations
@@ -35,10 +40,43 @@ def arm(target: str, nth: int, match: str) -> None:
     setattr(owner, name, wrapper)
 
 
+def arm_map(nth: int, desc: str) -> None:
+    """Wrap every engine's map: die as the NTH result of the map named ``desc`` arrives."""
+    from pipeline.engines.local import LocalEngine
+    from pipeline.engines.ray_engine import RayEngine
+    from pipeline.engines.spark_engine import SparkEngine
+
+    listing = os.environ.get("CONCEPTPRUNE_LIST_MAPS")
+    for engine in (LocalEngine, RayEngine, SparkEngine):
+        real = engine.map
+
+        def wrapper(self, fn, tasks, *args, _real=real, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            tasks = list(tasks)
+            if listing:
+                with open(listing, "a") as f:
+                    f.write(f"{kwargs['desc']}\t{len(tasks)}\n")
+            results = _real(self, fn, tasks, *args, **kwargs)
+            if kwargs["desc"] != desc:
+                return results
+            return _dying_after(results, nth)
+
+        engine.map = wrapper
+
+
+def _dying_after(results, nth: int):  # noqa: ANN001, ANN202
+    for seen, result in enumerate(results, 1):
+        if seen == nth:
+            os.kill(os.getpid(), signal.SIGKILL)
+        yield result
+
+
 def main() -> None:
     target, nth, match, sep, *cli = sys.argv[1:]
     assert sep == "--", "usage: kill_at.py MODULE:ATTR NTH MATCH -- CLI ARGS"
-    arm(target, int(nth), match)
+    if target == "map":
+        arm_map(int(nth), match)
+    else:
+        arm(target, int(nth), match)
     from pipeline.cli import app
 
     app(cli)

@@ -343,3 +343,66 @@ def test_a_work_folder_that_is_a_file_and_an_input_inside_the_output_are_clear_e
               "--overwrite")
     assert res.exit_code == 1
     assert "lies where this run writes its output" in one_line(res.output)
+
+
+def _without_uids(src: Path, dst: Path) -> None:
+    """A copy of a shard whose json carries no uid: uids are then derived (SPEC §5)."""
+    import tarfile
+
+    from pipeline.io.shards import iter_tar_members
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with open(src, "rb") as f, tarfile.open(dst, "w") as out:
+        for name, data in iter_tar_members(f):
+            if name.endswith(".json"):
+                data = json.dumps({k: v for k, v in json.loads(data).items()
+                                   if k != "uid"}).encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            out.addfile(info, __import__("io").BytesIO(data))
+
+
+def test_same_named_shards_of_two_folders_keep_apart_and_moving_keeps_uids(
+        images: Path, tmp_path: Path) -> None:
+    """Derived uids hash the shard's path below the deepest common folder: a/00000.tar and
+    b/00000.tar holding the same keys give different uids, the ledger names each shard, and
+    the same dataset moved elsewhere gives the same uids."""
+    import numpy as np
+
+    first = sorted(images.glob("*.tar"))[0]
+    for where in ("one", "two"):
+        for folder in ("a", "b"):
+            _without_uids(first, tmp_path / where / "data" / folder / "00000.tar")
+    runs = {}
+    for where in ("one", "two"):
+        out = tmp_path / where / "out"
+        summary = run(image_config(str(tmp_path / where / "data" / "*" / "*.tar"), out,
+                                   semdedup={"enabled": False}))  # the copies are alike
+        rows = ledger_rows(out)
+        assert summary.input_samples == 40 and len(rows) == 40
+        assert not [r for r in rows if "duplicate uid" in (r["reason"] or "")]
+        assert {r["shard"] for r in rows} == {"a/00000.tar", "b/00000.tar"}
+        assert len({r["uid"] for r in rows}) == 40
+        runs[where] = (rows, np.load(out / "subset.npy"))
+    assert [r["uid"] for r in runs["one"][0]] == [r["uid"] for r in runs["two"][0]]
+    assert runs["one"][1].tobytes() == runs["two"][1].tobytes()
+    report = json.loads((tmp_path / "one" / "out" / "report" / "report.json").read_text())
+    assert [i["shard"] for i in report["inputs"]] == ["a/00000.tar", "b/00000.tar"]
+    assert report["inputs"][0]["file"][1] == (tmp_path / "one/data/a/00000.tar").stat().st_size
+
+
+def test_a_remote_input_is_pinned_by_its_size_and_version(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """An object replaced in place (same URL) is a new input: its identity differs."""
+    import fsspec
+
+    from pipeline.runner import _file_identity
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/pin/00000.tar", b"x" * 10)
+    first = _file_identity("memory://pin/00000.tar")
+    assert first[:2] == ["memory://pin/00000.tar", 10] and len(first) > 2
+    info = fs.info("/pin/00000.tar")
+    monkeypatch.setattr(type(fs), "info", lambda self, path, **kw: {**info, "ETag": '"v2"'})
+    assert _file_identity("memory://pin/00000.tar") != first
+    assert '"v2"' in _file_identity("memory://pin/00000.tar")

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from ray_head import ray_head
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -197,31 +196,8 @@ def test_a_cluster_started_apart(data: Path, tmp_path: Path) -> None:
     `ray job submit` of jobs/ray_job.py to its job server. The head runs with --block in its
     own process group, so stopping it touches no other Ray."""
     ray_bin = Path(sys.executable).with_name("ray")
-    temp = tempfile.mkdtemp(prefix="cp-head-", dir="/tmp")
-    ports = []
-    for _ in range(3):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-    # the job agent's own port too: the default one is taken by this session's other Ray
-    port, dashboard, agent = ports
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    head = subprocess.Popen(
-        [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-         "--node-ip-address=127.0.0.1", "--include-dashboard=true",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-         f"--dashboard-agent-listen-port={agent}", f"--temp-dir={temp}",
-         "--object-store-memory=268435456", "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        for wanted in (port, dashboard):
-            while True:
-                with socket.socket() as s:
-                    if s.connect_ex(("127.0.0.1", wanted)) == 0:
-                        break
-                assert head.poll() is None and time.monotonic() < deadline, "no Ray head"
-                time.sleep(0.5)
+    with ray_head(dashboard=True) as head:
+        port, dashboard, env = head.port, head.dashboard, head.env
         run(validate_config(settings(data, tmp_path / "local")))
         cfg = tmp_path / "c.yaml"
         cfg.write_text(yaml.safe_dump(settings(data, tmp_path / "joined")))
@@ -244,14 +220,6 @@ def test_a_cluster_started_apart(data: Path, tmp_path: Path) -> None:
             time.sleep(2)
         assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
         assert "succeeded" in job.stdout
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
-        shutil.rmtree(temp, ignore_errors=True)
     local = outputs(tmp_path / "local")
     assert local.pop("engine") == "local"
     for name in ("joined", "submitted"):

@@ -66,7 +66,7 @@ def base(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def outcome(out: Path) -> dict[str, Any]:
     """Everything a run hands its user, less timings and where it ran."""
     report = json.loads((out / "report" / "report.json").read_text())
-    for drop in ("timings_s", "parameters"):
+    for drop in ("timings_s", "parameters", "inputs"):
         report.pop(drop)
     return {"subset": (out / "subset.npy").read_bytes(),
             "ledger": pq.read_table(out / "ledger").to_pylist(), "report": report}
@@ -156,13 +156,18 @@ def test_an_input_file_edited_in_place_is_read_again(data: Path, base: Path, tmp
 
 # -- kills --------------------------------------------------------------------------------
 
-def run_killed(cfg_file: Path, target: str, nth: int, match: str = "") -> None:
+def run_killed(cfg_file: Path, target: str, nth: int, match: str = "",
+               killed: bool = True) -> None:
+    """The CLI run of ``cfg_file`` SIGKILLed at the point (see tests/kill_at.py); with
+    ``killed=False``, a run that must finish (no point reached)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
         [sys.executable, str(REPO / "tests" / "kill_at.py"), target, str(nth), match, "--",
          "run", str(cfg_file), "--no-progress"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -9, f"not killed at {target}: {proc.returncode}\n{proc.stderr}"
+    want = -9 if killed else 0
+    assert proc.returncode == want, (f"{target} {nth} {match!r}: exit {proc.returncode}, "
+                                     f"not {want}\n{proc.stderr[-4000:]}")
 
 
 def write_config(path: Path, data: Path, out: Path, raw: dict[str, Any]) -> Path:

@@ -96,7 +96,7 @@ def test_a_changed_embed_setting_embeds_every_shard_again(
     real = embed_mod.embed_shards
 
     def counting(todo, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        embedded.append([index for index, _ in todo])
+        embedded.append([index for index, _, _ in todo])
         return real(todo, *args, **kwargs)
 
     monkeypatch.setattr(embed_mod, "embed_shards", counting)

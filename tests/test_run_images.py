@@ -111,7 +111,7 @@ def test_output_shards_are_byte_copies(shards: Path, clean_run: Path) -> None:
     assert sorted(zip(hi.tolist(), lo.tolist(), strict=True)) == \
         [(int(a), int(b)) for a, b in zip(subset["f0"], subset["f1"], strict=True)]
     # the ledger invariant per source shard
-    assert set(report["shards"]) == {f"{i:05d}" for i in range(SAMPLES // PER_SHARD)}
+    assert set(report["shards"]) == {f"{i:05d}.tar" for i in range(SAMPLES // PER_SHARD)}
     for counts in report["shards"].values():
         assert counts["read"] == PER_SHARD
         assert counts["kept"] + counts["removed"] + counts["failed"] == counts["read"]
@@ -195,11 +195,11 @@ def test_bad_samples_and_damaged_tar_are_accounted(shards: Path, tmp_path: Path,
     assert len(damaged) == 1 and damaged[0]["shard"].endswith("00001.tar")
     assert damaged[0]["expected"] == PER_SHARD
     assert 0 < damaged[0]["samples_read"] < PER_SHARD
-    assert report["shards"]["00001"]["read"] == damaged[0]["samples_read"]
+    assert report["shards"]["00001.tar"]["read"] == damaged[0]["samples_read"]
     # the sample being read when the tar broke off has its row too
     broken = [r for r in led.values() if "breaks off while this sample is read" in
               (r["reason"] or "")]
-    assert len(broken) == 1 and broken[0]["shard"].endswith("00001")
+    assert len(broken) == 1 and broken[0]["shard"] == "00001.tar"
     assert report["failed"] == 3
 
 

@@ -19,8 +19,8 @@ from tar_helpers import seven_digit_checksums
 
 from pipeline.config import EmbedConfig
 from pipeline.ids import derive_uid
+from pipeline.io.decode import DEFAULT_MAX_PIXELS, DecodeRules
 from pipeline.io.shards import (
-    DEFAULT_MAX_PIXELS,
     CorruptShardError,
     ImageDecodeError,
     ShardError,
@@ -32,6 +32,7 @@ from pipeline.io.shards import (
     read_sidecar_parquet,
     read_stats,
     shard_name,
+    shard_names,
     split_member_name,
 )
 
@@ -114,7 +115,7 @@ def test_expand_urls_stay_urls(tmp_path: Path) -> None:
         fs.pipe(f"/exp/{i:05d}.tar", tar_bytes(sample_members("k")))
     listed = expand_shards("memory://exp")
     assert [u.split("://")[0] for u in listed] == ["memory"] * 3
-    assert [shard_name(u) for u in listed] == ["00000", "00001", "00002"]
+    assert shard_names(listed) == ["00000.tar", "00001.tar", "00002.tar"]
     assert [s.key for u in listed for s in iter_samples(u)] == ["k"] * 3
     assert expand_shards("memory://exp/*.tar") == listed
     # explicit shard URLs are not listed one by one: kept as given
@@ -128,10 +129,27 @@ def test_expand_urls_stay_urls(tmp_path: Path) -> None:
 
 
 def test_shard_name() -> None:
-    assert shard_name("/data/00042.tar") == "00042"
-    assert shard_name("s3://bucket/laion/00007.tar") == "00007"
-    assert shard_name("00001.tar.gz") == "00001"
-    assert shard_name("memory://a/b/shard-3.tar") == "shard-3"
+    assert shard_name("/data/00042.tar") == "00042.tar"
+    assert shard_name("s3://bucket/laion/00007.tar") == "00007.tar"
+    assert shard_name("00001.tar.gz") == "00001.tar.gz"
+    assert shard_name("memory://a/b/shard-3.tar") == "shard-3.tar"
+
+
+def test_shard_names_are_relative_to_the_deepest_common_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SPEC §5: one folder gives file names; two folders keep what tells them apart;
+    moving the whole dataset keeps every name."""
+    assert shard_names(["/d/x/00042.tar", "/d/x/00043.tar"]) == ["00042.tar", "00043.tar"]
+    assert shard_names(["/d/a/00042.tar", "/d/b/00042.tar"]) == ["a/00042.tar", "b/00042.tar"]
+    assert shard_names(["/moved/here/a/00042.tar", "/moved/here/b/00042.tar"]) == [
+        "a/00042.tar", "b/00042.tar"]
+    assert shard_names(["/d/a/1.tar", "/d/a/deep/2.tar"]) == ["1.tar", "deep/2.tar"]
+    assert shard_names(["/d/only.tar"]) == ["only.tar"]
+    assert shard_names(["s3://b/x/0.tar", "s3://b/y/0.tar"]) == ["x/0.tar", "y/0.tar"]
+    assert shard_names(["s3://b1/0.tar", "s3://b2/0.tar"]) == ["b1/0.tar", "b2/0.tar"]
+    assert shard_names(["s3://b/0.tar", "gs://b/0.tar"]) == ["s3://b/0.tar", "gs://b/0.tar"]
+    monkeypatch.chdir(tmp_path)  # relative paths are made absolute first
+    assert shard_names(["a/0.tar", f"{tmp_path}/b/0.tar"]) == ["a/0.tar", "b/0.tar"]
 
 
 def test_split_member_name_follows_webdataset() -> None:
@@ -153,7 +171,7 @@ def test_samples_members_and_identity(tmp_path: Path) -> None:
     assert [s.key for s in samples] == ["0000", "0001", "0002", "0003"]
     for i, s in enumerate(samples):
         assert s.failed_reason is None and not s.failed
-        assert s.shard == "00003"
+        assert s.shard == "00003.tar"
         assert s.uid == f"{i:032x}"
         assert s.caption == f"caption {i}"
         assert s.meta == {"uid": f"{i:032x}", "w": i}
@@ -166,8 +184,8 @@ def test_uid_derived_without_json_uid(tmp_path: Path) -> None:
     url = write_tar(tmp_path / "00009.tar", sample_members("k1", meta={"url": "x"})
                     + [("k2.png", png_bytes()), ("k2.txt", b"no json at all")])
     a, b = iter_samples(url)
-    assert a.uid == derive_uid("00009", "k1") and a.failed_reason is None
-    assert b.uid == derive_uid("00009", "k2") and b.meta == {} and b.image_ext == "png"
+    assert a.uid == derive_uid("00009.tar", "k1") and a.failed_reason is None
+    assert b.uid == derive_uid("00009.tar", "k2") and b.meta == {} and b.image_ext == "png"
     assert b.failed_reason is None
 
 
@@ -190,7 +208,7 @@ def test_failed_reasons(tmp_path: Path, members: list[tuple[str, bytes]], reason
     url = write_tar(tmp_path / "00001.tar", members + sample_members("next"))
     bad, good = iter_samples(url)
     assert bad.key == "k" and bad.failed and reason in bad.failed_reason
-    assert bad.uid == derive_uid("00001", "k")  # every sample gets a uid for the ledger
+    assert bad.uid == derive_uid("00001.tar", "k")  # every sample gets a uid for the ledger
     assert bad.members == members
     assert good.key == "next" and good.failed_reason is None
 
@@ -214,6 +232,7 @@ def test_undecodable_image_reasons_are_the_same_on_every_run(tmp_path: Path) -> 
             decode_image(next(iter_samples(url)))
         reasons.append(str(err.value))
     assert reasons[0] == reasons[1] and " at 0x" not in reasons[0]
+    assert "BytesIO" not in reasons[0]
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -228,7 +247,7 @@ def png_header_only(width: int, height: int) -> bytes:
 def test_images_over_the_pixel_limit_are_refused_from_their_header(tmp_path: Path) -> None:
     huge = write_tar(tmp_path / "00003.tar",
                      sample_members("big", image=png_header_only(12000, 12000)))
-    with pytest.raises(ImageDecodeError, match=r"big\.jpg in shard 00003 has 12000 x 12000 = "
+    with pytest.raises(ImageDecodeError, match=r"big\.jpg in shard 00003\.tar has 12000 x 12000 = "
                        r"144000000 pixels, more than embed\.max_pixels=40000000"):
         decode_image(next(iter_samples(huge)))
     assert EmbedConfig().max_pixels == DEFAULT_MAX_PIXELS
@@ -236,9 +255,9 @@ def test_images_over_the_pixel_limit_are_refused_from_their_header(tmp_path: Pat
     Image.new("RGB", (40, 30)).save(buf, format="PNG")
     small = next(iter_samples(write_tar(tmp_path / "1.tar",
                                         sample_members("s", image=buf.getvalue()))))
-    assert decode_image(small, max_pixels=1200).size == (40, 30)
+    assert decode_image(small, DecodeRules(max_pixels=1200)).size == (40, 30)
     with pytest.raises(ImageDecodeError, match="1200 pixels, more than embed.max_pixels=1199"):
-        decode_image(small, max_pixels=1199)
+        decode_image(small, DecodeRules(max_pixels=1199))
 
 
 def test_decode_image_gives_rgb(tmp_path: Path) -> None:
@@ -254,7 +273,7 @@ def test_memory_url(tmp_path: Path) -> None:
     fs.pipe("/mem/00004.tar", Path(good_shard(tmp_path / "00004.tar", 3)).read_bytes())
     samples = list(iter_samples("memory://mem/00004.tar"))
     assert [s.uid for s in samples] == [f"{i:032x}" for i in range(3)]
-    assert samples[0].shard == "00004"
+    assert samples[0].shard == "00004.tar"
     assert [s.key for s in iter_samples(f"file://{tmp_path}/00004.tar")] == [
         s.key for s in samples]
 
@@ -263,7 +282,7 @@ def test_gzip_tar(tmp_path: Path) -> None:
     raw = Path(good_shard(tmp_path / "00000.tar", 3)).read_bytes()
     (tmp_path / "00005.tar.gz").write_bytes(gzip.compress(raw, mtime=0))
     samples = list(iter_samples(str(tmp_path / "00005.tar.gz")))
-    assert len(samples) == 3 and samples[0].shard == "00005"
+    assert len(samples) == 3 and samples[0].shard == "00005.tar.gz"
 
 
 @pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
@@ -326,7 +345,7 @@ def test_truncated_tar_keeps_samples_before_the_damage(tmp_path: Path) -> None:
             for s in iter_samples(str(path)):
                 got.append(s)
         err = info.value
-        assert err.samples_read == len(got) and err.shard == "00002" and err.url == str(path)
+        assert err.samples_read == len(got) and err.shard == "00002.tar" and err.url == str(path)
         assert "truncated" in err.detail and "00002" in str(err)
         assert isinstance(err, ShardError)
         assert [s.key for s in got] == [s.key for s in full[: len(got)]]

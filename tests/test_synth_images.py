@@ -46,7 +46,7 @@ def test_round_trip(samples: list, truth: list[dict], data: Path) -> None:
     for sample, row in zip(samples, truth, strict=True):
         assert sample.failed_reason is None
         assert (sample.key, sample.uid) == (row["key"], row["uid"])
-        assert sample.shard == sample.key[:5]
+        assert sample.shard == f"{sample.key[:5]}.tar"
         assert is_valid_uid(sample.uid) and sample.uid == sample.meta["uid"]
         assert sample.caption == sample.meta["caption"]
         assert sample.meta["concept"] == row["concept"]

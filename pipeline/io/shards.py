@@ -48,10 +48,11 @@ from fsspec.utils import infer_compression
 from PIL import Image
 
 from pipeline.ids import derive_uid, is_valid_uid
+from pipeline.io.decode import DEFAULT_RULES, DecodeRules, ImageDecodeError, decode_picture
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif")  # gif: its first frame (SPEC §5b)
 CAPTION_EXT = "txt"
 JSON_EXT = "json"
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
@@ -74,19 +75,16 @@ class ShardError(ValueError):
 class CorruptShardError(ShardError):
     """A truncated or corrupt tar; raised after the samples read before the damage."""
 
-    def __init__(self, url: str, samples_read: int, detail: str) -> None:
+    def __init__(self, url: str, samples_read: int, detail: str, shard: str | None = None
+                 ) -> None:
         self.url = url
-        self.shard = shard_name(url)
+        self.shard = shard or shard_name(url)
         self.samples_read = samples_read
         self.detail = detail
         super().__init__(f"corrupt shard {url}: {detail} (after {samples_read} samples)")
 
-    def __reduce__(self) -> tuple[type, tuple[str, int, str]]:  # picklable for Ray / Spark
-        return (type(self), (self.url, self.samples_read, self.detail))
-
-
-class ImageDecodeError(ValueError):
-    """The image bytes of a sample cannot be decoded."""
+    def __reduce__(self) -> tuple[type, tuple[str, int, str, str]]:  # for Ray / Spark
+        return (type(self), (self.url, self.samples_read, self.detail, self.shard))
 
 
 @dataclass
@@ -179,8 +177,9 @@ def expand_shards(spec: str | list[str]) -> list[str]:
     return out
 
 
-def shard_name(url: str) -> str:
-    """The shard's name: its basename without ``.tar`` (``.../00042.tar`` -> ``00042``)."""
+def _stem(url: str) -> str:
+    """The shard file's basename without its tar suffix (``.../00042.tar`` -> ``00042``):
+    how img2dataset names a shard's sidecar files."""
     base = url.rstrip("/").rsplit("/", 1)[-1]
     for suffix in TAR_SUFFIXES:
         if base.endswith(suffix):
@@ -188,12 +187,38 @@ def shard_name(url: str) -> str:
     return base
 
 
+def _components(url: str) -> list[str]:
+    """A shard's location as [root, folder, ..., file]: the root is the URL's scheme
+    (``s3://``) or ``/`` for a local path, made absolute."""
+    if _is_url(url):
+        scheme, rest = url.split("://", 1)
+        return [f"{scheme}://", *[p for p in rest.split("/") if p]]
+    return ["/", *[p for p in os.path.abspath(url).split(os.sep) if p]]
+
+
+def shard_name(url: str) -> str:
+    """A lone shard's name: its file name (``.../00042.tar`` -> ``00042.tar``)."""
+    return _components(url)[-1]
+
+
+def shard_names(urls: list[str]) -> list[str]:
+    """Every input shard's name (SPEC §5): its path relative to the deepest folder that
+    holds every input shard of the run, so same-named shards of two folders differ
+    (``a/00042.tar``, ``b/00042.tar``) while moving a whole dataset keeps its names (and
+    so its derived uids). Remote URLs keep scheme and bucket in the comparison."""
+    split = [_components(u) for u in urls]
+    common = os.path.commonprefix([c[:-1] for c in split])
+    if not common:  # nothing shared, not even the scheme: the whole URL names it
+        return [c[0] + "/".join(c[1:]) for c in split]
+    return ["/".join(c[len(common):]) for c in split]
+
+
 # --- img2dataset sidecars ---------------------------------------------------------------
 
 
 def _sidecar(url: str, suffix: str) -> str:
     head = url.rstrip("/").rsplit("/", 1)[0] if "/" in url else ""
-    name = shard_name(url) + suffix
+    name = _stem(url) + suffix
     return f"{head}/{name}" if head else name
 
 
@@ -519,13 +544,16 @@ def span_columns(spans: list[tuple[int, int] | None],
                                    column(json_spans, 1)), strict=True))
 
 
-def iter_samples(url: str) -> Iterator[Sample]:
+def iter_samples(url: str, name: str | None = None) -> Iterator[Sample]:
     """Stream one shard's samples, in tar order (members of a sample are consecutive).
+
+    ``name`` is the shard's name in the run (``shard_names``; its file name by default):
+    the samples' ``shard`` and the input of their derived uids.
 
     Raises ``CorruptShardError`` after the last complete sample when the tar is damaged
     (see the module docstring); a shard that cannot be opened raises fsspec's ``OSError``.
     """
-    shard = shard_name(url)
+    shard = name or shard_name(url)
     count = 0
     key: str | None = None
     members: list[tuple[str, bytes]] = []
@@ -544,22 +572,22 @@ def iter_samples(url: str) -> Iterator[Sample]:
                     broken.span = broken.json_span = None
                     count += 1
                     yield broken
-                raise CorruptShardError(url, count, reason) from err
+                raise CorruptShardError(url, count, reason, shard) from err
             if item is None:
                 break
-            name, data, start, data_start = item
-            if key is not None and name.startswith(key) and name[len(key) : len(key) + 1] == "." \
-                    and "/" not in name[len(key) :]:
-                members.append((name, data))  # the common case: the sample goes on
+            member, data, start, data_start = item
+            tail = member[len(key):] if key is not None and member.startswith(key) else ""
+            if tail[:1] == "." and "/" not in tail:
+                members.append((member, data))  # the common case: the sample goes on
                 offsets.append((start, data_start))
                 continue
-            parts = split_member_name(name)
+            parts = split_member_name(member)
             if parts is None:
                 continue  # a member of no sample: the next member's start shows the gap
             if key is not None:
                 count += 1
                 yield _with_span(make_sample(shard, key, members), offsets)
-            key, members, offsets = parts[0], [(name, data)], [(start, data_start)]
+            key, members, offsets = parts[0], [(member, data)], [(start, data_start)]
     if key is not None:
         yield _with_span(make_sample(shard, key, members), offsets)
 
@@ -571,50 +599,28 @@ class ShardStream:
     the damaged shard and go on with the next one.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, name: str | None = None) -> None:
         self.url = url
+        self.name = name
         self.count = 0
         self.error: CorruptShardError | None = None
 
     def __iter__(self) -> Iterator[Sample]:
         try:
-            for sample in iter_samples(self.url):
+            for sample in iter_samples(self.url, self.name):
                 self.count += 1
                 yield sample
         except CorruptShardError as err:
             self.error = err
 
 
-DEFAULT_MAX_PIXELS = 40_000_000  # SPEC §5b; PIL's own limit warns at 89M and stops at 179M
-
-
-def decode_image(sample: Sample, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """The sample's image as RGB; ``ImageDecodeError`` names the key and shard otherwise.
-
-    An image of more than ``max_pixels`` pixels is refused from its header, before its pixels
-    are decoded (a 144-megapixel PNG takes 1.1 GB decoded). The error text is the same on
-    every run: no memory addresses.
-    """
-    where = f"{sample.key}.{sample.image_ext or '?'} in shard {sample.shard}"
+def decode_image(sample: Sample, rules: DecodeRules = DEFAULT_RULES) -> Image.Image:
+    """The sample's image as a person sees it, in 8-bit RGB (``decode.decode_picture``);
+    ``ImageDecodeError`` names the key and shard otherwise."""
     if sample.image_bytes is None:
         raise ImageDecodeError(f"no image for {sample.key} in shard {sample.shard}")
-    try:
-        with Image.open(io.BytesIO(sample.image_bytes)) as img:
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ImageDecodeError(
-                    f"image {where} has {width} x {height} = {width * height} pixels, more "
-                    f"than embed.max_pixels={max_pixels}: not decoded (raise embed.max_pixels "
-                    "to embed it)")
-            img.load()
-            if img.mode == "P" and "transparency" in img.info:
-                return img.convert("RGBA").convert("RGB")
-            return img.convert("RGB")
-    except ImageDecodeError:
-        raise
-    except Exception as err:  # PIL raises many types for bad bytes
-        reason = _ADDRESS.sub("", str(err)) or type(err).__name__
-        raise ImageDecodeError(f"cannot decode image {where}: {reason}") from err
+    return decode_picture(sample.image_bytes, max_pixels=rules.max_pixels,
+                          background=rules.background,
+                          where=f"{sample.key}.{sample.image_ext or '?'} in shard {sample.shard}")
 
 
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # object reprs: differ from run to run

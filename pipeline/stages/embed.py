@@ -29,9 +29,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.embed.encoder import BatchEncoder, PreparedBatch, Preprocessor, collate
 from pipeline.embed.memory import reuse_freed_memory
+from pipeline.io.decode import DEFAULT_RULES, DecodeRules, ImageDecodeError
 from pipeline.io.shards import (
-    DEFAULT_MAX_PIXELS,
-    ImageDecodeError,
     ShardStream,
     decode_image,
     identity_metadata,
@@ -71,22 +70,22 @@ class ShardEnd:
 class ShardBatches(IterableDataset):
     """Whole shards per worker, turned into per-shard batches of prepared samples."""
 
-    def __init__(self, shards: list[tuple[int, str]], preprocessor: Preprocessor,
-                 batch_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(self, shards: list[tuple[int, str, str]], preprocessor: Preprocessor,
+                 batch_size: int, decoding: DecodeRules = DEFAULT_RULES) -> None:
         self.shards = shards
         self.preprocessor = preprocessor
         self.batch_size = batch_size
-        self.max_pixels = max_pixels
+        self.decoding = decoding
 
     def __iter__(self) -> Iterator[ShardBatch | ShardEnd]:
         info = get_worker_info()
         mine = self.shards if info is None else self.shards[info.id :: info.num_workers]
-        for index, url in mine:
-            yield from self._shard(index, url)
+        for index, url, name in mine:
+            yield from self._shard(index, url, name)
 
-    def _shard(self, index: int, url: str) -> Iterator[ShardBatch | ShardEnd]:
+    def _shard(self, index: int, url: str, name: str) -> Iterator[ShardBatch | ShardEnd]:
         identity = tar_identity(url)
-        stream = ShardStream(url)
+        stream = ShardStream(url, name)
         records: list[dict[str, Any]] = []
         positions: list[int] = []
         prepared: list = []
@@ -99,7 +98,7 @@ class ShardBatches(IterableDataset):
             if sample.failed:
                 continue
             try:
-                image = decode_image(sample, self.max_pixels)
+                image = decode_image(sample, self.decoding)
                 prepared.append(self.preprocessor(image, sample.caption))
             except ImageDecodeError as err:
                 record["failed_reason"], record["failed_stage"] = str(err), "embed"
@@ -178,21 +177,22 @@ def write_shard_outputs(out_dir: Path, end: ShardEnd, pending: _Pending, clip_di
     return sum(r["failed_reason"] is not None for r in end.records)
 
 
-def embed_shards(shards: list[tuple[int, str]], encoder: BatchEncoder, out_dir: Path,
+def embed_shards(shards: list[tuple[int, str, str]], encoder: BatchEncoder, out_dir: Path,
                  batch_size: int, workers: int, on_done: Callable[[EmbeddedShard], None],
                  progress: Callable[[int], None] | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-    """Embed ``shards`` ((index, url) pairs) into ``out_dir``; ``on_done`` after each one."""
+                 decoding: DecodeRules = DEFAULT_RULES) -> None:
+    """Embed ``shards`` ((index, url, name) triples; the name as ``shard_names`` gives it)
+    into ``out_dir``; ``on_done`` after each one."""
     if not shards:
         return
-    dataset = ShardBatches(shards, encoder.preprocessor, batch_size, max_pixels)
+    dataset = ShardBatches(shards, encoder.preprocessor, batch_size, decoding)
     loader = DataLoader(
         dataset, batch_size=None, num_workers=min(workers, len(shards)),
         pin_memory=encoder.device.type == "cuda",
         prefetch_factor=4 if workers > 0 else None,
         persistent_workers=False,
     )
-    urls = dict(shards)
+    urls = {index: url for index, url, _ in shards}
     pending: dict[int, _Pending] = {}
     clip_dim = encoder.clip.embed_dim
     cluster_dim = None if encoder.cluster is None else encoder.cluster.feature_dim
@@ -218,14 +218,14 @@ def embed_shards(shards: list[tuple[int, str]], encoder: BatchEncoder, out_dir: 
 class EmbedTask:
     """Shards for one worker to embed; each shard's marker is written after its files."""
 
-    shards: tuple[tuple[int, str], ...]
+    shards: tuple[tuple[int, str, str], ...]  # index, url, name
     fingerprints: tuple[str, ...]  # per shard
     out_dir: str
     work: str
     batch_size: int
     workers: int
     progress: bool
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    decoding: DecodeRules = DEFAULT_RULES
 
 
 @dataclass
@@ -261,7 +261,7 @@ def embed_task(models: EmbedModels, task: EmbedTask) -> int:
     from pipeline.workdir import WorkDir
 
     work = WorkDir(Path(task.work))
-    fps = dict(zip((i for i, _ in task.shards), task.fingerprints, strict=True))
+    fps = dict(zip((i for i, _, _ in task.shards), task.fingerprints, strict=True))
     read = 0
 
     def done(shard: EmbeddedShard) -> None:
@@ -272,5 +272,5 @@ def embed_task(models: EmbedModels, task: EmbedTask) -> int:
 
     with progress_bar("embed", None, "img", task.progress) as bar:
         embed_shards(list(task.shards), models.encoder, Path(task.out_dir), task.batch_size,
-                     task.workers, done, progress=bar.update, max_pixels=task.max_pixels)
+                     task.workers, done, progress=bar.update, decoding=task.decoding)
     return read

@@ -1,0 +1,126 @@
+"""An image run SIGKILLed again and again, at more than 20 points across every step, on the
+local engine and on a Ray cluster: after each kill the next run resumes from what the last
+one left (and is itself killed further on); the run that finally finishes has the bytes of an
+unbroken run, every input sample has its ledger row, and nothing is left behind.
+
+Each kill point lies past the previous one, so every killed run resumes the state the kill
+before it left: half-embedded shards, a unit's output without its marker, a step's units
+without the step's marker, a ledger or shards/ swap cut between its two renames, and so on.
+``map`` points die as the driver receives a map's n-th result, while other tasks of that map
+may still be writing on workers (on Ray the dead driver's workers are killed with it).
+The Ray workers run their kernels on the local engine's thread count (``engine.threads``):
+float sums of another thread count round differently in the last bit.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from test_resume_fingerprints import run_killed
+from test_resume_images import raw_config, result
+
+from pipeline.config import validate_config
+from pipeline.output_guard import MANIFEST, WORK_MANIFEST
+from pipeline.runner import run
+from pipeline.synth.images import synth_images
+
+SAMPLES = 72
+
+# (target, nth, match) as tests/kill_at.py takes them, in the order a run reaches them
+EMBED_LOCAL = [
+    ("pipeline.workdir:WorkDir.mark", 2, "'embed-"),  # one shard embedded, the next not
+    ("pipeline.workdir:WorkDir.mark", 1, "'embed-"),  # the second, the third not
+]
+EMBED_RAY = [
+    ("map", 1, "embed"),  # a task per shard: one shard's result in, two in flight
+    ("map", 1, "embed"),  # the next
+]
+STEPS = [
+    ("map", 1, "read"),
+    ("map", 2, "read"),
+    ("map", 1, "uids: scatter"),
+    ("map", 1, "uids: find"),
+    ("map", 2, "uids: apply"),
+    ("kmeans", 1, ""),  # the semdedup k-means fitted, nothing assigned yet
+    ("map", 1, "semdedup: assign"),
+    ("map", 3, "semdedup: assign"),
+    ("map", 1, "semdedup: clusters"),
+    ("map", 1, "semdedup: decisions"),
+    ("pipeline.workdir:WorkDir.mark", 1, "'semdedup'"),  # every unit done, not the step
+    ("map", 2, "dbp: assign"),
+    ("map", 1, "dbp: select"),
+    ("map", 3, "dbp: decisions"),
+    ("pipeline.workdir:WorkDir.mark", 1, "'dbp'"),
+    ("map", 2, "ledger"),
+    ("pathlib:Path.rename", 1, ".ledger.staging"),  # old ledger moved away, new not in
+    ("map", 1, "subset"),
+    ("map", 1, "write shards"),
+    ("pathlib:Path.rename", 1, ".shards.staging"),  # old shards/ moved away, new not in
+    ("pipeline.runner:write_json", 1, "report.json"),  # everything but the report
+]
+
+
+def kill_points(engine: str) -> list[tuple[str, int, str]]:
+    points = (EMBED_LOCAL if engine == "local" else EMBED_RAY) + STEPS
+    return [("map", 1, "run_one") if target == "kmeans" and engine == "ray" else
+            ("pipeline.engines.local:LocalEngine.run_one", 1, "") if target == "kmeans" else
+            (target, nth, match) for target, nth, match in points]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synth_images(tmp_path_factory.mktemp("chain") / "data", SAMPLES, seed=9,
+                        samples_per_shard=24, concepts=3)
+
+
+@pytest.fixture(scope="module")
+def clean(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("chainclean") / "out"
+    run(validate_config(raw_config(data, out)))
+    return out
+
+
+def kill_again_and_again(data: Path, out: Path, cfg_file: Path, engine: dict,
+                         points: list[tuple[str, int, str]]) -> None:
+    raw = {**raw_config(data, out), "engine": engine}
+    cfg_file.write_text(yaml.safe_dump(raw))
+    for target, nth, match in points:
+        run_killed(cfg_file, target, nth, match)
+    run_killed(cfg_file, "map", 0, "none", killed=False)  # the run that finishes
+
+
+def check_the_same_as_an_unbroken_run(out: Path, clean: Path) -> None:
+    assert result(out) == result(clean)
+    ledger = pq.read_table(out / "ledger", columns=["key", "status"])
+    assert ledger.num_rows == SAMPLES and len(set(ledger["key"].to_pylist())) == SAMPLES
+    left = [p.name for p in out.rglob(".*") if p.name not in (MANIFEST, WORK_MANIFEST)]
+    assert not left, f"staging, temp files or a lock left behind: {left}"
+
+
+def test_a_local_run_killed_at_23_points_ends_with_the_unbroken_bytes(
+        data: Path, clean: Path, tmp_path: Path) -> None:
+    points = kill_points("local")
+    assert len(points) >= 20
+    kill_again_and_again(data, tmp_path / "out", tmp_path / "c.yaml", {"name": "local"},
+                         points)
+    check_the_same_as_an_unbroken_run(tmp_path / "out", clean)
+
+
+def test_a_ray_run_killed_at_23_points_ends_with_the_unbroken_bytes(
+        data: Path, clean: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("ray")
+    from ray_head import ray_head
+
+    points = kill_points("ray")
+    assert len(points) >= 20
+    with ray_head() as head:
+        for name, value in head.env.items():
+            if name.startswith("RAY_") and os.environ.get(name) != value:
+                monkeypatch.setenv(name, value)
+        kill_again_and_again(data, tmp_path / "out", tmp_path / "c.yaml",
+                             {"name": "ray", "address": head.address, "threads": 2}, points)
+    check_the_same_as_an_unbroken_run(tmp_path / "out", clean)
