@@ -90,6 +90,7 @@ def run(
                f"({summary.kept / max(1, summary.input_samples):.1%})")
     typer.echo(f"subset: {summary.output / 'subset.npy'}")
     typer.echo(f"report: {summary.report_path}")
+    typer.echo(f"page:   {summary.page_path.resolve()} (open it in a browser)")
 
 
 @app.command("synth-embeddings")
@@ -124,6 +125,73 @@ def synth(
     synth_images(out, samples, seed=seed, samples_per_shard=samples_per_shard,
                  concepts=concepts)
     typer.echo(f"wrote {samples} samples to {out} (ground truth: {out / 'ground_truth.parquet'})")
+
+
+@app.command()
+def plan(
+    run_dir: Annotated[Path, typer.Argument(
+        help="output folder of a finished run with dbp (holds report/report.json)")],
+    keep_fraction: Annotated[str | None, typer.Option(
+        "--keep-fraction",
+        help="comma list of dbp.keep_fraction values, e.g. 0.2,0.3,0.5 "
+        "(default: the run's own)")] = None,
+    keep_count: Annotated[str | None, typer.Option(
+        "--keep-count",
+        help="comma list of absolute targets dbp.keep_count, planned besides any "
+        "--keep-fraction")] = None,
+    temperature: Annotated[str | None, typer.Option(
+        "--temperature",
+        help="comma list of softmax temperatures dbp.temperature, e.g. 0.05,0.1,0.5 "
+        "(default: the run's own)")] = None,
+    balance: Annotated[str | None, typer.Option(
+        "--balance",
+        help="comma list of dbp.balance values, e.g. 0,0.5 (default: the run's own)")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="where to write: OUT.parquet and OUT.csv (per concept), "
+        "OUT_totals.csv (per combination), OUT.svg (the plot); default RUN_DIR/report/plan")
+    ] = None,
+    concepts: Annotated[bool | None, typer.Option(
+        "--concepts/--no-concepts", help="print every concept's budget (default: when "
+        "there are at most 30 concepts)")] = None,
+) -> None:
+    """What-if dbp budgets of a finished run: other keep fractions,
+    temperatures and balances, in seconds.
+
+    The concepts (sizes, complexities) do not depend on these settings,
+    so each combination's budget per concept is computed from the run's
+    concept table (WORK/dbp/clusters.parquet) with the run's own code:
+    exactly what a full run with those settings would keep per concept.
+    No embedding and no shard is read. Prints per combination how many
+    concepts keep samples, the effective number of concepts and how far
+    the allocation is from random pruning; writes the plan and a plot.
+    """
+    from pipeline.plan import PlanError, make_plan
+
+    try:
+        make_plan(run_dir, keep_fraction, keep_count, temperature, balance, out, concepts)
+    except (PlanError, OSError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(
+        help="output folder of a finished run (holds report/report.json)")],
+) -> None:
+    """Render report/index.html of a finished run again from its report.json.
+
+    Also for a run made by an older version: what its report.json lacks
+    (plots of histograms, thumbnails) is left out of the page.
+    """
+    from pipeline.report.publish import ReportError, rerender
+
+    try:
+        page = rerender(run_dir)
+    except (ReportError, OSError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"report: {page.resolve()}")
 
 
 @app.command("config-schema")

@@ -34,8 +34,9 @@ from pipeline.output_guard import (
     settle,
     written_by_runs,
 )
+from pipeline.report.publish import publish
 from pipeline.run_lock import run_lock
-from pipeline.stages import subset
+from pipeline.stages import ledger_summary, subset
 from pipeline.stages.clip_filter import run_clip_filter
 from pipeline.stages.context import RunContext, StepResult
 from pipeline.stages.dbp import reason as dbp_reason
@@ -49,7 +50,6 @@ from pipeline.workdir import (
     WorkDir,
     fingerprint,
     staged_dir,
-    write_json,
     write_parquet,
 )
 
@@ -67,6 +67,11 @@ class RunSummary:
     @property
     def report_path(self) -> Path:
         return self.output / "report" / "report.json"
+
+    @property
+    def page_path(self) -> Path:
+        """The report as a page to open in a browser."""
+        return self.output / "report" / "index.html"
 
 
 def _file_identity(url: str | None) -> Any:
@@ -123,6 +128,7 @@ class Runner:
         self.shard_urls: list[str] | None = None  # the image path's input shards
         self.embedded: list[dict[str, Any]] = []
         self.inputs: list[dict[str, Any]] = []  # the input set as pinned (report "inputs")
+        self.ledger_summary: dict[str, Any] = {}
 
     # -- steps ---------------------------------------------------------------------------
     def _ingest(self, parts: list[EmbeddingPart], fps: list[str]
@@ -387,9 +393,10 @@ class Runner:
             extra["output_shards"] = written
         extra["engine"] = self.engine.name
         extra["inputs"] = self.inputs
+        extra.update(self.ledger_summary)
         report = build_report(cfg, n, kept, failed, steps, clusters, extra, shards,
                               self.timings)
-        write_json(report_path, report)
+        publish(report, report_path.parent, cfg.model_dump(mode="json"), self._examples(report))
         settle(self.output)
         self.work.mark("write", fps["write"])
         ctx.store.close()
@@ -409,6 +416,7 @@ class Runner:
         subset_dir = self.work.step_dir("subset")
         read_per_shard: Counter = Counter()
         kept: list[int] = []
+        summaries: list[dict[str, Any]] = []
         # a fresh folder swapped in whole: parts of an earlier run over other inputs never
         # mix with these, and a broken invariant leaves the last good ledger in place
         with staged_dir(self.output / "ledger") as staging:
@@ -419,8 +427,10 @@ class Runner:
                                        total=len(tasks), unit="part", concurrent=True):
                 read_per_shard.update(got["read"])
                 kept.append(got["kept"])
+                summaries.append(got["summary"])
             shards = check_invariant(staging, read_per_shard)
             own(self.output, "ledger", staging)
+        self.ledger_summary = ledger_summary.merge(summaries)
         bounds = subset.range_bounds(sum(kept))
         ranges = [subset.RangeTask(str(subset_dir), len(ctx.parts), i, bounds[i], bounds[i + 1])
                   for i in range(len(bounds) - 1)]
@@ -464,6 +474,18 @@ class Runner:
                 "samples": sum(w[1] for w in written), "bytes": sum(w[2] for w in written),
                 "copied_by_span": by_span, "copied_by_parsing": by_parsing,
                 "kept_not_copied": not_copied}
+
+    def _examples(self, report: dict[str, Any]) -> Callable[[Path], dict] | None:
+        """How the page's pictures are made (image path with dbp), or None."""
+        if self.shard_urls is None or not report.get("clusters"):
+            return None
+        from pipeline.io.shards import shard_names
+        from pipeline.report.examples import collect_examples
+
+        urls = dict(zip(shard_names(self.shard_urls), self.shard_urls, strict=True))
+        return lambda folder: collect_examples(
+            self.output / "ledger", report["clusters"], urls, folder,
+            self.cfg.embed.decoding(), "semdedup" in report)
 
     def _embed_report(self) -> dict[str, Any]:
         damaged = [{"shard": e["url"], "samples_read": e["samples"], "damage": e["damage"],

@@ -60,7 +60,7 @@ STEPS = [
     ("map", 1, "subset"),
     ("map", 1, "write shards"),
     ("pathlib:Path.rename", 1, ".shards.staging"),  # old shards/ moved away, new not in
-    ("pipeline.runner:write_json", 1, "report.json"),  # everything but the report
+    ("pipeline.report.publish:write_json", 1, "report.json"),  # everything but the report
 ]
 
 

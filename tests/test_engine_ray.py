@@ -83,7 +83,7 @@ def settings(data: Path, out: Path) -> dict[str, Any]:
 def outputs(out: Path) -> dict[str, Any]:
     report = json.loads((out / "report" / "report.json").read_text())
     engine = report.pop("engine")
-    for key in ("timings_s", "parameters"):
+    for key in ("timings_s", "parameters", "command"):
         report.pop(key)
     return {"engine": engine, "subset": (out / "subset.npy").read_bytes(), "report": report,
             "ledger": {p.name: p.read_bytes() for p in sorted((out / "ledger").iterdir())}}

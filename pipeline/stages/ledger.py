@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from pipeline.ids import u128_to_uids
 from pipeline.io.tables import masked, numpy_column
+from pipeline.stages.ledger_summary import part_summary
 from pipeline.workdir import write_parquet
 from schemas import arrow as schemas
 
@@ -135,8 +136,8 @@ class LedgerTask:
 
 
 def write_ledger_part(task: LedgerTask) -> dict:
-    """Write one part's ledger and its kept uids; returns the samples read per source shard
-    and the kept count."""
+    """Write one part's ledger and its kept uids; returns the samples read per source shard,
+    the kept count and what the report shows of the part (``ledger_summary``)."""
     from pipeline.stages import subset
     from pipeline.stages.context import ingest_path, step_part_path, uids_path
 
@@ -182,4 +183,4 @@ def write_ledger_part(task: LedgerTask) -> dict:
                       ingest.column("uid_lo").to_numpy()[kept])
     read = {e["values"]: e["counts"]
             for e in ingest.column("shard").value_counts().to_pylist()}
-    return {"read": read, "kept": int(kept.sum())}
+    return {"read": read, "kept": int(kept.sum()), "summary": part_summary(table)}

@@ -1,0 +1,112 @@
+"""The report's plots, drawn by matplotlib as SVG text to inline in the page (no files to
+lose, no network): complexity against kept fraction per concept, cluster sizes before and
+after dbp, the CLIP-score histogram before and after the filter, and the duplicate-similarity
+histogram with semdedup's 1 − eps line."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: render to files only
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+_STYLE = {"svg.hashsalt": "conceptprune", "svg.fonttype": "none", "font.size": 9}
+
+
+def _svg(fig: Any) -> str:  # noqa: ANN401 - a matplotlib Figure
+    """The figure as SVG text, the same bytes for the same data (fixed ids, no date)."""
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]  # the page holds it inline: no XML prolog
+
+
+def complexity_vs_kept(clusters: list[dict[str, Any]]) -> str | None:
+    rows = [c for c in clusters if c["size"] and c["complexity"] is not None]
+    if not rows:
+        return None
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(5.2, 3.4))
+        x = [c["complexity"] for c in rows]
+        y = [c["kept"] / c["size"] for c in rows]
+        ax.scatter(x, y, s=[12 + 60 * c["size"] / max(r["size"] for r in rows) for c in rows],
+                   alpha=0.7)
+        ax.set_xlabel("concept complexity (d_intra × d_inter)")
+        ax.set_ylabel("kept fraction")
+        ax.set_ylim(0, 1.05)
+        ax.set_title("complex concepts keep more (dbp)")
+        return _svg(fig)
+
+
+def cluster_sizes(clusters: list[dict[str, Any]]) -> str | None:
+    rows = sorted((c for c in clusters if c["size"]), key=lambda c: -c["size"])
+    if not rows:
+        return None
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(5.2, 3.4))
+        at = np.arange(len(rows))
+        ax.bar(at, [c["size"] for c in rows], color="#c9d4e5", label="before dbp")
+        ax.bar(at, [c["kept"] for c in rows], color="#3b6db3", label="kept")
+        ax.set_xticks([])
+        ax.set_xlabel(f"{len(rows)} concepts, largest first")
+        ax.set_ylabel("samples")
+        ax.set_title("cluster sizes before and after dbp")
+        ax.legend(frameon=False)
+        return _svg(fig)
+
+
+def _histogram(bins: list[float], series: list[tuple[str, list[int]]], title: str,
+               xlabel: str, line: float | None = None, line_label: str = "") -> str | None:
+    if not any(sum(counts) for _, counts in series):
+        return None
+    edges = np.asarray(bins)
+    used = np.flatnonzero(np.sum([counts for _, counts in series], axis=0))
+    lo, hi = edges[max(used[0] - 2, 0)], edges[min(used[-1] + 3, len(edges) - 1)]
+    if line is not None:
+        lo, hi = min(lo, line - 0.02), max(hi, line + 0.02)
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(5.2, 3.4))
+        for label, counts in series:
+            ax.stairs(counts, edges, label=label, fill=len(series) == 1, alpha=0.8)
+        if line is not None:
+            ax.axvline(line, color="#c0392b", linestyle="--", label=line_label)
+        ax.set_xlim(lo, hi)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("samples")
+        ax.set_title(title)
+        ax.legend(frameon=False)
+        return _svg(fig)
+
+
+def clip_scores(histograms: dict[str, Any], filtered: bool) -> str | None:
+    series = ([("before clip_filter", histograms["clip_before"]),
+               ("after", histograms["clip_after"])] if filtered else
+              [("every usable sample (clip_filter off)", histograms["clip_before"])])
+    return _histogram(histograms["bins"], series, "CLIP score", "image–caption cosine")
+
+
+def duplicate_similarity(histograms: dict[str, Any], eps: float | None) -> str | None:
+    return _histogram(histograms["bins"], [("every sample", histograms["dup_similarity"])],
+                      "duplicate similarity (semdedup)",
+                      "highest cosine to an earlier member of its semdedup cluster",
+                      None if eps is None else 1 - eps,
+                      "" if eps is None else f"1 − eps = {1 - eps:.3f}: removed right of it")
+
+
+def all_plots(report: dict[str, Any]) -> dict[str, str]:
+    """Every plot the report's data allows, by name, as inline SVG."""
+    clusters = report.get("clusters") or []
+    hist = report.get("histograms")
+    eps = (report.get("semdedup") or {}).get("eps")
+    made = {"complexity": complexity_vs_kept(clusters), "sizes": cluster_sizes(clusters),
+            "clip": clip_scores(hist, any(s["name"] == "clip_filter"
+                                          for s in report.get("stages", []))) if hist else None,
+            "duplicates": duplicate_similarity(hist, eps) if hist and "semdedup" in report
+            else None}
+    return {name: svg for name, svg in made.items() if svg}

@@ -1,0 +1,81 @@
+"""A finished run's report, written: ``report/report.json`` (checked against
+``schemas/report.schema.json``), the exact configuration as ``report/config.yaml`` with the
+command that reproduces the run, the thumbnails of the image path, and ``report/index.html``.
+``conceptprune report RUN_DIR`` renders the page again from report.json alone."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from pipeline.report.page import render_page
+from pipeline.workdir import atomic_write, write_json
+
+log = logging.getLogger(__name__)
+
+THUMBS = "thumbs"
+_THUMB_NAME = re.compile(r"\d{4}\.jpg")
+
+
+class ReportError(ValueError):
+    """A report that does not follow its schema, or a folder holding no report."""
+
+
+@cache
+def report_schema() -> dict[str, Any]:
+    return json.loads(resources.files("schemas").joinpath("report.schema.json").read_text())
+
+
+def validate_report(report: dict[str, Any]) -> None:
+    """Raise ``ReportError`` naming the first place where ``report`` breaks its schema."""
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(report_schema()).iter_errors(report))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise ReportError(f"report.json does not follow schemas/report.schema.json at "
+                          f"{where}: {error.message}")
+
+
+def clear_thumbnails(folder: Path) -> None:
+    """Remove the thumbnails an earlier run made (only files named as this code names them)."""
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if _THUMB_NAME.fullmatch(path.name):
+                path.unlink()
+
+
+def publish(report: dict[str, Any], folder: Path, parameters: dict[str, Any],
+            examples: Any = None) -> Path:  # noqa: ANN401 - a callable or None
+    """Write the report's files into ``folder`` (OUTPUT/report); returns the page's path.
+
+    ``examples(thumbs_folder)`` returns the report's ``examples`` (the image path)."""
+    config = folder / "config.yaml"
+    atomic_write(config, lambda tmp: tmp.write_text(
+        yaml.safe_dump(parameters, sort_keys=False)))
+    report["command"] = f"conceptprune run {config.resolve()}"
+    if examples is not None:
+        clear_thumbnails(folder / THUMBS)
+        report["examples"] = examples(folder / THUMBS)
+    validate_report(report)
+    write_json(folder / "report.json", report)
+    return render_page(report, folder, report["command"])
+
+
+def rerender(run_dir: Path) -> Path:
+    """``index.html`` of a finished run again, from its report.json (also a report made by
+    an older version: what it lacks is left out of the page)."""
+    path = run_dir / "report" / "report.json"
+    if not path.exists():
+        raise ReportError(f"{run_dir} holds no report/report.json: give the output folder of a "
+                          "finished `conceptprune run`")
+    report = json.loads(path.read_text())
+    command = report.get("command") or f"conceptprune run <config of {run_dir}>"
+    return render_page(report, path.parent, command)

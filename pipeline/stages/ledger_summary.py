@@ -1,0 +1,88 @@
+"""What the report shows of the ledger, gathered part by part so the driver only adds up small
+fixed-size pieces: failures by kind (with a few examples), and histograms of the CLIP score
+before and after the CLIP-score filter and of each sample's nearest-duplicate similarity.
+
+A failure's kind is its stage and its reason with the sample's own key, shard and uids taken
+out and everything after the first ': ' dropped (what varies from sample to sample), so
+'cannot decode image k1.jpg in shard 00003.tar: ...' and '... k2.jpg ...' count as one kind.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+SCORE_BINS = np.linspace(-1.0, 1.0, 201)  # CLIP score and similarity: cosines, 0.01 wide
+MAX_KINDS = 50  # per part; more kinds are counted as one 'other' kind
+EXAMPLES = 3  # per kind
+_UID = re.compile(r"\b[0-9a-fA-F]{32}\b")
+_NUMBER = re.compile(r"\d+")
+
+
+def failure_kind(stage: str, reason: str, key: str, shard: str) -> str:
+    """The kind a failure is counted under (see the module docstring)."""
+    text = reason
+    for own, mark in ((key, "<key>"), (shard, "<shard>")):
+        if own:
+            text = text.replace(own, mark)
+    text = _UID.sub("<uid>", text).split(": ", 1)[0]
+    return f"{stage}: {_NUMBER.sub('N', text)}"[:160]
+
+
+def histogram(values: np.ndarray) -> list[int]:
+    """Counts of the finite values over ``SCORE_BINS``."""
+    values = values[np.isfinite(values)]
+    return np.histogram(np.clip(values, -1.0, 1.0), SCORE_BINS)[0].tolist()
+
+
+def part_summary(table: pa.Table) -> dict[str, Any]:
+    """One ledger part's failures by kind and its histograms."""
+    status = np.asarray(table.column("status").to_pylist(), dtype=object)
+    stage = np.asarray(table.column("stage").to_pylist(), dtype=object)
+    failed = np.flatnonzero(status == "failed")
+    kinds: Counter = Counter()
+    examples: dict[str, list[dict[str, str]]] = {}
+    if len(failed):
+        cols = {c: table.column(c).take(pa.array(failed)).to_pylist()
+                for c in ("key", "shard", "reason")}
+        for i, row in enumerate(failed):
+            kind = failure_kind(stage[row], cols["reason"][i] or "", cols["key"][i],
+                                cols["shard"][i])
+            if kind not in kinds and len(kinds) >= MAX_KINDS:
+                kind = "other"
+            kinds[kind] += 1
+            if len(examples.setdefault(kind, [])) < EXAMPLES:
+                examples[kind].append({"key": cols["key"][i], "shard": cols["shard"][i],
+                                       "reason": cols["reason"][i] or ""})
+    usable = status != "failed"
+    clip = table.column("clip_score").to_numpy(zero_copy_only=False).astype(np.float64)
+    before = usable & ~((status == "removed") & (stage == "semdedup"))
+    after = before & ~((status == "removed") & (stage == "clip_filter"))
+    similarity = table.column("dup_similarity").to_numpy(zero_copy_only=False)
+    return {"failures": dict(kinds), "examples": examples,
+            "clip_before": histogram(clip[before]), "clip_after": histogram(clip[after]),
+            "dup_similarity": histogram(similarity.astype(np.float64))}
+
+
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The parts' summaries added up, in part order (examples from the first parts)."""
+    kinds: Counter = Counter()
+    examples: dict[str, list[dict[str, str]]] = {}
+    sums = {name: np.zeros(len(SCORE_BINS) - 1, dtype=np.int64)
+            for name in ("clip_before", "clip_after", "dup_similarity")}
+    for part in parts:
+        kinds.update(part["failures"])
+        for kind, rows in part["examples"].items():
+            slot = examples.setdefault(kind, [])
+            slot.extend(rows[: EXAMPLES - len(slot)])
+        for name in sums:
+            sums[name] += np.asarray(part[name], dtype=np.int64)
+    failures = [{"kind": kind, "count": count, "examples": examples.get(kind, [])}
+                for kind, count in sorted(kinds.items(), key=lambda kc: (-kc[1], kc[0]))]
+    return {"failures_by_kind": failures,
+            "histograms": {"bins": SCORE_BINS.round(4).tolist(),
+                           **{name: counts.tolist() for name, counts in sums.items()}}}
