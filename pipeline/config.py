@@ -108,9 +108,27 @@ class EmbedConfig(_Section):
 class WriteConfig(_Section):
     """The kept samples copied into new shards (image path only)."""
 
+    @field_validator("shard_name")
+    @classmethod
+    def _a_name_format(cls, value: str) -> str:
+        try:
+            names = {value.format(0), value.format(1)}
+        except (IndexError, KeyError, ValueError) as err:
+            raise ValueError(f"shard_name {value!r} must format one number, like "
+                             f"'{{:05d}}': {err}") from None
+        if len(names) < 2 or any("/" in n or n.startswith(".") for n in names):
+            raise ValueError(f"shard_name {value!r} must give each number its own file name "
+                             "(no '/', not starting with '.'), like '{:05d}'")
+        return value
+
     enabled: bool = True
     max_count: int = Field(10000, ge=1, description="samples per output shard at most")
     max_bytes: int = Field(1_000_000_000, ge=1, description="bytes per output shard at most")
+    shard_name: str = Field(
+        "{:05d}", description="format of the output shards' names from their number "
+        "(img2dataset: {:05d}; DataComp: {:08d}); the files are NAME.tar, NAME.parquet, "
+        "NAME_stats.json"
+    )
     shards_per_task: int = Field(
         16, ge=1, description="output shards one write task fills: the input shards are cut "
         "into runs of about this many shards' kept samples, each written by one task (its "

@@ -462,7 +462,8 @@ class Runner:
                 for r, (a, b) in enumerate(ranges)]
             results = list(self.engine.map(ws.write_range, tasks, desc="write shards",
                                            total=len(tasks), unit="run", concurrent=True))
-            written = ws.number_shards(staging, results)
+            written = ws.number_shards(staging, results, cfg.shard_name)
+            ws.write_indexes(staging, written)
             own(self.output, "shards", staging)
         by_span = sum(r["by_span"] for r in results)
         by_parsing = sum(r["by_parsing"] for r in results)
@@ -471,6 +472,7 @@ class Runner:
                  "again", by_span, by_parsing)
         self.timings["write_shards"] = time.perf_counter() - start
         return {"folder": str(self.output / "shards"), "count": len(written),
+                "sizes": str(self.output / "shards" / ws.SIZES),
                 "samples": sum(w[1] for w in written), "bytes": sum(w[2] for w in written),
                 "copied_by_span": by_span, "copied_by_parsing": by_parsing,
                 "kept_not_copied": not_copied}

@@ -119,6 +119,28 @@ def test_output_shards_are_byte_copies(shards: Path, clean_run: Path) -> None:
     assert report["embed"]["models"]["cluster_random_weights"] is False
 
 
+def test_sizes_and_the_wids_index_describe_the_shards(clean_run: Path, shards: Path,
+                                                     tmp_path: Path) -> None:
+    """sizes.json (what open_clip and webdataset read) and the wids index name every output
+    shard with its sample count; write.shard_name sets the names (DataComp: 8 digits)."""
+    folder = clean_run / "shards"
+    tars = sorted(folder.glob("*.tar"))
+    counts = {t.name: sum(1 for _ in wds.WebDataset(str(t), shardshuffle=False)) for t in tars}
+    assert json.loads((folder / "sizes.json").read_text()) == counts
+    index = json.loads((folder / "index.wids.json").read_text())
+    assert index["__kind__"] == "wids-shard-index-v1"
+    assert [(s["url"], s["nsamples"], s["filesize"]) for s in index["shardlist"]] == [
+        (t.name, counts[t.name], t.stat().st_size) for t in tars]
+    out = tmp_path / "out"
+    run(config(shards, out, write__shard_name="{:08d}"))
+    names = sorted(p.name for p in (out / "shards").iterdir())
+    assert names[0] == "00000000.parquet" and "00000000.tar" in names
+    assert set(json.loads((out / "shards" / "sizes.json").read_text())) == {
+        n for n in names if n.endswith(".tar")}
+    with pytest.raises(ValueError, match="shard_name"):
+        config(shards, out, write__shard_name="shard")
+
+
 def test_a_rerun_with_other_settings_leaves_only_its_own_shards(
         shards: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"

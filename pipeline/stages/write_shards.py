@@ -39,6 +39,7 @@ from pipeline.io.shards import (
     local_tar_path,
     tar_identity,
 )
+from pipeline.workdir import write_json
 
 log = logging.getLogger(__name__)
 
@@ -319,16 +320,29 @@ def write_range(task: WriteTask) -> dict[str, Any]:
 
 
 SHARD_FILES = (".tar", ".parquet", "_stats.json")
+SIZES = "sizes.json"  # {"00000.tar": samples, ...}: what open_clip and webdataset read
+WIDS_INDEX = "index.wids.json"  # wids' shard index: its ShardListDataset opens it
 
 
-def number_shards(folder: Path, ranges: list[dict[str, Any]]) -> list[list]:
-    """Move every range's shards into ``folder`` numbered on from 00000, in range order;
-    returns [name, count, bytes] of each."""
+def write_indexes(folder: Path, written: list[list]) -> None:
+    """``sizes.json`` and the wids index of the shards ``number_shards`` placed in ``folder``,
+    so trainers need no sample-count flag and wids need not read every shard again."""
+    write_json(folder / SIZES, {f"{name}.tar": count for name, count, _ in written})
+    write_json(folder / WIDS_INDEX, {
+        "__kind__": "wids-shard-index-v1", "wids_version": 1, "name": "conceptprune",
+        "shardlist": [{"url": f"{name}.tar", "nsamples": count, "filesize": size}
+                      for name, count, size in written]})
+
+
+def number_shards(folder: Path, ranges: list[dict[str, Any]], name_format: str = "{:05d}"
+                  ) -> list[list]:
+    """Move every range's shards into ``folder`` numbered on from 0 (``name_format``), in
+    range order; returns [name, count, bytes] of each."""
     out = []
     for r, got in enumerate(ranges):
         source = folder / f".range-{r:05d}"
         for name, count, size in got["shards"]:
-            new = f"{len(out):05d}"
+            new = name_format.format(len(out))
             for suffix in SHARD_FILES:
                 (source / f"{name}{suffix}").rename(folder / f"{new}{suffix}")
             out.append([new, count, size])
