@@ -249,3 +249,32 @@ def test_a_failed_write_mid_run_keeps_finished_shards_whole(
     for tar in out.glob("*.tar"):  # what is left is whole: tar, parquet and stats
         assert tar.with_suffix(".parquet").exists()
         assert len(list(iter_samples(str(tar)))) == 10
+
+
+def _keys_per_shard(writer: ShardWriter) -> list[list[str]]:
+    return [[s.key for s in iter_samples(str(shard.path))] for shard in writer.shards]
+
+
+def test_a_shard_never_holds_a_key_twice(tmp_path: Path) -> None:
+    """Input shards whose keys restart: the writer starts a new shard at a repeated key,
+    sample by sample and when copying spans, and drops nothing."""
+    samples = make_samples(4)
+    again = [(key, members, record) for key, members, record in samples[:2]]  # keys 0 and 1
+    writer = write_all(tmp_path / "w", samples + again + samples[2:3], max_count=100)
+    assert _keys_per_shard(writer) == [[f"{i:09d}" for i in range(4)],
+                                       [f"{i:09d}" for i in (0, 1, 2)]]
+    # spans: one source tar holding keys 0 1 2 3 0 1 2, copied in one call
+    src = write_all(tmp_path / "src", samples + again + samples[2:3], max_count=100)
+    raw = b"".join(s.path.read_bytes()[:-1024] for s in src.shards)  # both, end markers off
+    offsets = []
+    with tarfile.open(fileobj=io.BytesIO(raw + bytes(1024))) as tar:
+        members = tar.getmembers()
+    for m in members[::3]:
+        offsets.append(m.offset)
+    ends = [*offsets[1:], members[-1].offset_data + -(-members[-1].size // 512) * 512]
+    keys = [m.name.split(".")[0] for m in members[::3]]
+    with ShardWriter(tmp_path / "spans", max_count=100) as copier:
+        copier.copy_spans(memoryview(raw), np.array(offsets), np.array(ends), keys,
+                          [{} for _ in keys])
+    assert _keys_per_shard(copier) == [[f"{i:09d}" for i in range(4)],
+                                       [f"{i:09d}" for i in (0, 1, 2)]]

@@ -148,8 +148,11 @@ class ShardWriter:
 
     A shard holds at most ``max_count`` samples and ``max_bytes`` bytes of tar (headers,
     padded data and the end-of-archive marker); a single sample larger than ``max_bytes``
-    gets a shard of its own. Use as a context manager: leaving it normally finishes the
-    current shard; leaving it on an exception removes the unfinished one.
+    gets a shard of its own. A shard never holds a key twice: a sample whose key the shard
+    already has starts the next shard (input shards whose keys restart in every shard would
+    otherwise make webdataset merge two samples, and wids miscount them). Use as a context
+    manager: leaving it normally finishes the current shard; leaving it on an exception
+    removes the unfinished one.
     """
 
     def __init__(self, out_dir: str | Path, max_count: int = 10000,
@@ -168,6 +171,7 @@ class ShardWriter:
         self._count = 0
         self._bytes = 0
         self._keys: list[str] = []
+        self._key_set: set[str] = set()
         self._records: list[dict[str, Any]] = []
         self._started = 0.0
         self._pending: list[bytes | memoryview] = []
@@ -189,7 +193,7 @@ class ShardWriter:
         self._tmp = _tmp_name(self._path)
         self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self._count = self._bytes = 0
-        self._keys, self._records = [], []
+        self._keys, self._records, self._key_set = [], [], set()
         self._pending, self._pending_bytes = [], 0
         self._started = time.time()
 
@@ -213,7 +217,7 @@ class ShardWriter:
             size += len(header) + len(data) + len(pad)
         if self._fd is not None and self._count and (
                 self._count + 1 > self.max_count
-                or self._bytes + size + len(_END) > self.max_bytes):
+                or self._bytes + size + len(_END) > self.max_bytes or key in self._key_set):
             self._end_shard()
         if self._fd is None:
             self._open()
@@ -221,6 +225,7 @@ class ShardWriter:
         self._count += 1
         self._bytes += size
         self._keys.append(key)
+        self._key_set.add(key)
         self._records.append(record)
 
     def copy_spans(self, source: memoryview, starts: np.ndarray, ends: np.ndarray,
@@ -238,13 +243,15 @@ class ShardWriter:
             while i < n:
                 if self._fd is not None and self._count and (
                         self._count + 1 > self.max_count
-                        or self._bytes + int(sizes[i]) + len(_END) > self.max_bytes):
+                        or self._bytes + int(sizes[i]) + len(_END) > self.max_bytes
+                        or keys[i] in self._key_set):
                     self._end_shard()
                 if self._fd is None:
                     self._open()
                 room = self.max_bytes - self._bytes - len(_END)
                 total = np.cumsum(sizes[i : i + self.max_count - self._count])
                 take = max(int(np.searchsorted(total, room, side="right")), 1)
+                take = self._fresh_keys(keys, i, take)
                 first, last = starts[i : i + take], ends[i : i + take]
                 cut = np.flatnonzero(first[1:] != last[:-1]) + 1  # where a run ends
                 for a, b in zip(first[np.r_[0, cut]].tolist(),
@@ -253,12 +260,23 @@ class ShardWriter:
                 self._count += take
                 self._bytes += int(total[take - 1])
                 self._keys += keys[i : i + take]
+                self._key_set.update(keys[i : i + take])
                 self._records += records[i : i + take]
                 i += take
             if self._fd is not None:
                 self._flush()
         finally:
             self._pending, self._pending_bytes = [], 0  # after an error too: let go of source
+
+    def _fresh_keys(self, keys: list[str], first: int, take: int) -> int:
+        """How many of ``keys[first : first + take]`` in a row the shard can take: none of
+        them already in it or twice among them (at least 1: the caller checked the first)."""
+        seen: set[str] = set()
+        for j in range(first, first + take):
+            if keys[j] in self._key_set or keys[j] in seen:
+                return max(j - first, 1)
+            seen.add(keys[j])
+        return take
 
     def _queue(self, parts: list[bytes] | list[memoryview], size: int) -> None:
         """Add to what the next ``os.writev`` writes; write it once it is large enough."""
