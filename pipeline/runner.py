@@ -500,8 +500,18 @@ class Runner:
         decoding = {"rules": "SPEC §5b", "version": DECODE_VERSION,
                     "max_pixels": self.cfg.embed.max_pixels,
                     "background": self.cfg.embed.background}
+        derived = sum(e.get("derived", 0) for e in self.embedded)
+        if derived:
+            log.warning(
+                "%d of %d samples have no uid in their json: their uids are derived (sha256 of "
+                "the shard's name and the key, SPEC §5) and appear in no sample's json, so "
+                "tools that match subset.npy against json uids (DataComp's resharder) find "
+                "none of them; carry real uids with img2dataset's --save_additional_columns "
+                "'[\"uid\"]' or DataComp's metadata", derived,
+                sum(e["samples"] for e in self.embedded))
         return {"models": models, "shards": len(self.embedded), "damaged_shards": damaged,
-                "failed": sum(e["failed"] for e in self.embedded), "decoding": decoding}
+                "failed": sum(e["failed"] for e in self.embedded), "decoding": decoding,
+                "derived_uids": derived}
 
 
 def _remove_embed_files(folder: Path, stale: Callable[[int], bool]) -> None:

@@ -363,7 +363,7 @@ def _without_uids(src: Path, dst: Path) -> None:
 
 
 def test_same_named_shards_of_two_folders_keep_apart_and_moving_keeps_uids(
-        images: Path, tmp_path: Path) -> None:
+        images: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Derived uids hash the shard's path below the deepest common folder: a/00000.tar and
     b/00000.tar holding the same keys give different uids, the ledger names each shard, and
     the same dataset moved elsewhere gives the same uids."""
@@ -388,6 +388,9 @@ def test_same_named_shards_of_two_folders_keep_apart_and_moving_keeps_uids(
     assert runs["one"][1].tobytes() == runs["two"][1].tobytes()
     report = json.loads((tmp_path / "one" / "out" / "report" / "report.json").read_text())
     assert [i["shard"] for i in report["inputs"]] == ["a/00000.tar", "b/00000.tar"]
+    assert report["embed"]["derived_uids"] == 40  # said in the report, the page and the log
+    assert 'id="derived-uids"' in (tmp_path / "one/out/report/index.html").read_text()
+    assert "their uids are derived" in caplog.text
     assert report["inputs"][0]["file"][1] == (tmp_path / "one/data/a/00000.tar").stat().st_size
 
 

@@ -384,3 +384,18 @@ def test_hostile_file_system(tmp_path: Path) -> None:
     res = cli(str(write_config(tmp_path, None, **{"input.embeddings": None,
                                                   "input.shards": str(tmp_path / "dir.tar")})))
     assert res.exit_code == 1 and "dir.tar" in one_line(res.output)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "arrow"])
+def test_img2dataset_parquet_or_arrow_output_is_named(tmp_path: Path, fmt: str) -> None:
+    """img2dataset's output_format parquet / arrow: the error names the format found and
+    the ones read."""
+    folder = tmp_path / "img2dataset_out"
+    folder.mkdir()
+    (folder / f"00000.{fmt}").write_bytes(b"not read")
+    (folder / "00000_stats.json").write_text("{}")
+    res = cli(str(write_config(tmp_path, None, **{"input.embeddings": None,
+                                                  "input.shards": str(folder)})))
+    text = one_line(res.output)
+    assert res.exit_code == 1 and f"holds {fmt} files but no .tar shards" in text
+    assert "--output_format webdataset" in text and "input.embeddings" in text

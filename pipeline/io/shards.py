@@ -100,6 +100,7 @@ class Sample:
     meta: dict[str, Any] = field(default_factory=dict)
     members: list[tuple[str, bytes]] = field(default_factory=list)
     failed_reason: str | None = None
+    uid_derived: bool = False  # its json gave no uid: derived from shard name and key
     # where the members lie in the (uncompressed) tar: (start, end) of them all, headers and
     # padding included, and (start, end) of the json member's bytes; span is None where
     # anything else lies between them. The write step copies such spans without parsing.
@@ -165,10 +166,10 @@ def expand_shards(spec: str | list[str]) -> list[str]:
                 missing.append(part)
         if not found:
             raise ShardError(
-                f"no shards match {pattern!r} (input.shards): point input.shards at existing "
-                ".tar files, folders holding them, globs or brace patterns such as "
-                "'data/{00000..00099}.tar'"
-            )
+                f"no shards match {pattern!r} (input.shards): "
+                + (_other_format(pattern) or "point input.shards at existing .tar files, "
+                   "folders holding them, globs or brace patterns such as "
+                   "'data/{00000..00099}.tar'"))
         if missing:
             log.warning("%d of the %d shards %r names do not exist and are skipped: %s%s",
                         len(missing), len(missing) + len(found), pattern,
@@ -194,6 +195,26 @@ def _components(url: str) -> list[str]:
         scheme, rest = url.split("://", 1)
         return [f"{scheme}://", *[p for p in rest.split("/") if p]]
     return ["/", *[p for p in os.path.abspath(url).split(os.sep) if p]]
+
+
+_OTHER_FORMATS = {".parquet": "parquet", ".arrow": "arrow", ".tfrecord": "tfrecord"}
+
+
+def _other_format(pattern: str) -> str | None:
+    """What a folder holds instead of tar shards, said with the formats read; None when it
+    holds nothing recognisable (or is not a local folder)."""
+    folder = os.path.expanduser(pattern)
+    if _is_url(folder) or not os.path.isdir(folder):
+        return None
+    names = os.listdir(folder)
+    for suffix, fmt in _OTHER_FORMATS.items():
+        if any(n.endswith(suffix) and not n.endswith("_stats.json") for n in names):
+            return (f"the folder holds {fmt} files but no .tar shards: img2dataset's "
+                    f"'{fmt}' output format, which conceptprune does not read. It reads "
+                    "webdataset tar shards (img2dataset --output_format webdataset) as "
+                    "input.shards, clip-retrieval embeddings as input.embeddings and "
+                    "DataComp parquet + npz as input.datacomp")
+    return None
 
 
 def shard_name(url: str) -> str:
@@ -432,6 +453,7 @@ def make_sample(shard: str, key: str, members: list[tuple[str, bytes]]) -> Sampl
         problems.append(f"invalid uid {uid!r} in {key}.json (not 32 hex digits)")
         uid = None
     sample.uid = uid if uid is not None else derive_uid(shard, key)
+    sample.uid_derived = uid is None
     if caption is not None:
         try:
             sample.caption = caption.decode("utf-8")

@@ -65,6 +65,7 @@ class ShardEnd:
     damage: str | None = None
     expected: int | None = None
     identity: tuple[int, int] | None = None  # of the tar as read: its spans hold for it
+    derived: int = 0  # samples whose uid was derived (no uid in their json)
 
 
 class ShardBatches(IterableDataset):
@@ -89,7 +90,9 @@ class ShardBatches(IterableDataset):
         records: list[dict[str, Any]] = []
         positions: list[int] = []
         prepared: list = []
+        derived = 0
         for pos, sample in enumerate(stream):
+            derived += sample.uid_derived
             record = {"key": sample.key, "uid": sample.uid, "shard": sample.shard,
                       "caption": sample.caption, "failed_reason": sample.failed_reason,
                       "failed_stage": "read" if sample.failed else None,
@@ -112,7 +115,7 @@ class ShardBatches(IterableDataset):
         stats = read_stats(url) if stream.error is not None else None
         yield ShardEnd(index, records, None if stream.error is None else str(stream.error),
                        None if stats is None else stats.get("successes", stats.get("count")),
-                       identity)
+                       identity, derived)
 
 
 @dataclass
@@ -131,6 +134,7 @@ class EmbeddedShard:
     failed: int
     damage: str | None
     expected: int | None
+    derived: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -211,7 +215,7 @@ def embed_shards(shards: list[tuple[int, str, str]], encoder: BatchEncoder, out_
             if item.damage:
                 log.warning("shard %s is damaged: %s", urls[item.index], item.damage)
             on_done(EmbeddedShard(item.index, urls[item.index], len(item.records), failed,
-                                  item.damage, item.expected))
+                                  item.damage, item.expected, item.derived))
 
 
 @dataclass(frozen=True)
