@@ -409,3 +409,41 @@ def test_a_remote_input_is_pinned_by_its_size_and_version(monkeypatch: pytest.Mo
     monkeypatch.setattr(type(fs), "info", lambda self, path, **kw: {**info, "ETag": '"v2"'})
     assert _file_identity("memory://pin/00000.tar") != first
     assert '"v2"' in _file_identity("memory://pin/00000.tar")
+
+
+def test_urls_img2dataset_could_not_get_are_ledger_failures(images: Path, tmp_path: Path
+                                                            ) -> None:
+    """img2dataset's sidecar parquet lists every URL it tried: those it failed on get a failed
+    ledger row at stage download with its error message, and a shard where every URL failed
+    (an empty tar) still appears; kept + removed + failed = URLs attempted."""
+    import tarfile
+
+    data = tmp_path / "in"
+    shutil.copytree(images, data)
+    sidecar = data / "00001.parquet"
+    table = pq.read_table(sidecar)
+    broken = pa.table({"key": ["broken1", "broken2"], "uid": pa.array([None, None], pa.string()),
+                       "caption": ["a lost cat", None],
+                       "url": ["http://127.0.0.1:9/a.jpg", "http://127.0.0.1:9/b.jpg"],
+                       "width": pa.array([None, None], pa.int64()),
+                       "height": pa.array([None, None], pa.int64()),
+                       "concept": pa.array([None, None], pa.int64()),
+                       "status": ["failed_to_download", "failed_to_download"],
+                       "error_message": ["HTTP Error 404: Not Found", None]})
+    pq.write_table(pa.concat_tables([table.append_column(
+        "error_message", pa.array([None] * table.num_rows, pa.string())), broken]), sidecar)
+    with tarfile.open(data / "00003.tar", "w"):
+        pass  # every URL of this shard failed
+    pq.write_table(broken.set_column(0, "key", pa.array(["gone1", "gone2"])),
+                   data / "00003.parquet")
+    summary = run(image_config(str(data), tmp_path / "out"))
+    rows = {r["key"]: r for r in ledger_rows(tmp_path / "out")}
+    assert summary.input_samples == 60 + 4 == len(rows)
+    for key in ("broken1", "broken2", "gone1", "gone2"):
+        assert (rows[key]["status"], rows[key]["stage"]) == ("failed", "download"), key
+    assert "HTTP Error 404: Not Found" in rows["broken1"]["reason"]
+    assert "failed_to_download" in rows["broken2"]["reason"]
+    assert rows["gone1"]["shard"] == "00003.tar"
+    report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
+    assert report["shards"]["00003.tar"] == {"read": 2, "kept": 0, "removed": 0, "failed": 2}
+    assert report["failed"] == 4

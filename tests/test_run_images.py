@@ -254,3 +254,38 @@ def test_checkpoint_file_weights_are_used(shards: Path, tmp_path: Path) -> None:
         ref = torch.nn.functional.normalize(model.eval().encode_image(pixels), dim=-1)
     stored = np.load(out / "_work" / "embed" / "img_emb" / "img_emb_0.npy")[0]
     np.testing.assert_allclose(stored, ref[0].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_output_sidecars_keep_img2dataset_columns_order_and_types(shards: Path,
+                                                                    tmp_path: Path) -> None:
+    """The input's img2dataset NNNNN.parquet: the output's keeps its columns first, in its
+    order and with its types (int32 sizes, an all-null string error_message), then adds its
+    own columns after them."""
+    import shutil
+
+    import pyarrow as pa
+
+    data = tmp_path / "in"
+    shutil.copytree(shards, data)
+    order = ["url", "key", "status", "error_message", "width", "height", "caption"]
+    for sidecar in sorted(data.glob("*.parquet")):
+        if sidecar.name == "ground_truth.parquet":
+            continue
+        t = pq.read_table(sidecar)
+        t = t.append_column("error_message", pa.array([None] * t.num_rows, pa.string()))
+        t = t.select(order).cast(pa.schema([
+            pa.field("url", pa.string()), pa.field("key", pa.string()),
+            pa.field("status", pa.string()), pa.field("error_message", pa.string()),
+            pa.field("width", pa.int32()), pa.field("height", pa.int32()),
+            pa.field("caption", pa.string())]))
+        pq.write_table(t, sidecar)
+    out = tmp_path / "out"
+    run(config(data, out))
+    for sidecar in sorted((out / "shards").glob("*.parquet")):
+        schema = pq.read_schema(sidecar)
+        assert schema.names[: len(order)] == order
+        assert schema.field("width").type == pa.int32()
+        assert schema.field("error_message").type == pa.string()
+        assert "uid" in schema.names[len(order):]  # its own, after img2dataset's
+        table = pq.read_table(sidecar)
+        assert table.column("status").to_pylist() == ["success"] * table.num_rows

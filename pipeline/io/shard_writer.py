@@ -118,15 +118,32 @@ def _column(values: list[Any]) -> pa.Array:
                          for v in values], pa.string())
 
 
-def records_table(keys: list[str], records: list[dict[str, Any]]) -> pa.Table:
-    """One row per sample: ``key``, ``uid``, ``caption`` first, then other fields by first
-    appearance; a field missing from a record is null."""
-    names = ["key", "uid", "caption"]
+def _typed(values: list[Any], kind: pa.DataType) -> pa.Array:
+    """``values`` as ``kind`` where they convert, else as ``_column`` makes them."""
+    try:
+        return pa.array(values, kind)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
+        return _column(values)
+
+
+def records_table(keys: list[str], records: list[dict[str, Any]],
+                  schema: pa.Schema | None = None) -> pa.Table:
+    """One row per sample; a field missing from a record is null.
+
+    With ``schema`` (the input's img2dataset sidecar), its columns come first, in its order
+    and with its types (an all-null ``error_message`` stays a string), then the other fields
+    by first appearance. Without it: ``key``, ``uid``, ``caption``, then the others.
+    """
+    given = [] if schema is None else [f.name for f in schema]
+    names = [*given, *(n for n in ("key", "uid", "caption") if n not in given)]
     for record in records:
         names.extend(n for n in record if n not in names)
-    columns = {"key": pa.array(keys, pa.string())}
-    for n in names[1:]:
-        columns[n] = _column([r.get(n) for r in records])
+    types = {} if schema is None else {f.name: f.type for f in schema}
+    columns = {}
+    for n in names:
+        values = keys if n == "key" else [r.get(n) for r in records]
+        columns[n] = _typed(values, types[n]) if n in types else (
+            pa.array(values, pa.string()) if n == "key" else _column(values))
     return pa.table(columns)
 
 
@@ -156,7 +173,8 @@ class ShardWriter:
     """
 
     def __init__(self, out_dir: str | Path, max_count: int = 10000,
-                 max_bytes: int = 1_000_000_000, start_index: int = 0) -> None:
+                 max_bytes: int = 1_000_000_000, start_index: int = 0,
+                 schema: pa.Schema | None = None) -> None:
         if max_count < 1 or max_bytes < 1:
             raise ValueError(f"max_count and max_bytes must be positive, got {max_count}, "
                              f"{max_bytes}")
@@ -164,6 +182,7 @@ class ShardWriter:
         self.max_count = max_count
         self.max_bytes = max_bytes
         self.index = start_index
+        self.schema = schema  # of the input's sidecar parquet: the output's keeps it
         self.shards: list[WrittenShard] = []
         self._fd: int | None = None
         self._path: Path | None = None
@@ -295,7 +314,7 @@ class ShardWriter:
         self._pending.append(_END)
         self._flush()
         fd, tmp, path = self._fd, self._tmp, self._path
-        table = records_table(self._keys, self._records)
+        table = records_table(self._keys, self._records, self.schema)
         stats = {
             "count": self._count,
             "successes": self._count,

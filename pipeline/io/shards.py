@@ -263,6 +263,42 @@ def read_sidecar_parquet(url: str) -> pa.Table | None:
         return pq.read_table(f)
 
 
+def sidecar_schema(url: str) -> pa.Schema | None:
+    """The schema of the shard's img2dataset ``NNNNN.parquet``, or None when absent."""
+    path = _sidecar(url, ".parquet")
+    fs, fs_path = fsspec.core.url_to_fs(path)
+    if not fs.exists(fs_path):
+        return None
+    with fs.open(fs_path, "rb") as f:
+        return pq.read_schema(f)
+
+
+def download_failures(url: str, name: str, keys_read: set[str]) -> list[dict[str, Any]]:
+    """The URLs img2dataset tried for this shard and could not download or resize, from its
+    sidecar ``NNNNN.parquet`` (``status`` other than success): one failed ledger record each,
+    at stage ``download`` with img2dataset's ``error_message``, so every URL attempted is
+    accounted for. None for a shard without that sidecar."""
+    table = read_sidecar_parquet(url)
+    if table is None or "status" not in table.column_names or "key" not in table.column_names:
+        return []
+    rows = table.to_pylist()
+    out = []
+    for row in rows:
+        key = row.get("key")
+        if row.get("status") == "success" or key is None or str(key) in keys_read:
+            continue
+        key = str(key)
+        uid = row.get("uid")
+        if not is_valid_uid(uid):
+            uid = derive_uid(name, key)
+        error = row.get("error_message") or row.get("status") or "not downloaded"
+        out.append({"key": key, "uid": uid, "shard": name, "caption": row.get("caption"),
+                    "failed_reason": f"img2dataset could not get {row.get('url') or key}: "
+                                     f"{error}",
+                    "failed_stage": "download", "span": None, "json_span": None})
+    return out
+
+
 # --- the tar stream ---------------------------------------------------------------------
 
 

@@ -33,6 +33,7 @@ from pipeline.io.decode import DEFAULT_RULES, DecodeRules, ImageDecodeError
 from pipeline.io.shards import (
     ShardStream,
     decode_image,
+    download_failures,
     identity_metadata,
     read_stats,
     span_columns,
@@ -112,6 +113,7 @@ class ShardBatches(IterableDataset):
                 positions, prepared = [], []
         if prepared:
             yield ShardBatch(index, positions, collate(prepared))
+        records += download_failures(url, name, {r["key"] for r in records})
         stats = read_stats(url) if stream.error is not None else None
         yield ShardEnd(index, records, None if stream.error is None else str(stream.error),
                        None if stats is None else stats.get("successes", stats.get("count")),

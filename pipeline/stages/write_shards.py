@@ -37,6 +37,7 @@ from pipeline.io.shards import (
     checksum_ok,
     identity_from_metadata,
     local_tar_path,
+    sidecar_schema,
     tar_identity,
 )
 from pipeline.workdir import write_json
@@ -213,6 +214,16 @@ def _prepare(url: str, ledger_part: Path, metadata: Path | None) -> _ShardPlan:
     return plan
 
 
+def _first_schema(shards: list[str]) -> pa.Schema | None:
+    """The img2dataset sidecar schema the output keeps: the first input shard's that has
+    one (a shard img2dataset wrote nothing for has none)."""
+    for url in shards[:8]:
+        schema = sidecar_schema(url)
+        if schema is not None:
+            return schema
+    return None
+
+
 def write_kept(shards: list[str], ledger_parts: list[Path], out_dir: Path, max_count: int,
                max_bytes: int, progress: Callable[[int], None] | None = None,
                metadata_parts: list[Path] | None = None
@@ -230,7 +241,8 @@ def write_kept(shards: list[str], ledger_parts: list[Path], out_dir: Path, max_c
     counts = WriteCounts()
     jobs = list(zip(shards, ledger_parts, metadata_parts or [None] * len(shards), strict=True))
     with ThreadPoolExecutor(1, thread_name_prefix="write-prepare") as pool, \
-            ShardWriter(out_dir, max_count=max_count, max_bytes=max_bytes) as writer:
+            ShardWriter(out_dir, max_count=max_count, max_bytes=max_bytes,
+                        schema=_first_schema(shards)) as writer:
         ahead = deque(pool.submit(_prepare, *job) for job in jobs[:1])
         try:
             for i, (url, _, _) in enumerate(jobs):
