@@ -10,7 +10,7 @@ DEMO_DIR ?= demo
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,embed,ray,spark]'
+	$(BIN)/python -m pip install -q -e '.[dev,embed,ray,spark,s3]'
 	@touch $(STAMP)
 
 install: $(STAMP)
