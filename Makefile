@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev,embed,ray,spark,s3]'
+	# the webdataset open_clip's training extra pins (it ships wids too), kept apart: the
+	# tests of those clients put it first on their path
+	$(BIN)/python -m pip install -q --no-deps --upgrade --target $(VENV)/clients/webdataset-0.2.86 webdataset==0.2.86
 	@touch $(STAMP)
 
 install: $(STAMP)
