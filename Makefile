@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 	# the webdataset open_clip's training extra pins (it ships wids too), kept apart: the
 	# tests of those clients put it first on their path
 	$(BIN)/python -m pip install -q --no-deps --upgrade --target $(VENV)/clients/webdataset-0.2.86 webdataset==0.2.86
+	# img2dataset with its own pins, for the test that downloads from 127.0.0.1; its
+	# 'dataclasses' backport would shadow the standard library's on PYTHONPATH
+	$(BIN)/python -m pip install -q --upgrade --target $(VENV)/clients/img2dataset img2dataset==1.47.0
+	rm -rf $(VENV)/clients/img2dataset/dataclasses.py $(VENV)/clients/img2dataset/dataclasses-*.dist-info
 	@touch $(STAMP)
 
 install: $(STAMP)
