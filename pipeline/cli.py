@@ -44,8 +44,9 @@ def setup_logging(verbose: bool) -> None:
 
 @app.command()
 def run(
-    config: Annotated[Path | None, typer.Argument(
-        help="YAML config file (see README); may be omitted when --set gives everything")] = None,
+    config: Annotated[str | None, typer.Argument(
+        help="YAML config file (see README), or the URL of one (a run's report/config.yaml "
+        "in object storage); may be omitted when --set gives everything")] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="override a setting, e.g. --set dbp.k=200 --set output=out/")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
@@ -88,8 +89,13 @@ def run(
         raise typer.Exit(1) from None
     typer.echo(f"kept {summary.kept} of {summary.input_samples} samples "
                f"({summary.kept / max(1, summary.input_samples):.1%})")
-    typer.echo(f"subset: {summary.output / 'subset.npy'}")
-    typer.echo(f"report: {summary.report_path}")
+    if summary.remote:
+        typer.echo(f"uploaded to {summary.remote} (local copy: {summary.output})")
+        typer.echo(f"subset: {summary.remote}/subset.npy")
+        typer.echo(f"report: {summary.remote}/report/report.json")
+    else:
+        typer.echo(f"subset: {summary.output / 'subset.npy'}")
+        typer.echo(f"report: {summary.report_path}")
     typer.echo(f"page:   {summary.page_path.resolve()} (open it in a browser)")
 
 

@@ -343,18 +343,36 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def _is_file(path: str | Path) -> bool:
+    if isinstance(path, Path):
+        return path.is_file()
+    import fsspec
+
+    fs, inner = fsspec.core.url_to_fs(path)
+    return fs.isfile(inner)
+
+
+def _read_text(path: str | Path) -> str:
+    if isinstance(path, Path):
+        return path.read_text()
+    import fsspec
+
+    with fsspec.open(path, "rt") as f:
+        return f.read()
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config (or start empty), apply overrides and validate."""
     data: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
+        p = str(path) if "://" in str(path) else Path(path)  # a URL: a run's report/config.yaml
+        if not _is_file(p):
             raise ConfigError(
                 f"config file {p} does not exist; check the path, or leave it out and give "
                 "every setting with --set (--set input.embeddings=DIR --set output=DIR)"
             )
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = yaml.safe_load(_read_text(p))
         except yaml.YAMLError as err:
             raise ConfigError(
                 f"config file {p} is not valid YAML; fix the syntax where the parser stopped:"

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from pipeline import remote_output
 from pipeline.config import RunConfig
 from pipeline.engines.base import Engine, Resources
 from pipeline.engines.factory import make_engine
@@ -63,6 +64,7 @@ class RunSummary:
     kept: int
     report: dict[str, Any]
     skipped_steps: list[str] = field(default_factory=list)
+    remote: str | None = None  # the output in object storage; ``output`` is its local mirror
 
     @property
     def report_path(self) -> Path:
@@ -514,6 +516,25 @@ class Runner:
                 "derived_uids": derived}
 
 
+def _run_to_remote(cfg: RunConfig, engine: Engine | None) -> RunSummary:
+    """The run into a local mirror of the remote output, its report saying the remote
+    output and how to rerun it, then the upload."""
+    from pipeline.report.publish import restate
+
+    try:
+        mirror, work = remote_output.local_places(cfg.output, cfg.work)
+        remote_output.claim_remote(cfg.output, cfg.overwrite)
+    except (ValueError, OSError) as err:
+        _log_error(err)
+        raise
+    summary = run(cfg.model_copy(update={"output": str(mirror), "work": str(work)}), engine)
+    report = restate(mirror / "report", cfg.model_dump(mode="json"),
+                     f"conceptprune run {cfg.output}/report/config.yaml")
+    remote_output.upload(mirror, cfg.output)
+    return RunSummary(summary.output, summary.input_samples, summary.kept, report,
+                      summary.skipped_steps, remote=cfg.output)
+
+
 def _remove_embed_files(folder: Path, stale: Callable[[int], bool]) -> None:
     """Remove the embed step's numbered files (``KIND/KIND_N.ext``) whose N is ``stale``."""
     for path in folder.glob("*/*_*.*"):
@@ -535,7 +556,11 @@ def _embeds_on_gpu(device: str) -> bool:
 
 def run(cfg: RunConfig, engine: Engine | None = None) -> RunSummary:
     """One run, holding its output (and work) folder alone, in folders it owns; its log goes
-    to OUTPUT/logs/run.log. An engine made here from ``cfg.engine`` is closed at the end."""
+    to OUTPUT/logs/run.log. An engine made here from ``cfg.engine`` is closed at the end.
+    An output in object storage is written locally first, then uploaded
+    (``remote_output``)."""
+    if remote_output.is_remote(cfg.output):
+        return _run_to_remote(cfg, engine)
     output, work = Path(cfg.output), cfg.work_dir
     try:
         check_folder_paths(output, work)

@@ -107,3 +107,47 @@ def test_embeddings_in_s3_give_the_local_result(s3: object, tmp_path: Path) -> N
                           np.load(tmp_path / "local" / "subset.npy"))
     assert pq.read_table(tmp_path / "remote" / "ledger").to_pylist() == \
         pq.read_table(tmp_path / "local" / "ledger").to_pylist()
+
+
+def test_output_in_s3_gives_the_bytes_of_a_local_output(s3: object, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """Input shards and the output folder in S3: the uploaded ledger, subset and shards are
+    the bytes a local output of the same run holds; the report says the S3 output and a
+    command that reruns it; a rerun replaces only what runs wrote there, and a folder
+    holding someone else's files is refused."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the local mirror's default place
+    data = synth_images(tmp_path / "data", 45, seed=5, samples_per_shard=15, concepts=3)
+    upload(s3, data, "bucket/in")
+    shards = "s3://bucket/in/{00000..00002}.tar"
+    local = tmp_path / "local"
+    run(image_config(shards, local))
+    summary = run(image_config(shards, "s3://bucket/out"))
+    assert summary.remote == "s3://bucket/out"
+    for rel in ["subset.npy", *(str(p.relative_to(local)) for p in
+                                sorted((local / "ledger").iterdir())),
+                *(str(p.relative_to(local)) for p in sorted((local / "shards").iterdir())
+                  if not p.name.endswith("_stats.json"))]:
+        assert s3.cat_file(f"bucket/out/{rel}") == (local / rel).read_bytes(), rel
+    report = json.loads(s3.cat_file("bucket/out/report/report.json"))
+    assert report["parameters"]["output"] == "s3://bucket/out"
+    assert report["command"] == "conceptprune run s3://bucket/out/report/config.yaml"
+    assert s3.exists("bucket/out/report/index.html")
+    # the command reruns it from the uploaded config (nothing to redo: same local mirror)
+    res = CliRunner().invoke(app, ["run", "s3://bucket/out/report/config.yaml",
+                                   "--no-progress", "--set", "dbp.keep_fraction=0.3"])
+    assert res.exit_code == 0, res.output
+    assert "uploaded to s3://bucket/out" in res.output
+    again = json.loads(s3.cat_file("bucket/out/report/report.json"))
+    tars = [p for p in s3.find("bucket/out/shards") if p.endswith(".tar")]
+    assert len(tars) == again["output_shards"]["count"]
+    assert sum(json.loads(s3.cat_file("bucket/out/shards/sizes.json")).values()) == \
+        again["kept"] < report["kept"]
+    s3.pipe("bucket/theirs/notes.txt", b"keep me")
+    with pytest.raises(ValueError, match="already holds files no conceptprune run wrote"):
+        run(image_config(shards, "s3://bucket/theirs"))
+    assert s3.cat_file("bucket/theirs/notes.txt") == b"keep me"

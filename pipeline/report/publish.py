@@ -69,6 +69,19 @@ def publish(report: dict[str, Any], folder: Path, parameters: dict[str, Any],
     return render_page(report, folder, report["command"])
 
 
+def restate(folder: Path, parameters: dict[str, Any], command: str) -> dict[str, Any]:
+    """The report of a run made in a local mirror, saying the settings it was given (its
+    remote output) and the command that reruns it; the page rendered again."""
+    report = json.loads((folder / "report.json").read_text())
+    report["parameters"], report["command"] = parameters, command
+    atomic_write(folder / "config.yaml", lambda tmp: tmp.write_text(
+        yaml.safe_dump(parameters, sort_keys=False)))
+    validate_report(report)
+    write_json(folder / "report.json", report)
+    render_page(report, folder, command)
+    return report
+
+
 def rerender(run_dir: Path) -> Path:
     """``index.html`` of a finished run again, from its report.json (also a report made by
     an older version: what it lacks is left out of the page)."""
