@@ -131,6 +131,7 @@ class Runner:
         self.embedded: list[dict[str, Any]] = []
         self.inputs: list[dict[str, Any]] = []  # the input set as pinned (report "inputs")
         self.ledger_summary: dict[str, Any] = {}
+        self.derived_uids = (0, 0)  # (derived, read) on the embeddings path
 
     # -- steps ---------------------------------------------------------------------------
     def _ingest(self, parts: list[EmbeddingPart], fps: list[str]
@@ -361,6 +362,7 @@ class Runner:
         del cached
         n = sum(p.rows for p in ingested)
         failed = sum(p.failed for p in ingested)
+        self.derived_uids = (sum(p.derived for p in ingested), n)
         alive = [p.rows - p.failed for p in ingested]
         duplicates = self._unique_uids(ctx, alive)
         failed += sum(duplicates)
@@ -391,6 +393,7 @@ class Runner:
 
         if self.shard_urls is not None:
             extra["embed"] = self._embed_report()
+        extra["subset"] = self._subset_report(extra.get("embed"), kept)
         if written is not None:
             extra["output_shards"] = written
         extra["engine"] = self.engine.name
@@ -490,6 +493,17 @@ class Runner:
         return lambda folder: collect_examples(
             self.output / "ledger", report["clusters"], urls, folder,
             self.cfg.embed.decoding(), "semdedup" in report)
+
+    def _subset_report(self, embed: dict[str, Any] | None, kept: int) -> dict[str, Any]:
+        """What subset.npy holds, and whether its uids are the samples' own (``given``),
+        derived from shard names and keys (``derived``), or both (``mixed``): a subset of
+        derived uids matches no json uid, which DataComp's resharder needs."""
+        if embed is not None:
+            derived, read = embed["derived_uids"], sum(e["samples"] for e in self.embedded)
+        else:
+            derived, read = self.derived_uids
+        kind = "given" if not derived else "derived" if derived >= read else "mixed"
+        return {"path": str(self.output / "subset.npy"), "uids": kept, "uid_source": kind}
 
     def _embed_report(self) -> dict[str, Any]:
         damaged = [{"shard": e["url"], "samples_read": e["samples"], "damage": e["damage"],

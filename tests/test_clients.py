@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import validate_config
+from pipeline.io.shards import iter_samples
 from pipeline.runner import run
 from pipeline.synth.images import synth_images
 
@@ -104,15 +105,19 @@ def test_wids_yields_exactly_the_kept_samples(pruned: Path) -> None:
     assert len({r["key"] for r in rows}) < len(rows), "the input reuses keys across shards"
 
 
-def test_datacomp_subset_rule_selects_exactly_the_kept_uids(pruned: Path) -> None:
+def test_datacomp_subset_rule_selects_exactly_the_kept_samples(pruned: Path) -> None:
+    """Applied to the input shards' json uids (real uids), as DataComp's resharder does."""
     subset = np.load(pruned / "subset.npy")
     assert subset.dtype == np.dtype("u8,u8")
-    rows = pq.read_table(pruned / "ledger", columns=["uid", "status"]).to_pylist()
+    report = json.loads((pruned / "report" / "report.json").read_text())
+    assert report["subset"]["uid_source"] == "given"
+    inputs = sorted((pruned.parent / "data").glob("*.tar"))
+    samples = [s for tar in inputs for s in iter_samples(str(tar))]
 
     def selected(uid: str) -> bool:  # DataComp's resharder, as its README describes it
         key = np.array([(int(uid[:16], 16), int(uid[16:32], 16))], dtype="u8,u8")
         i = np.searchsorted(subset, key)[0]
         return bool(i < len(subset) and subset[i] == key[0])
 
-    assert {r["uid"] for r in rows if selected(r["uid"])} == \
-        {r["uid"] for r in rows if r["status"] == "kept"}
+    chosen = [(s.shard, s.key) for s in samples if selected(s.meta["uid"])]
+    assert chosen == [(r["shard"], r["key"]) for r in kept(pruned)]

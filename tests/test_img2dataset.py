@@ -95,7 +95,9 @@ def test_img2dataset_shards_every_url_accounted_for(server: tuple[str, Path],
     assert len(downloads) == BROKEN == counts["failed"]
     assert all("404" in r["reason"] and "gone-" in r["reason"] for r in downloads)
     report = json.loads((out / "report" / "report.json").read_text())
-    assert report["embed"]["derived_uids"] == PICTURES  # img2dataset's json has no uid
+    assert report["embed"]["derived_uids"] == PICTURES + BROKEN  # no uid in its json or parquet
+    assert report["subset"]["uid_source"] == "derived"
+    assert 'id="uid-source">derived' in (out / "report" / "index.html").read_text()
     # kept captions copied as img2dataset wrote them
     written = {s.key: s.caption for t in sorted((out / "shards").glob("*.tar"))
                for s in iter_samples(str(t))}

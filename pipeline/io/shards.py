@@ -289,13 +289,15 @@ def download_failures(url: str, name: str, keys_read: set[str]) -> list[dict[str
             continue
         key = str(key)
         uid = row.get("uid")
-        if not is_valid_uid(uid):
+        derived = not is_valid_uid(uid)
+        if derived:
             uid = derive_uid(name, key)
         error = row.get("error_message") or row.get("status") or "not downloaded"
         out.append({"key": key, "uid": uid, "shard": name, "caption": row.get("caption"),
                     "failed_reason": f"img2dataset could not get {row.get('url') or key}: "
                                      f"{error}",
-                    "failed_stage": "download", "span": None, "json_span": None})
+                    "failed_stage": "download", "span": None, "json_span": None,
+                    "uid_derived": derived})
     return out
 
 

@@ -113,7 +113,9 @@ class ShardBatches(IterableDataset):
                 positions, prepared = [], []
         if prepared:
             yield ShardBatch(index, positions, collate(prepared))
-        records += download_failures(url, name, {r["key"] for r in records})
+        failures = download_failures(url, name, {r["key"] for r in records})
+        derived += sum(r["uid_derived"] for r in failures)
+        records += failures
         stats = read_stats(url) if stream.error is not None else None
         yield ShardEnd(index, records, None if stream.error is None else str(stream.error),
                        None if stats is None else stats.get("successes", stats.get("count")),

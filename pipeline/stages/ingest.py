@@ -35,6 +35,7 @@ class IngestedPart:
     vectors: str  # .npy of the part's unit image vectors, float32, row-aligned (0 if failed)
     has_text: bool
     failed: int
+    derived: int = 0  # rows whose uid was derived from shard name and key (no uid given)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -141,6 +142,7 @@ def ingest_part(part: EmbeddingPart, out_dir: Path, keep_vectors: bool = False
     n = len(data.keys)
     keys = np.array(data.keys, dtype=object)
     uids, uid_hi, uid_lo, uid_ok = _identify(data.shards, keys, data.uids)
+    derived = sum(u is None for u in data.uids)
 
     vectors = out_dir / f"vectors-{part.index:05d}.npy"
     norms, score, unit = write_unit_vectors(vectors, data.image, data.text, keep_vectors)
@@ -168,5 +170,5 @@ def ingest_part(part: EmbeddingPart, out_dir: Path, keep_vectors: bool = False
     return IngestedPart(
         index=part.index, shard=part.shard, rows=n, dim=int(data.image.shape[1]),
         vectors=str(vectors), has_text=data.text is not None or data.clip_score is not None,
-        failed=int(failed.sum()),
+        failed=int(failed.sum()), derived=int(derived),
     ), unit
