@@ -503,7 +503,7 @@ class Runner:
         else:
             derived, read = self.derived_uids
         kind = "given" if not derived else "derived" if derived >= read else "mixed"
-        return {"path": str(self.output / "subset.npy"), "uids": kept, "uid_source": kind}
+        return {"file": "subset.npy", "uids": kept, "uid_source": kind}
 
     def _embed_report(self) -> dict[str, Any]:
         damaged = [{"shard": e["url"], "samples_read": e["samples"], "damage": e["damage"],
