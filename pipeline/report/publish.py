@@ -82,6 +82,16 @@ def restate(folder: Path, parameters: dict[str, Any], command: str) -> dict[str,
     return report
 
 
+def add_to_report(folder: Path, name: str, section: dict[str, Any]) -> Path:
+    """Add a section to a finished run's report.json (the demo's planted-duplicate figures,
+    say) and render the page again; returns the page's path."""
+    report = json.loads((folder / "report.json").read_text())
+    report[name] = section
+    validate_report(report)
+    write_json(folder / "report.json", report)
+    return render_page(report, folder, report.get("command", ""))
+
+
 def rerender(run_dir: Path) -> Path:
     """``index.html`` of a finished run again, from its report.json (also a report made by
     an older version: what it lacks is left out of the page)."""
