@@ -9,6 +9,14 @@ two, resized by a few percent and re-encoded at another JPEG quality). Plants ke
 source's concept and caption, under their own key and uid; sources come from any earlier
 shard.
 
+That is the default ``style="shapes"``. ``style="scenes"`` (the demo's) draws richer
+pictures (``render_scene``): a textured background, a dozen small unrelated objects and one
+or more of the concept's shape, with spread deciding how far texture, colours, count,
+brightness and focus stray from the concept's own look. On a pretrained image model's
+features its near copies (``near_copy_scene``: re-encoded, cropped by a pixel, resized by
+a few percent or shifted in colour, in the source's format) stay closer to their source
+than any two different pictures of a concept, which the default shapes do not.
+
 Shards are ``NNNNN.tar`` with ``{key}.jpg|png``, ``{key}.txt`` and ``{key}.json`` members,
 written by ``ShardWriter`` (so with ``NNNNN.parquet`` and ``NNNNN_stats.json`` beside them
 and deterministic tar headers: a seed gives the same tar bytes on every run with the same
@@ -28,11 +36,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from pipeline.io.shard_writer import ShardWriter
 from pipeline.workdir import write_parquet
 
+STYLES = ("shapes", "scenes")
 SHAPES = ("circle", "square", "triangle", "ring", "cross", "diamond")
 TEXTURES = ("plain", "gradient", "stripes", "checker", "noise")
 _COLOUR_NAMES = ("red", "orange", "yellow", "lime", "green", "teal", "cyan", "azure", "blue",
@@ -116,22 +125,130 @@ def render(concept: Concept, rng: np.random.Generator, min_size: int = 64,
     angle = rng.uniform(0, 2 * np.pi) * s
     fill = tuple(int(v) for v in 255 * _rgb(concept.hue + rng.normal(0, 0.08 * s),
                                            0.85, 0.85 + rng.normal(0, 0.1 * s)))
+    _draw_shape(draw, concept.shape, cx, cy, r, angle, fill)
+    return img
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float,
+                angle: float, fill: tuple[int, ...]) -> None:
+    """One filled shape of radius ``r`` centred at (cx, cy), turned by ``angle``."""
     box = (cx - r, cy - r, cx + r, cy + r)
-    if concept.shape == "circle":
+    if shape == "circle":
         draw.ellipse(box, fill=fill)
-    elif concept.shape == "ring":
+    elif shape == "ring":
         draw.ellipse(box, outline=fill, width=max(2, int(r / 3)))
-    elif concept.shape == "cross":
+    elif shape == "cross":
         for a in (angle, angle + np.pi / 2):
             dx, dy = r * np.cos(a), r * np.sin(a)
             draw.line((cx - dx, cy - dy, cx + dx, cy + dy), fill=fill, width=max(2, int(r / 3)))
     else:
-        corners = {"square": 4, "triangle": 3, "diamond": 4}[concept.shape]
-        start = angle + (np.pi / 4 if concept.shape == "square" else np.pi / 2)
+        corners = {"square": 4, "triangle": 3, "diamond": 4}[shape]
+        start = angle + (np.pi / 4 if shape == "square" else np.pi / 2)
         points = [(cx + r * np.cos(start + 2 * np.pi * k / corners),
                    cy - r * np.sin(start + 2 * np.pi * k / corners)) for k in range(corners)]
         draw.polygon(points, fill=fill)
-    return img
+
+
+def _concept_look(concept: Concept) -> np.ndarray:
+    """The concept's own background look, fixed per concept: texture period (share of the
+    picture's side), texture angle, hue, and saturation and value of its two colours."""
+    crng = np.random.default_rng([concept.id, round(concept.hue * 1e6)])
+    return _look_draw(crng, (concept.hue + 0.5) % 1.0)
+
+
+def _look_draw(rng: np.random.Generator, hue: float) -> np.ndarray:
+    """A random background look (the fields of ``_concept_look``) with the given hue."""
+    return np.array([rng.uniform(0.08, 0.35), rng.uniform(0, np.pi), hue,
+                     rng.uniform(0.1, 0.4), rng.uniform(0.75, 0.95),
+                     rng.uniform(0.3, 0.7), rng.uniform(0.35, 0.7)])
+
+
+def _smooth_field(rng: np.random.Generator, w: int, h: int, cells: int) -> np.ndarray:
+    """An (h, w) field in [0, 1] that varies smoothly over about ``cells`` cells a side."""
+    grid = (rng.random((cells, cells)) * 255).astype(np.uint8)
+    field = Image.fromarray(grid).resize((w, h), Image.Resampling.BICUBIC)
+    return np.asarray(field, np.float32) / 255
+
+
+def _scene_layer(texture: str, look: np.ndarray, spread: float, w: int, h: int,
+                 rng: np.random.Generator) -> Image.Image:
+    """A (w, h) RGB textured background whose period, angle and colours move from ``look``
+    towards a fresh random draw: 30 % of the way at spread 0 (so no two are alike), all the
+    way at spread 1."""
+    period, angle, hue, sat1, val1, sat2, val2 = look + (0.3 + 0.7 * spread) * (
+        _look_draw(rng, rng.random()) - look)
+    period, angle = float(period * min(w, h)), float(angle)
+    y, x = np.ogrid[0:h, 0:w]
+    y, x = y.astype(np.float32), x.astype(np.float32)
+    u = np.float32(np.cos(angle)) * x + np.float32(np.sin(angle)) * y
+    if texture == "plain":
+        t = 0.3 * _smooth_field(rng, w, h, 3)
+    elif texture == "gradient":
+        t = (u - u.min()) / (np.ptp(u) + 1e-6)
+    elif texture == "stripes":
+        t = np.sin(2 * np.pi * u / period) > 0
+    elif texture == "checker":
+        v = np.float32(np.cos(angle)) * y - np.float32(np.sin(angle)) * x
+        t = np.sin(2 * np.pi * u / period) * np.sin(2 * np.pi * v / period) > 0
+    else:
+        t = _smooth_field(rng, w, h, max(3, int(3 / (period / min(w, h)))))
+    levels = np.broadcast_to(np.asarray(t, np.float32) * 255, (h, w)).astype(np.uint8)
+    c1, c2 = 255 * _rgb(hue, sat1, val1), 255 * _rgb(hue + 0.08, sat2, val2)
+    palette = (c1 + (c2 - c1) * np.linspace(0, 1, 256)[:, None]).astype(np.uint8)
+    img = Image.fromarray(levels, "P")
+    img.putpalette(palette.tobytes())
+    return img.convert("RGB")
+
+
+def render_scene(concept: Concept, rng: np.random.Generator, min_size: int = 128,
+                 max_size: int = 192) -> Image.Image:
+    """One richer picture of the concept, for the demo: a textured background (sometimes split
+    in two), a dozen small unrelated objects, and one or more of the concept's shape.
+
+    Many small independent parts keep any two pictures of a concept apart in an image model's
+    features, so semantic deduplication need not take look-alikes for copies; ``spread``
+    decides how far the big parts (texture kind and look, colours, number and hue of the
+    concept's shapes, clutter, brightness, saturation, focus) stray from the concept's own.
+    Drawn at twice the size and reduced, so edges are smooth and a resized copy stays close
+    to its source.
+    """
+    s = concept.spread
+    w, h = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
+    big_w, big_h, m = 2 * w, 2 * h, 2 * min(w, h)
+    look = _concept_look(concept)
+    texture = concept.texture
+    if rng.random() < 0.8 * s:
+        texture = TEXTURES[int(rng.integers(len(TEXTURES)))]
+    img = _scene_layer(texture, look, s, big_w, big_h, rng)
+    if rng.random() < 0.6 * s:  # a second texture on one side of a random line
+        other = _scene_layer(TEXTURES[int(rng.integers(len(TEXTURES)))], look, 1.0,
+                             big_w, big_h, rng)
+        y, x = np.ogrid[0:big_h, 0:big_w]
+        a = rng.uniform(0, 2 * np.pi)
+        side = np.cos(a) * (x - rng.uniform(0, big_w)) + np.sin(a) * (y - rng.uniform(0, big_h))
+        img = Image.composite(other, img, Image.fromarray((side > 0).astype(np.uint8) * 255))
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.poisson(12 + 6 * s))):
+        fill = tuple(int(v) for v in 255 * _rgb(rng.random(), rng.uniform(0.2, 0.9),
+                                               rng.uniform(0.2, 0.95)))
+        if rng.random() < 0.3:
+            draw.line(tuple(rng.uniform(0, 1, 4) * [big_w, big_h, big_w, big_h]), fill=fill,
+                      width=int(rng.integers(2, max(3, m // 20))))
+        else:
+            _draw_shape(draw, SHAPES[int(rng.integers(len(SHAPES)))], rng.uniform(0, big_w),
+                        rng.uniform(0, big_h), m * rng.uniform(0.02, 0.07),
+                        rng.uniform(0, 2 * np.pi), fill)
+    for _ in range(1 + int(rng.poisson(2.5 * s))):
+        fill = tuple(int(v) for v in 255 * _rgb(concept.hue + rng.normal(0, 0.02 + 0.15 * s),
+                                               0.85, rng.uniform(0.6, 0.95)))
+        _draw_shape(draw, concept.shape, rng.uniform(0.15, 0.85) * big_w,
+                    rng.uniform(0.15, 0.85) * big_h, m * rng.uniform(0.1, 0.3),
+                    rng.uniform(0, 2 * np.pi), fill)
+    img = img.resize((w, h), Image.Resampling.BOX)
+    img = ImageEnhance.Brightness(img).enhance(float(np.exp(rng.normal(0, 0.3 * s))))
+    img = ImageEnhance.Color(img).enhance(rng.uniform(1 - 0.9 * s, 1 + 0.45 * s))
+    blur = rng.uniform(0, 0.03 * min(w, h) * s)  # out of focus, up to 3 % of the side
+    return img.filter(ImageFilter.GaussianBlur(blur)) if blur >= 0.3 else img
 
 
 def encode(img: Image.Image, ext: str, quality: int = 90) -> bytes:
@@ -158,6 +275,26 @@ def near_copy(data: bytes, rng: np.random.Generator) -> bytes:
     return encode(out, "jpg", quality=int(rng.integers(60, 86)))
 
 
+def near_copy_scene(data: bytes, ext: str, quality: int, rng: np.random.Generator) -> bytes:
+    """A near duplicate as sites make them, one change of: re-encoded, cropped by up to a
+    pixel a side, resized by 1.5-3 %, or shifted a little in colour; written again in the
+    source's format, a JPEG at the source's quality or up to 3 above."""
+    with Image.open(io.BytesIO(data)) as src:
+        img = src.convert("RGB")
+    w, h = img.size
+    change = int(rng.integers(4))
+    if change == 1:
+        left, top, right, bottom = (int(v) for v in rng.integers(0, 2, size=4))
+        img = img.crop((left, top, w - right, h - bottom))
+    elif change == 2:
+        scale = 1 + rng.choice([-1, 1]) * rng.uniform(0.015, 0.03)
+        img = img.resize((round(w * scale), round(h * scale)), Image.Resampling.LANCZOS)
+    elif change == 3:
+        img = ImageEnhance.Color(img).enhance(rng.uniform(0.94, 1.06))
+        img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.96, 1.04))
+    return encode(img, ext, quality=min(95, quality + int(rng.integers(0, 4))))
+
+
 def _plant(n: int, n_exact: int, n_near: int,
            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(source, kind) per sample: source -1 for originals; kind 0 original, 1 exact, 2 near.
@@ -177,10 +314,18 @@ def synth_images(out_dir: str | Path, samples: int, seed: int = 0,
                  samples_per_shard: int = 1000, concepts: int = 10,
                  exact_dup_fraction: float = 0.05, near_dup_fraction: float = 0.05,
                  png_fraction: float = 0.2, min_size: int = 64,
-                 max_size: int = 128) -> Path:
-    """Write the shards, their sidecars and ``ground_truth.parquet`` to ``out_dir``."""
+                 max_size: int = 128, style: str = "shapes") -> Path:
+    """Write the shards, their sidecars and ``ground_truth.parquet`` to ``out_dir``.
+
+    ``style``: "shapes", one shape on a background (``render``, ``near_copy``), or "scenes",
+    richer pictures whose look-alikes stay apart from near copies in an image model's
+    features (``render_scene``, ``near_copy_scene``), as the demo needs.
+    """
     if samples < 1 or concepts < 1:
         raise ValueError(f"samples and concepts must be positive, got {samples}, {concepts}")
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}: use one of {', '.join(STYLES)}")
+    paint = render_scene if style == "scenes" else render
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
     catalog = make_concepts(concepts, rng)
@@ -193,26 +338,29 @@ def synth_images(out_dir: str | Path, samples: int, seed: int = 0,
     digits = max(4, len(str(samples_per_shard - 1)))
     keys = [f"{i // samples_per_shard:05d}{i % samples_per_shard:0{digits}d}"
             for i in range(samples)]
-    images: dict[int, tuple[str, bytes]] = {}
+    images: dict[int, tuple[str, bytes, int]] = {}
     captions: list[str] = []
     with ShardWriter(out, max_count=samples_per_shard, max_bytes=1 << 62) as writer:
         for i in range(samples):
             if kind[i] == 0:
                 concept = catalog[int(concept_of[i])]
                 ext = "png" if rng.random() < png_fraction else "jpg"
-                data = encode(render(concept, rng, min_size, max_size), ext,
-                              quality=int(rng.integers(80, 96)))
+                picture = paint(concept, rng, min_size, max_size)
+                quality = int(rng.integers(80, 96))
+                data = encode(picture, ext, quality=quality)
                 caption = _TEMPLATES[int(rng.integers(len(_TEMPLATES)))].format(
                     c=concept.colour, s=concept.shape, t=concept.texture)
                 if i in needed:
-                    images[i] = (ext, data)
+                    images[i] = (ext, data, quality)
             else:
                 j = int(source[i])
                 concept_of[i] = concept_of[j]
                 concept = catalog[int(concept_of[j])]
-                ext, data = images[j]
+                ext, data, quality = images[j]
                 caption = captions[j]
-                if kind[i] == 2:
+                if kind[i] == 2 and style == "scenes":
+                    data = near_copy_scene(data, ext, quality, rng)
+                elif kind[i] == 2:
                     ext, data = "jpg", near_copy(data, rng)
             captions.append(caption)
             with Image.open(io.BytesIO(data)) as img:
