@@ -243,34 +243,28 @@ def _sidecar(url: str, suffix: str) -> str:
     return f"{head}/{name}" if head else name
 
 
-def read_stats(url: str) -> dict[str, Any] | None:
-    """The shard's img2dataset ``NNNNN_stats.json``, or None when absent."""
-    path = _sidecar(url, "_stats.json")
-    fs, fs_path = fsspec.core.url_to_fs(path)
+def _read_sidecar(url: str, suffix: str, read: Callable[[BinaryIO], Any]) -> Any:  # noqa: ANN401
+    """``read`` of the shard's img2dataset sidecar ``NNNNN{suffix}``, or None when absent."""
+    fs, fs_path = fsspec.core.url_to_fs(_sidecar(url, suffix))
     if not fs.exists(fs_path):
         return None
     with fs.open(fs_path, "rb") as f:
-        return json.loads(f.read())
+        return read(f)
+
+
+def read_stats(url: str) -> dict[str, Any] | None:
+    """The shard's img2dataset ``NNNNN_stats.json``, or None when absent."""
+    return _read_sidecar(url, "_stats.json", lambda f: json.loads(f.read()))
 
 
 def read_sidecar_parquet(url: str) -> pa.Table | None:
     """The shard's img2dataset ``NNNNN.parquet`` (one row per sample), or None when absent."""
-    path = _sidecar(url, ".parquet")
-    fs, fs_path = fsspec.core.url_to_fs(path)
-    if not fs.exists(fs_path):
-        return None
-    with fs.open(fs_path, "rb") as f:
-        return pq.read_table(f)
+    return _read_sidecar(url, ".parquet", pq.read_table)
 
 
 def sidecar_schema(url: str) -> pa.Schema | None:
     """The schema of the shard's img2dataset ``NNNNN.parquet``, or None when absent."""
-    path = _sidecar(url, ".parquet")
-    fs, fs_path = fsspec.core.url_to_fs(path)
-    if not fs.exists(fs_path):
-        return None
-    with fs.open(fs_path, "rb") as f:
-        return pq.read_schema(f)
+    return _read_sidecar(url, ".parquet", pq.read_schema)
 
 
 def download_failures(url: str, name: str, keys_read: set[str]) -> list[dict[str, Any]]:
