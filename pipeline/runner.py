@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline import remote_output
+from pipeline.algorithms.exact import EXACT_VERSION
 from pipeline.config import RunConfig
 from pipeline.engines.base import Engine, Resources
 from pipeline.engines.factory import make_engine
@@ -111,7 +112,8 @@ def run_ingest_task(task: IngestTask) -> tuple[IngestedPart, np.ndarray | None]:
 
 
 def _part_fingerprint(part: EmbeddingPart) -> str:
-    return fingerprint("ingest", part.shard, part.npz_image_key, part.npz_text_key,
+    return fingerprint("ingest", EXACT_VERSION, part.shard, part.npz_image_key,
+                       part.npz_text_key,
                        _file_identity(part.metadata_path), _file_identity(part.image_path),
                        _file_identity(part.text_path))
 
@@ -260,7 +262,8 @@ class Runner:
         self.shard_urls = self._outside_output(expand_shards(cfg.input.shards))
         names = shard_names(self.shard_urls)  # their derived uids depend on the whole list
         out_dir = self.work.step_dir("embed")
-        settings = {**cfg.embed.model_dump(exclude={"workers"}), "decode": DECODE_VERSION}
+        settings = {**cfg.embed.model_dump(exclude={"workers"}), "decode": DECODE_VERSION,
+                    "exact": EXACT_VERSION}
         self.inputs = [{"shard": name, "file": _file_identity(url)}
                        for url, name in zip(self.shard_urls, names, strict=True)]
         fps = {i: fingerprint("embed", pinned, settings) for i, pinned in enumerate(self.inputs)}

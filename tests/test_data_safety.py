@@ -18,6 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from same_bytes import assert_same_bytes, assert_same_contents, assert_same_file
 from test_error_messages import _restore_logging, cli, make_data, one_line, write_config
 
 from pipeline.config import validate_config
@@ -53,7 +54,8 @@ def test_an_output_holding_files_no_run_wrote_is_refused_untouched(tmp_path: Pat
     text = one_line(res.output)
     assert "already holds files no conceptprune run wrote there" in text
     assert "notes.txt" in text and "--overwrite" in text
-    assert snapshot(tmp_path / "out") == before  # no log, no lock, no manifest
+    assert_same_contents(snapshot(tmp_path / "out"), before,
+                         "the refused output folder")  # no log, no lock, no manifest
 
 
 def test_overwrite_takes_the_folder_over_and_touches_no_other_file(tmp_path: Path) -> None:
@@ -233,7 +235,7 @@ def test_a_shrunken_or_gapped_input_list_reuses_nothing_of_the_old_one(images: P
     shards = {r["shard"] for r in ledger_rows(out)}
     assert len(ledger_rows(out)) == 40 and not any(Path(tars[1]).stem in s for s in shards)
     run(image_config([tars[0], tars[2]], tmp_path / "fresh"))
-    assert (out / "subset.npy").read_bytes() == (tmp_path / "fresh" / "subset.npy").read_bytes()
+    assert_same_file(out / "subset.npy", tmp_path / "fresh" / "subset.npy")
     assert run(image_config(tars, out)).input_samples == 60  # and back again
 
 
@@ -249,7 +251,7 @@ def test_turning_the_clustering_encoder_on_reuses_no_file_of_the_old_settings(
                       clip_filter={"enabled": True, "keep_fraction": 0.8})
     run(on)
     run(on.model_copy(update={"output": str(tmp_path / "fresh")}))
-    assert (out / "subset.npy").read_bytes() == (tmp_path / "fresh" / "subset.npy").read_bytes()
+    assert_same_file(out / "subset.npy", tmp_path / "fresh" / "subset.npy")
 
 
 def test_images_over_embed_max_pixels_are_counted_failures(images: Path, tmp_path: Path
@@ -385,7 +387,8 @@ def test_same_named_shards_of_two_folders_keep_apart_and_moving_keeps_uids(
         assert len({r["uid"] for r in rows}) == 40
         runs[where] = (rows, np.load(out / "subset.npy"))
     assert [r["uid"] for r in runs["one"][0]] == [r["uid"] for r in runs["two"][0]]
-    assert runs["one"][1].tobytes() == runs["two"][1].tobytes()
+    assert_same_bytes(runs["one"][1].tobytes(), runs["two"][1].tobytes(),
+                      "subset.npy's rows of one/ vs two/")
     report = json.loads((tmp_path / "one" / "out" / "report" / "report.json").read_text())
     assert [i["shard"] for i in report["inputs"]] == ["a/00000.tar", "b/00000.tar"]
     assert report["embed"]["derived_uids"] == 40  # said in the report, the page and the log

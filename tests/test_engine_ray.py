@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import yaml
 from ray_head import ray_head
+from same_bytes import assert_same_run
+from tie_data import planted_ties, settings
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -24,7 +26,6 @@ from pipeline.config import validate_config
 from pipeline.engines.base import Resources
 from pipeline.engines.local import LocalEngine
 from pipeline.runner import run
-from pipeline.synth.embeddings import SynthSpec, synth_embeddings
 
 ray = pytest.importorskip("ray")
 from pipeline.engines.ray_engine import RayEngine  # noqa: E402
@@ -69,24 +70,23 @@ def test_a_failing_task_names_its_error(engine: RayEngine) -> None:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synth_embeddings(tmp_path_factory.mktemp("rayemb") / "data",
-                            SynthSpec(samples=20000, dim=32, concepts=20, files=5, seed=2))
+    """20,000 x 64 with exact copies, near-ties at 1 - eps and rows between two centroids of
+    either fit (``tie_data``): any decision left to a kernel's rounding would show."""
+    return planted_ties(tmp_path_factory.mktemp("rayemb"))
 
 
-def settings(data: Path, out: Path) -> dict[str, Any]:
-    return {"input": {"embeddings": str(data)}, "output": str(out), "seed": 5,
-            "progress": False, "semdedup": {"k": 6, "eps": 0.05},
-            "clip_filter": {"enabled": True, "keep_fraction": 0.85},
-            "dbp": {"k": 12, "keep_fraction": 0.4}}
+RUN_KEYS = ("engine", "timings_s", "parameters", "command")  # the report's words on the run
 
 
-def outputs(out: Path) -> dict[str, Any]:
-    report = json.loads((out / "report" / "report.json").read_text())
-    engine = report.pop("engine")
-    for key in ("timings_s", "parameters", "command"):
-        report.pop(key)
-    return {"engine": engine, "subset": (out / "subset.npy").read_bytes(), "report": report,
-            "ledger": {p.name: p.read_bytes() for p in sorted((out / "ledger").iterdir())}}
+def engine_of(out: Path) -> str:
+    return json.loads((out / "report" / "report.json").read_text())["engine"]
+
+
+def assert_same_outputs(got: Path, want: Path) -> None:
+    """got's subset.npy and ledger files hold want's bytes, and its report.json is want's but
+    for RUN_KEYS; a difference fails with a short message naming the first ones."""
+    assert_same_run(got, want, parts=("subset.npy", "ledger", "report"),
+                    report_ignore=RUN_KEYS)
 
 
 def test_ray_and_local_give_the_same_bytes(engine: RayEngine, data: Path,
@@ -95,9 +95,8 @@ def test_ray_and_local_give_the_same_bytes(engine: RayEngine, data: Path,
     # cut into other buckets on ray: many tasks per step, and the plan changes nothing
     run(validate_config({**settings(data, tmp_path / "ray"), "engine": {"bucket_rows": 2500}}),
         engine=engine)
-    local, on_ray = outputs(tmp_path / "local"), outputs(tmp_path / "ray")
-    assert (local.pop("engine"), on_ray.pop("engine")) == ("local", "ray")
-    assert on_ray == local
+    assert (engine_of(tmp_path / "local"), engine_of(tmp_path / "ray")) == ("local", "ray")
+    assert_same_outputs(tmp_path / "ray", tmp_path / "local")
     for step, buckets in (("semdedup", 1), ("dbp", 1)):
         for out, want in (("local", buckets), ("ray", None)):
             marker = tmp_path / out / "_work" / "markers" / f"{step}.json"
@@ -106,9 +105,7 @@ def test_ray_and_local_give_the_same_bytes(engine: RayEngine, data: Path,
     # streamed from the work folder on the workers, not from this process's cache
     run(validate_config({**settings(data, tmp_path / "ray2"), "vector_cache_gb": 0}),
         engine=engine)
-    again = outputs(tmp_path / "ray2")
-    again.pop("engine")
-    assert again == local
+    assert_same_outputs(tmp_path / "ray2", tmp_path / "local")
 
 
 def test_cli_engine_option(engine: RayEngine, data: Path, tmp_path: Path) -> None:
@@ -151,9 +148,8 @@ def test_a_killed_worker_is_replaced_and_the_result_holds(data: Path, tmp_path: 
     proc = run_with_a_worker_killed(cfg, sentinel)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sentinel.exists(), "no worker was killed"
-    local, on_ray = outputs(tmp_path / "local"), outputs(tmp_path / "ray")
-    assert (local.pop("engine"), on_ray.pop("engine")) == ("local", "ray")
-    assert on_ray == local
+    assert (engine_of(tmp_path / "local"), engine_of(tmp_path / "ray")) == ("local", "ray")
+    assert_same_outputs(tmp_path / "ray", tmp_path / "local")
 
 
 def test_a_worker_lost_for_good_is_a_clear_error(data: Path, tmp_path: Path) -> None:
@@ -166,7 +162,7 @@ def test_a_worker_lost_for_good_is_a_clear_error(data: Path, tmp_path: Path) -> 
 
 
 def test_image_run_on_ray_gives_the_local_bytes(engine: RayEngine, tmp_path: Path) -> None:
-    from test_resume_images import files, raw_config
+    from test_resume_images import assert_same_result, raw_config
 
     from pipeline.synth.images import synth_images
 
@@ -185,10 +181,7 @@ def test_image_run_on_ray_gives_the_local_bytes(engine: RayEngine, tmp_path: Pat
     report = json.loads((tmp_path / "ray" / "report" / "report.json").read_text())
     assert report["embed"]["shards"] == 6
     assert report["output_shards"]["count"] >= 4  # and at least 2 runs of input shards
-    for sub in ("ledger", "shards"):
-        assert files(tmp_path / "ray" / sub) == files(tmp_path / "local" / sub)
-    assert (tmp_path / "ray" / "subset.npy").read_bytes() == \
-        (tmp_path / "local" / "subset.npy").read_bytes()
+    assert_same_result(tmp_path / "ray", tmp_path / "local")  # ledger, shards, subset
 
 
 def test_a_cluster_started_apart(data: Path, tmp_path: Path) -> None:
@@ -220,12 +213,10 @@ def test_a_cluster_started_apart(data: Path, tmp_path: Path) -> None:
             time.sleep(2)
         assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
         assert "succeeded" in job.stdout
-    local = outputs(tmp_path / "local")
-    assert local.pop("engine") == "local"
+    assert engine_of(tmp_path / "local") == "local"
     for name in ("joined", "submitted"):
-        other = outputs(tmp_path / name)
-        assert other.pop("engine") == "ray"
-        assert other == local, name
+        assert engine_of(tmp_path / name) == "ray", name
+        assert_same_outputs(tmp_path / name, tmp_path / "local")
 
 
 def kernel_threads(_: int) -> tuple[int, int]:

@@ -16,7 +16,9 @@ import yaml
 
 pytest.importorskip("pyspark")
 
-from test_engine_ray import outputs, settings  # noqa: E402
+from same_bytes import assert_same_file  # noqa: E402
+from test_engine_ray import assert_same_outputs, engine_of  # noqa: E402
+from tie_data import planted_ties, settings  # noqa: E402
 
 from pipeline.config import validate_config  # noqa: E402
 from pipeline.engines.base import EngineError  # noqa: E402
@@ -43,8 +45,8 @@ def engine() -> Iterator[SparkEngine]:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synth_embeddings(tmp_path_factory.mktemp("sparkemb") / "data",
-                            SynthSpec(samples=20000, dim=32, concepts=20, files=5, seed=2))
+    """The planted near-ties of ``tie_data`` (the Ray module's input)."""
+    return planted_ties(tmp_path_factory.mktemp("sparkemb"))
 
 
 def square(x: int) -> int:
@@ -74,13 +76,12 @@ def test_spark_and_local_give_the_same_bytes(engine: SparkEngine, data: Path,
     run(validate_config(settings(data, tmp_path / "local")))
     run(validate_config({**settings(data, tmp_path / "spark"), "vector_cache_gb": 0,
                          "engine": {"bucket_rows": 2500}}), engine=engine)
-    local, on_spark = outputs(tmp_path / "local"), outputs(tmp_path / "spark")
-    assert (local.pop("engine"), on_spark.pop("engine")) == ("local", "spark")
-    assert on_spark == local
+    assert (engine_of(tmp_path / "local"), engine_of(tmp_path / "spark")) == ("local", "spark")
+    assert_same_outputs(tmp_path / "spark", tmp_path / "local")
 
 
 def test_image_run_on_spark_gives_the_local_bytes(engine: SparkEngine, tmp_path: Path) -> None:
-    from test_resume_images import files, raw_config
+    from test_resume_images import assert_same_result, raw_config
 
     from pipeline.synth.images import synth_images
 
@@ -95,10 +96,7 @@ def test_image_run_on_spark_gives_the_local_bytes(engine: SparkEngine, tmp_path:
 
     run(validate_config(raw(tmp_path / "local")))
     run(validate_config(raw(tmp_path / "spark")), engine=engine)
-    for sub in ("ledger", "shards"):
-        assert files(tmp_path / "spark" / sub) == files(tmp_path / "local" / sub)
-    assert (tmp_path / "spark" / "subset.npy").read_bytes() == \
-        (tmp_path / "local" / "subset.npy").read_bytes()
+    assert_same_result(tmp_path / "spark", tmp_path / "local")  # ledger, shards, subset
 
 
 def test_a_killed_python_worker_is_retried_and_the_result_holds(data: Path,
@@ -117,9 +115,8 @@ def test_a_killed_python_worker_is_retried_and_the_result_holds(data: Path,
          "--no-progress"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sentinel.exists(), "no worker was killed"
-    local, on_spark = outputs(tmp_path / "local"), outputs(tmp_path / "spark")
-    assert (local.pop("engine"), on_spark.pop("engine")) == ("local", "spark")
-    assert on_spark == local
+    assert (engine_of(tmp_path / "local"), engine_of(tmp_path / "spark")) == ("local", "spark")
+    assert_same_outputs(tmp_path / "spark", tmp_path / "local")
     report = json.loads((tmp_path / "spark" / "report" / "report.json").read_text())
     assert report["parameters"]["engine"]["name"] == "spark"
 
@@ -142,8 +139,7 @@ def test_spark_submit_runs_the_job_entry_point(tmp_path: Path) -> None:
     assert "kept" in proc.stdout
     report = json.loads((tmp_path / "submitted" / "report" / "report.json").read_text())
     assert report["engine"] == "spark"
-    assert (tmp_path / "submitted" / "subset.npy").read_bytes() == \
-        (tmp_path / "local" / "subset.npy").read_bytes()
+    assert_same_file(tmp_path / "submitted" / "subset.npy", tmp_path / "local" / "subset.npy")
 
 
 def test_gpu_tasks_ask_for_a_gpu_in_their_resource_profile(engine: SparkEngine) -> None:

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from test_error_messages import _restore_logging, cli, make_data, one_line, write_config
-from test_resume_images import files
+from test_resume_images import assert_same_result
 from test_shards import png_header_only
 
 from pipeline.config import validate_config
@@ -296,10 +296,7 @@ def test_the_corpus_gives_the_same_bytes_on_ray(corpus: Path, local_run: tuple[P
         engine.close()
         shutil.rmtree(temp, ignore_errors=True)
     local, _ = local_run
-    for sub in ("ledger", "shards"):
-        assert files(tmp_path / "ray" / sub) == files(local / sub), sub
-    assert (tmp_path / "ray" / "subset.npy").read_bytes() == \
-        (local / "subset.npy").read_bytes()
+    assert_same_result(tmp_path / "ray", local)  # ledger, shards and subset
 
 
 def write_embeddings_case(tmp_path: Path, case: str) -> Path:

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from same_bytes import assert_same_file
 from spec_oracle import (
     budget,
     check_run,
@@ -189,7 +190,7 @@ def test_full_recipe_hard(tmp_path: Path, data: dict[str, Any]) -> None:
 
 def test_balance_and_easy_with_keep_count(tmp_path: Path, data: dict[str, Any]) -> None:
     out, cfg = run_cli(tmp_path, data["root"] / "text", {
-        "seed": 2,
+        "seed": 1,
         "semdedup": {"k": 4, "eps": 0.15},
         "dbp": {"k": 7, "l": 2, "temperature": 0.02, "keep_count": 300, "balance": 0.8,
                 "keep": "easy"},
@@ -212,7 +213,7 @@ def test_random_keep_is_seeded(tmp_path: Path, data: dict[str, Any]) -> None:
     out7, cfg = run_cli(tmp_path, data["root"] / "text", settings, "seed7")
     oracle(out7, cfg, data, text=True)
     again, _ = run_cli(tmp_path, data["root"] / "text", settings, "again7")
-    assert (again / "subset.npy").read_bytes() == (out7 / "subset.npy").read_bytes()
+    assert_same_file(again / "subset.npy", out7 / "subset.npy")
     out8, cfg8 = run_cli(tmp_path, data["root"] / "text", {**settings, "seed": 8}, "seed8")
     oracle(out8, cfg8, data, text=True)
     assert (out8 / "subset.npy").read_bytes() != (out7 / "subset.npy").read_bytes()

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from same_bytes import assert_same_contents, assert_same_run
 
 import pipeline.runner as runner_mod
 from pipeline.config import validate_config
@@ -68,8 +69,14 @@ def outcome(out: Path) -> dict[str, Any]:
     report = json.loads((out / "report" / "report.json").read_text())
     for drop in ("timings_s", "parameters", "inputs", "command"):
         report.pop(drop)
-    return {"subset": (out / "subset.npy").read_bytes(),
+    return {"subset.npy": (out / "subset.npy").read_bytes(),
             "ledger": pq.read_table(out / "ledger").to_pylist(), "report": report}
+
+
+def assert_same_outcome(got: Path, want: Path) -> None:
+    """outcome(got) == outcome(want), failing with a short message that names the first
+    differences (subset positions, ledger rows, report paths)."""
+    assert_same_contents(outcome(got), outcome(want), f"outcome of {got} vs {want}")
 
 
 # a change of each setting, with the steps that must be reused
@@ -105,7 +112,7 @@ def test_a_changed_setting_redoes_what_depends_on_it(
     assert summary.skipped_steps == reused
     fresh = tmp_path / "fresh"
     run(config(data, fresh, settings(**change)))
-    assert outcome(out) == outcome(fresh)
+    assert_same_outcome(out, fresh)
     assert outcome(out) != outcome(base), "the change must change the result"
 
 
@@ -120,7 +127,7 @@ def test_settings_that_change_nothing_reuse_everything(data: Path, base: Path,
         raw = settings()
         raw.update(change)
         assert run(config(data, out, raw)).skipped_steps == ALL
-    assert outcome(out) == outcome(base)
+    assert_same_outcome(out, base)
 
 
 def test_an_input_file_edited_in_place_is_read_again(data: Path, base: Path, tmp_path: Path,
@@ -129,7 +136,7 @@ def test_an_input_file_edited_in_place_is_read_again(data: Path, base: Path, tmp
     shutil.copytree(data, copy)
     out = tmp_path / "out"
     run(config(copy, out, settings()))
-    assert outcome(out) == outcome(base)
+    assert_same_outcome(out, base)
 
     path = copy / "img_emb" / "img_emb_1.npy"
     img = np.load(path)
@@ -151,7 +158,8 @@ def test_an_input_file_edited_in_place_is_read_again(data: Path, base: Path, tmp
     assert summary.skipped_steps == []
     fresh = tmp_path / "fresh"
     run(config(copy, fresh, settings()))
-    assert outcome(out) == outcome(fresh) != outcome(base)
+    assert_same_outcome(out, fresh)
+    assert outcome(fresh) != outcome(base)
 
 
 # -- kills --------------------------------------------------------------------------------
@@ -199,11 +207,8 @@ def test_a_killed_rerun_resumes_to_the_same_bytes(data: Path, base: Path, tmp_pa
     run(config(data, out, raw))
     fresh = tmp_path / "fresh"
     run(config(data, fresh, raw))
-    assert outcome(out) == outcome(fresh)
-    assert (out / "subset.npy").read_bytes() == (fresh / "subset.npy").read_bytes()
-    for a, b in zip(sorted((out / "ledger").iterdir()), sorted((fresh / "ledger").iterdir()),
-                    strict=True):
-        assert a.name == b.name and a.read_bytes() == b.read_bytes()
+    assert_same_outcome(out, fresh)
+    assert_same_run(out, fresh, parts=("subset.npy", "ledger"))  # and the ledger's bytes
     left = [p for p in out.iterdir() if p.name.startswith(".") and p.name != MANIFEST]
     assert not left, "staging or lock left behind"
 
@@ -242,4 +247,4 @@ def test_a_failed_unit_is_all_a_rerun_redoes(data: Path, base: Path, tmp_path: P
         assert buckets >= 3
         assert len(calls) == (buckets - 2 if second == 60 else buckets)
         assert summary.skipped_steps == ["semdedup", "clip_filter"]
-        assert outcome(out) == outcome(base)
+        assert_same_outcome(out, base)

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from same_bytes import assert_same_file
 
 from pipeline.config import validate_config
 from pipeline.ids import SUBSET_DTYPE, uids_to_u128
@@ -208,7 +209,7 @@ def test_resume_after_crash_gives_the_same_subset(emb_dir: Path, tmp_path: Path,
     summary = run(config(emb_dir, crashed))
     assert calls["semdedup"] == 1  # the finished step was not redone
     assert "semdedup" in summary.skipped_steps
-    assert (crashed / "subset.npy").read_bytes() == (clean / "subset.npy").read_bytes()
+    assert_same_file(crashed / "subset.npy", clean / "subset.npy")
 
     again = run(config(emb_dir, crashed))  # after success: nothing to do
     assert again.skipped_steps == ["read", "semdedup", "clip_filter", "dbp", "write"]
@@ -230,8 +231,7 @@ def test_changed_setting_redoes_only_later_steps(emb_dir: Path, tmp_path: Path,
 def test_same_seed_same_bytes(emb_dir: Path, tmp_path: Path) -> None:
     run(config(emb_dir, tmp_path / "a"))
     run(config(emb_dir, tmp_path / "b", vector_cache_gb=0))  # streamed from the work folder
-    assert (tmp_path / "a" / "subset.npy").read_bytes() == \
-        (tmp_path / "b" / "subset.npy").read_bytes()
+    assert_same_file(tmp_path / "a" / "subset.npy", tmp_path / "b" / "subset.npy")
 
 
 def _write_datacomp(folder: Path, shard: str, n: int, rng: np.random.Generator,

@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
+from same_bytes import assert_same_file
 
 from pipeline.config import validate_config
 from pipeline.ids import uids_to_u128
@@ -175,7 +176,7 @@ def test_kill_during_embedding_then_rerun_gives_same_subset(
     monkeypatch.setattr(embed_stage, "write_shard_outputs", real)
     run(config(shards, out, embed__workers=2))  # and the worker count changes nothing
     assert calls["n"] == 2  # the finished shard was not embedded again
-    assert (out / "subset.npy").read_bytes() == (clean_run / "subset.npy").read_bytes()
+    assert_same_file(out / "subset.npy", clean_run / "subset.npy")
 
 
 def _tar_with(path: Path, samples: dict[str, dict[str, bytes]]) -> None:

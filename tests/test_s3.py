@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from same_bytes import assert_same_bytes, assert_same_contents, assert_same_file, assert_same_rows
 from test_error_messages import make_data
 
 from pipeline.config import validate_config
@@ -78,13 +79,12 @@ def test_shards_in_s3_give_the_local_result(s3: object, tmp_path: Path,
     remote = run(image_config("s3://bucket/laion/{00000..00002}.tar", tmp_path / "remote"))
     assert remote.input_samples == local.input_samples == 45
     for name in ("subset.npy",):
-        assert (tmp_path / "remote" / name).read_bytes() == (tmp_path / "local" / name
-                                                             ).read_bytes()
-    assert pq.read_table(tmp_path / "remote" / "ledger").to_pylist() == \
-        pq.read_table(tmp_path / "local" / "ledger").to_pylist()
+        assert_same_file(tmp_path / "remote" / name, tmp_path / "local" / name)
+    assert_same_rows(pq.read_table(tmp_path / "remote" / "ledger").to_pylist(),
+                     pq.read_table(tmp_path / "local" / "ledger").to_pylist(), "ledger rows")
     # remote shards are read again to copy (no byte spans): same samples, same members
-    assert members_by_key(tmp_path / "remote" / "shards") == \
-        members_by_key(tmp_path / "local" / "shards")
+    assert_same_contents(members_by_key(tmp_path / "remote" / "shards"),
+                         members_by_key(tmp_path / "local" / "shards"), "shards' samples by key")
     report = json.loads((tmp_path / "remote" / "report" / "report.json").read_text())
     assert report["output_shards"]["copied_by_parsing"] == remote.kept
     pinned = report["inputs"][0]["file"]
@@ -105,8 +105,8 @@ def test_embeddings_in_s3_give_the_local_result(s3: object, tmp_path: Path) -> N
                          "output": str(tmp_path / "remote")}))
     assert np.array_equal(np.load(tmp_path / "remote" / "subset.npy"),
                           np.load(tmp_path / "local" / "subset.npy"))
-    assert pq.read_table(tmp_path / "remote" / "ledger").to_pylist() == \
-        pq.read_table(tmp_path / "local" / "ledger").to_pylist()
+    assert_same_rows(pq.read_table(tmp_path / "remote" / "ledger").to_pylist(),
+                     pq.read_table(tmp_path / "local" / "ledger").to_pylist(), "ledger rows")
 
 
 def test_output_in_s3_gives_the_bytes_of_a_local_output(s3: object, tmp_path: Path,
@@ -132,7 +132,7 @@ def test_output_in_s3_gives_the_bytes_of_a_local_output(s3: object, tmp_path: Pa
                                 sorted((local / "ledger").iterdir())),
                 *(str(p.relative_to(local)) for p in sorted((local / "shards").iterdir())
                   if not p.name.endswith("_stats.json"))]:
-        assert s3.cat_file(f"bucket/out/{rel}") == (local / rel).read_bytes(), rel
+        assert_same_bytes(s3.cat_file(f"bucket/out/{rel}"), (local / rel).read_bytes(), rel)
     report = json.loads(s3.cat_file("bucket/out/report/report.json"))
     assert report["parameters"]["output"] == "s3://bucket/out"
     assert report["command"] == "conceptprune run s3://bucket/out/report/config.yaml"

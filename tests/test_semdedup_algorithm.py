@@ -116,10 +116,20 @@ def test_chain_uses_all_earlier_members_removed_or_not() -> None:
 
 
 def test_threshold_is_strict() -> None:
-    vectors = np.array([[1.0, 0.0], [0.6, 0.8]], dtype=np.float32)  # cos = 0.6 exactly
-    assert dedup_cluster(vectors, 0.4, 8)[0].tolist() == [False, False]  # 0.6 > 0.6 is false
-    assert dedup_cluster(vectors, 0.41, 8)[0].tolist() == [False, True]
-    assert dedup_cluster(vectors, 0.39, 8)[0].tolist() == [False, False]
+    vectors = np.array([[1.0, 0.0], [0.5, 0.75]], dtype=np.float32)  # <e_0, e_1> = 0.5 exactly
+    assert dedup_cluster(vectors, 0.5, 8)[0].tolist() == [False, False]  # 0.5 > 0.5 is false
+    assert dedup_cluster(vectors, 0.51, 8)[0].tolist() == [False, True]
+    assert dedup_cluster(vectors, 0.49, 8)[0].tolist() == [False, False]
+
+
+def test_threshold_compares_the_stored_values_with_the_decimal_setting() -> None:
+    # float32(0.6) = 0.6000000238...: the stored vectors' cosine is above 1 - 0.4 = 0.6
+    vectors = np.array([[1.0, 0.0], [0.6, 0.8]], dtype=np.float32)
+    removed, _, sim = dedup_cluster(vectors, 0.4, 8)
+    assert removed.tolist() == [False, True] and sim[1] == np.float32(0.6)
+    # the line moves by 1e-8: 0.60000003 is above the stored cosine, 0.60000002 below it
+    assert dedup_cluster(vectors, 0.39999997, 8)[0].tolist() == [False, False]
+    assert dedup_cluster(vectors, 0.39999998, 8)[0].tolist() == [False, True]
 
 
 @pytest.mark.parametrize("block_rows", [1, 2, 3, 64])
@@ -158,11 +168,9 @@ def test_planted_exact_duplicates_collapse_to_first_in_dedup_order(block_rows: i
         assert removed[pos].tolist() == [False] + [True] * (len(pos) - 1)
         members = order[pos]
         assert uid_hi[members[0]] == uid_hi[members].min()
-        # every removed copy points at an earlier copy of itself. Not necessarily the survivor:
-        # BLAS may round <e_i, e_j> differently for two identical columns i (vectorised body
-        # vs tail), so "ties go to the smallest i" does not hold bit-for-bit for exact copies.
-        assert (dup_pos[pos[1:]] < pos[1:]).all()
-        assert (g[dup_pos[pos[1:]]] == label).all()
+        # every removed copy points at the survivor: equal exact similarities go to the
+        # earliest member, whatever BLAS rounded for two identical columns
+        assert (dup_pos[pos[1:]] == pos[0]).all()
         assert (sim[pos[1:]] > 0.9999).all()
     assert removed.sum() == n - 25
 

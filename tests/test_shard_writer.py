@@ -14,6 +14,7 @@ import pytest
 import webdataset as wds
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from same_bytes import assert_same_file
 
 from pipeline.io.shard_writer import ShardWriter, member_bytes, records_table, tar_header
 from pipeline.io.shards import iter_samples, iter_tar_members
@@ -103,7 +104,7 @@ def test_deterministic_headers_and_bytes(tmp_path: Path) -> None:
     a = write_all(tmp_path / "a", samples, max_count=5)
     b = write_all(tmp_path / "b", samples, max_count=5)
     for x, y in zip(a.shards, b.shards, strict=True):
-        assert x.path.read_bytes() == y.path.read_bytes()
+        assert_same_file(x.path, y.path)
     with tarfile.open(a.shards[0].path) as tar:
         for m in tar:
             assert (m.mtime, m.uid, m.gid, m.mode, m.uname, m.gname) == (0, 0, 0, 0o644, "", "")
@@ -138,7 +139,7 @@ def test_copy_of_read_samples(tmp_path: Path) -> None:
     with ShardWriter(tmp_path / "dst") as writer:
         for sample in samples:
             writer.write_sample(sample)
-    assert writer.shards[0].path.read_bytes() == src.shards[0].path.read_bytes()
+    assert_same_file(writer.shards[0].path, src.shards[0].path)
     table = pq.read_table(tmp_path / "dst" / "00000.parquet")
     assert table.column("uid").to_pylist() == [s.uid for s in samples]
     assert table.column("caption").to_pylist() == [s.caption for s in samples]

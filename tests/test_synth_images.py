@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from same_bytes import assert_same_file
 
 from pipeline.ids import is_valid_uid
 from pipeline.io.shards import decode_image, expand_shards, iter_samples, read_stats
@@ -104,7 +105,7 @@ def test_deterministic_tars(data: Path, tmp_path: Path) -> None:
                          exact_dup_fraction=0.1, near_dup_fraction=0.1)
     for i in range(3):
         name = f"{i:05d}.tar"
-        assert (again / name).read_bytes() == (data / name).read_bytes()
+        assert_same_file(again / name, data / name)
     assert (pq.read_table(again / "ground_truth.parquet")
             == pq.read_table(data / "ground_truth.parquet"))
     other = synth_images(tmp_path / "other", 20, seed=6)

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from same_bytes import assert_same_file
 from tar_helpers import seven_digit_checksums
 
 from pipeline.io.shard_writer import ShardWriter
@@ -135,7 +136,7 @@ def test_span_copy_is_byte_identical_on_our_own_shards(tmp_path: Path, keep: flo
     assert [(w.name, w.count, w.bytes) for w in fast] == [(w.name, w.count, w.bytes) for w in slow]
     for f, s in zip(fast, slow, strict=True):
         # same headers (ours, copied as they are), same members, same sidecar rows
-        assert f.path.read_bytes() == s.path.read_bytes()
+        assert_same_file(f.path, s.path)
         assert pq.read_table(f.path.with_suffix(".parquet")).equals(
             pq.read_table(s.path.with_suffix(".parquet")))
 

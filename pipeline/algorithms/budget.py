@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from pipeline.algorithms import exact
 from pipeline.algorithms.selection import decimal
 
 
@@ -41,11 +42,11 @@ def inter_distance(centroids: np.ndarray, nonempty: np.ndarray, l: int) -> np.nd
     if len(ids) == 1:
         out[ids] = 1.0
         return out
-    c = centroids[ids].astype(np.float64)
-    dist = 1.0 - c @ c.T
+    c = centroids[ids]
+    dist = 1.0 - exact.dots(c, c)  # exact inner products: the same on every machine
     np.fill_diagonal(dist, np.inf)
     ll = min(l, len(ids) - 1)
-    nearest = np.partition(dist, ll - 1, axis=1)[:, :ll]
+    nearest = np.sort(dist, axis=1)[:, :ll]  # summed in ascending order
     out[ids] = nearest.mean(axis=1)
     return out
 

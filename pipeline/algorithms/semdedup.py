@@ -4,14 +4,18 @@ Members are ordered farthest-from-centroid first (ties by uid). Member j is comp
 every earlier member i < j; m_j = max_i cos(e_i, e_j), and j is a near-duplicate when
 m_j > 1 - eps. Rows are processed in blocks, and a block only needs its products with the
 members before it, so the work is the lower triangle of the Gram matrix and memory is
-O(block x cluster size).
+O(block x cluster size). The products only propose; m_j and its member are decided on
+exact values (``exact.py``), so the decisions are the same on any backend and thread count.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from pipeline.algorithms import exact
 from pipeline.algorithms.ordering import grouped_order
+from pipeline.algorithms.proposers import FaissProposer, Proposer
+from pipeline.algorithms.selection import decimal
 
 
 def dedup_order(distance: np.ndarray, uid_hi: np.ndarray, uid_lo: np.ndarray) -> np.ndarray:
@@ -25,40 +29,76 @@ def auto_block_rows(n: int, cap: int) -> int:
     return max(1, min(cap, max(128, n // 8)))
 
 
-def max_earlier_similarity(vectors: np.ndarray, block_rows: int = 256
-                           ) -> tuple[np.ndarray, np.ndarray]:
-    """For ordered unit rows, m_j = max_{i<j} <e_i, e_j> and the i achieving it.
+def _first_of_equal(keys: np.ndarray) -> np.ndarray:
+    """For each key, the position of its first occurrence."""
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    return first[inverse.ravel()]
 
-    Returns ``(m, arg)``; for j = 0, m is -inf and arg is -1. Ties in m go to the smallest i.
+
+def first_identical(vectors: np.ndarray) -> np.ndarray:
+    """For each row, the first row holding exactly the same bits (itself when none does).
+
+    Rows are grouped by their first four values, then only rows sharing those are compared
+    whole: copies cost their own bytes, distinct rows almost nothing."""
+    rows = np.ascontiguousarray(vectors)
+    n, d = rows.shape
+    out = np.arange(n)
+    if n < 2 or d == 0:
+        return out
+    head = np.ascontiguousarray(rows[:, : min(d, 4)])
+    first = _first_of_equal(head.view(np.dtype((np.void, head.strides[0])))[:, 0])
+    shared = np.flatnonzero(np.bincount(first, minlength=n)[first] > 1)
+    if len(shared):
+        whole = rows[shared].view(np.dtype((np.void, rows.strides[0])))[:, 0]
+        out[shared] = shared[_first_of_equal(whole)]
+    return out
+
+
+def max_earlier_similarity(vectors: np.ndarray, block_rows: int = 256,
+                           proposer: Proposer | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """For ordered unit rows, m_j = max_{i<j} <e_i, e_j> (exact, float64) and the i achieving
+    it, the smallest i among equal values. For j = 0, m is -inf and i is -1.
+
+    The proposer's blocks name each row's most similar earlier member, or, where a runner-up
+    lies within the window, every candidate: those are decided on exact values. A member
+    bit-identical to an earlier one can never be the earliest best (the earlier one has the
+    same exact value), so the proposer does not consider it: a cluster of thousands of
+    copies needs no exact re-check.
     """
     e = np.ascontiguousarray(vectors, dtype=np.float32)
     n = e.shape[0]
-    best = np.full(n, -np.inf, dtype=np.float32)
+    best = np.full(n, -np.inf, dtype=np.float64)
     arg = np.full(n, -1, dtype=np.int64)
     if n < 2:
         return best, arg
-    block_rows = max(1, int(block_rows))
-    # i >= j inside the diagonal part of a block: masked out
-    upper = np.triu(np.ones((block_rows, block_rows), dtype=bool))
-    for start in range(1, n, block_rows):
-        stop = min(n, start + block_rows)
-        rows = stop - start
-        sims = e[start:stop] @ e[:stop].T  # rows j in [start, stop), columns i < stop
-        sims[:, start:stop][upper[:rows, :rows]] = -np.inf
-        idx = sims.argmax(axis=1)
-        best[start:stop] = np.take_along_axis(sims, idx[:, None], axis=1)[:, 0]
-        arg[start:stop] = idx
+    proposer = proposer or FaissProposer()
+    win = exact.window(e.shape[1])
+    eligible = first_identical(e) == np.arange(n)
+    for block in proposer.earlier(e, block_rows, win, eligible):
+        rows = slice(block.start, block.stop)
+        arg[rows] = block.best
+        if len(block.pair_row):
+            values = exact.dot_pairs(e, e, block.pair_row, block.pair_col)
+            local = block.pair_row - block.start
+            _, chosen = exact.best_per_row(local, block.pair_col, values,
+                                           block.stop - block.start)
+            decided = chosen >= 0
+            arg[rows][decided] = chosen[decided]
+        best[rows] = exact.dot_rows(e, e, np.arange(block.start, block.stop), arg[rows])
     return best, arg
 
 
-def dedup_cluster(vectors: np.ndarray, eps: float, block_rows: int = 256
+def dedup_cluster(vectors: np.ndarray, eps: float, block_rows: int = 256,
+                  proposer: Proposer | None = None
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Decide one cluster given its members already in dedup order.
 
     Returns ``(removed, dup_of_position, similarity)`` aligned with the ordered members;
-    ``dup_of_position`` is -1 and ``similarity`` NaN for the first member.
+    ``dup_of_position`` is -1 and ``similarity`` NaN for the first member. A member is
+    removed when its exact m_j (float64) exceeds 1 - eps, eps the decimal as written (the
+    comparison is exact); the similarity is m_j rounded once to float32.
     """
-    best, arg = max_earlier_similarity(vectors, block_rows)
-    removed = best > np.float32(1.0 - eps)
-    similarity = np.where(arg >= 0, best, np.nan).astype(np.float32)
-    return removed, arg, similarity
+    best, arg = max_earlier_similarity(vectors, block_rows, proposer)
+    removed = exact.above(best, 1 - decimal(eps))
+    similarity = np.where(arg >= 0, exact.round_once(np.where(arg >= 0, best, 0.0)), np.nan)
+    return removed, arg, similarity.astype(np.float32)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
+from pipeline.algorithms import exact
+
 MIN_NORM = 1e-12
 
 
@@ -37,11 +39,10 @@ def unit_rows(chunk: np.ndarray, out: np.ndarray | None = None
     ``MIN_NORM`` (a zero vector); such rows come back as zeros.
     """
     x = as_float32(chunk, out)
-    with np.errstate(invalid="ignore", over="ignore"):
-        norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    norms = exact.norms(x).astype(np.float32)  # exact, rounded once: the same on any machine
     ok = usable(norms)
     x[~ok] = 0.0
-    x /= np.where(ok, norms, 1.0)[:, None]
+    x /= np.where(ok, norms, 1.0)[:, None]  # one correctly rounded division per element
     return x, norms
 
 

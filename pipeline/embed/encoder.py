@@ -4,7 +4,8 @@ Work is split so the model never waits on JPEG decoding: ``Preprocessor`` (pickl
 one decoded image and its caption into tensors inside DataLoader worker processes,
 ``collate`` stacks them, and ``BatchEncoder.encode_batch`` runs the models on the stacked
 tensors under ``torch.inference_mode`` (with bf16/fp16 autocast on GPUs when asked).
-Outputs are float32 numpy arrays, L2-normalised in fp32 whatever the compute precision.
+Outputs are float32 numpy arrays, L2-normalised in fp32 whatever the compute precision;
+the CLIP score is the exact inner product of the stored vectors (``algorithms/exact.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from pipeline.algorithms import exact
 from pipeline.embed.models import ClipModel, ClusterEncoder
 
 
@@ -102,10 +104,17 @@ def collate(samples: Sequence[PreparedSample]) -> PreparedBatch:
 class BatchEncoder:
     """Runs a loaded CLIP model (and optional cluster encoder) on batches of tensors."""
 
-    def __init__(self, clip: ClipModel, cluster: ClusterEncoder | None = None) -> None:
+    def __init__(self, clip: ClipModel, cluster: ClusterEncoder | None = None,
+                 full_batch: int = 0) -> None:
+        """``full_batch``: on a CPU, every batch runs at this size at least, padded with copies
+        of its last sample. CPU kernels pick their algorithm by batch size and thread count
+        (oneDNN's convolutions gave other last bits for batches under 16 on one thread than
+        on two), so a shard's short last batch would make its vectors depend on the machine's
+        thread count; at full size they did not, on any count tried."""
         self.clip = clip
         self.cluster = cluster
         self.device = clip.device
+        self.full_batch = full_batch if clip.device.type == "cpu" else 0
         if cluster is not None and cluster.device != clip.device:
             raise ValueError(f"the CLIP model is on {clip.device} but the cluster encoder on "
                              f"{cluster.device}: load both on one device")
@@ -134,6 +143,15 @@ class BatchEncoder:
         ``cluster_pixels`` is required when a cluster encoder is set."""
         if (cluster_pixels is None) != (self.cluster is None):
             raise ValueError("cluster_pixels must be given exactly when a cluster encoder is set")
+        n = len(pixels)
+        if 0 < n < self.full_batch:
+            pad = self.full_batch - n
+            pixels, tokens, has_text, cluster_pixels = (
+                None if t is None else torch.cat([t, t[-1:].expand(pad, *t.shape[1:])])
+                for t in (pixels, tokens, has_text, cluster_pixels))
+            out = self.encode_batch(pixels, tokens, has_text, cluster_pixels)
+            return EmbedOutput(out.image_emb[:n], out.text_emb[:n], out.clip_score[:n],
+                               None if out.cluster_emb is None else out.cluster_emb[:n])
         model = self.clip.model
         with torch.inference_mode(), self._autocast():
             img = model.encode_image(self._to_device(pixels, self.clip.channels_last))
@@ -145,18 +163,17 @@ class BatchEncoder:
         with torch.inference_mode():
             img = F.normalize(img.float(), dim=-1)
             txt = F.normalize(txt.float(), dim=-1)
-            score = (img * txt).sum(dim=-1)
             if has_text is not None:
-                mask = self._to_device(has_text).bool()
-                txt = txt * mask[:, None]
-                score = torch.where(mask, score, torch.full_like(score, float("nan")))
+                txt = txt * self._to_device(has_text).bool()[:, None]
             if feats is not None:
                 feats = F.normalize(feats.float().flatten(1), dim=-1)
-            return EmbedOutput(
-                image_emb=img.cpu().numpy(), text_emb=txt.cpu().numpy(),
-                clip_score=score.cpu().numpy(),
-                cluster_emb=None if feats is None else feats.cpu().numpy(),
-            )
+            image_emb, text_emb = img.cpu().numpy(), txt.cpu().numpy()
+        # the score from the vectors as stored, exactly (SPEC §2): the same on every device
+        score = exact.round_once(exact.dot_rows(image_emb, text_emb))
+        if has_text is not None:
+            score[~has_text.cpu().numpy().astype(bool)] = np.nan
+        return EmbedOutput(image_emb=image_emb, text_emb=text_emb, clip_score=score,
+                           cluster_emb=None if feats is None else feats.cpu().numpy())
 
     def encode_prepared(self, batch: PreparedBatch) -> EmbedOutput:
         """``encode_batch`` on a collated batch."""

@@ -11,6 +11,7 @@ by (seed, step, part), in part and row order. Only the fit's worker ever holds t
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipeline.algorithms import kmeans
+from pipeline.algorithms import kmeans, proposers
 from pipeline.engines.base import Resources
 from pipeline.engines.gpu import task_gpu
 from pipeline.io.vector_store import VectorStore
@@ -73,8 +74,29 @@ class FitTask:
     k: int
     niter: int
     seed: int
-    gpu: bool
+    backend: Backend
     setting: str
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The clustering proposer a step's units use (``proposers.choose``)."""
+
+    name: str
+    gpu: bool
+
+    def proposer(self) -> proposers.Proposer:
+        """Built in the worker, on the GPU the engine gave its task."""
+        return proposers.make_proposer(self.name, self.gpu, task_gpu())
+
+    @property
+    def resources(self) -> Resources:
+        return Resources(gpus=1.0) if self.gpu else Resources()
+
+
+def backend(ctx: RunContext) -> Backend:
+    name, gpu = proposers.choose(ctx.cfg.kmeans.backend, ctx.cfg.kmeans.device)
+    return Backend(name, gpu)
 
 
 def fit(task: FitTask) -> np.ndarray:
@@ -87,8 +109,8 @@ def fit(task: FitTask) -> np.ndarray:
             pieces.append(task.store.gather(offset + rows))
     sample = np.concatenate(pieces)
     del pieces
-    return kmeans.fit_spherical(sample, task.k, task.niter, task.seed, gpu=task.gpu,
-                                setting=task.setting, device=task_gpu())
+    return kmeans.fit_spherical(sample, task.k, task.niter, task.seed,
+                                proposer=task.backend.proposer(), setting=task.setting)
 
 
 @dataclass(frozen=True)
@@ -103,15 +125,14 @@ class AssignTask:
     sums: bool  # also write the per-cluster sum of distances
 
 
-def _assign_state(store: VectorStore, centroids: np.ndarray, gpu: bool
+def _assign_state(store: VectorStore, centroids: np.ndarray, backend: Backend
                   ) -> tuple[VectorStore, kmeans.Assigner]:
-    return store, kmeans.Assigner(centroids, gpu=gpu, device=task_gpu())
+    return store, kmeans.Assigner(centroids, backend.proposer())
 
 
 def assign_part(state: tuple[VectorStore, kmeans.Assigner], task: AssignTask) -> int:
-    """Nearest centroid and distance of each alive row, in batches that restart at the
-    part's start (the same batches on every engine, so the same floats), scattered by
-    cluster. Returns the rows assigned."""
+    """Exact nearest centroid and distance of each alive row (batches only bound memory),
+    scattered by cluster. Returns the rows assigned."""
     store, assigner = state
     rows = alive_rows(task.work, task.part, task.earlier)
     cluster = np.empty(len(rows), dtype=np.int32)
@@ -148,8 +169,7 @@ def fit_and_assign(ctx: RunContext, step: str, earlier: tuple[str, ...], alive: 
     assigned and scattered by cluster into ``STEP/scatter``."""
     cfg = ctx.cfg.kmeans
     kmeans.check_k(k, sum(alive), setting)
-    gpu = kmeans.use_gpu(cfg.device)
-    gpus = Resources(gpus=1.0) if gpu else Resources()
+    chosen = backend(ctx)
     counts = plan_sample(alive, k, cfg.max_points_per_centroid, ctx.cfg.seed, STEP_SALT[step])
     offsets = ctx.offsets
     parts = [p.index for p in ctx.parts]
@@ -158,20 +178,22 @@ def fit_and_assign(ctx: RunContext, step: str, earlier: tuple[str, ...], alive: 
     if ctx.work.done(f"{step}/fit", fp):
         centroids = np.load(centroids_path)
     else:
-        log.info("%s: fitting %d centroids on %d of %d vectors (%s)", step, k, sum(counts),
-                 sum(alive), "GPU" if gpu else "CPU")
+        log.info("%s: fitting %d centroids on %d of %d vectors (%s%s)", step, k, sum(counts),
+                 sum(alive), chosen.name, " on a GPU" if chosen.gpu else "")
         plan = tuple((p, int(offsets[p]), counts[p]) for p in parts)
+        started = time.perf_counter()
         centroids = ctx.engine.run_one(
             fit, FitTask(ctx.store, ctx.root, plan, earlier, STEP_SALT[step], k, cfg.niter,
-                         ctx.cfg.seed, gpu, setting), resources=gpus)
+                         ctx.cfg.seed, chosen, setting), resources=chosen.resources)
+        log.info("%s: fitted in %.1f s", step, time.perf_counter() - started)
         write_npy(centroids_path, centroids)
         ctx.work.mark(f"{step}/fit", fp)
     scatter = ctx.step_folder(step, "scatter")
     tasks_a = [AssignTask(ctx.root, p, int(offsets[p]), earlier, k, cfg.batch_size,
                           str(scatter), sums) for p in parts]
     ctx.map_units(step, "assign", assign_part, tasks_a, parts, desc=f"{step}: assign",
-                  unit="part", resources=gpus,
-                  setup=partial(_assign_state, ctx.store, centroids, gpu))
+                  unit="part", resources=chosen.resources,
+                  setup=partial(_assign_state, ctx.store, centroids, chosen))
     sizes = np.zeros(k, dtype=np.int64)
     total = np.zeros(k, dtype=np.float64) if sums else None
     for p in parts:  # folded in part order: the same sums on every engine
@@ -194,6 +216,8 @@ def apply_decisions(ctx: RunContext, step: str, fn: Callable[[ApplyTask], list[i
     return StepResult([a for a, _ in applied], [r for _, r in applied], {})
 
 
-def _same(store: VectorStore) -> VectorStore:
-    """A worker's store: this one in-process; elsewhere a copy reading the work folder."""
-    return store
+def bucket_state(store: VectorStore, chosen: Backend
+                 ) -> tuple[VectorStore, proposers.Proposer]:
+    """A worker's store (this one in-process; elsewhere a copy reading the work folder) and
+    its proposer."""
+    return store, chosen.proposer()

@@ -8,6 +8,7 @@ the workers that need it; the vectors stay on disk behind the ``VectorStore``.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,11 +113,15 @@ class RunContext:
             log.info("%s: %d of %d %s units already done, reusing them", step,
                      len(tasks) - len(todo), len(tasks), kind)
         results: list[Any] = [None] * len(tasks)
+        started = time.perf_counter()
         done = self.engine.map(fn, [tasks[i] for i in todo], desc=desc, total=len(todo),
                                unit=unit, resources=resources, setup=setup,
                                concurrent=concurrent)
         for i, result in zip(todo, done, strict=True):
             self.work.mark(names[i], fp, {"result": result})
+        if todo:
+            log.info("%s: %d %s units in %.1f s", desc, len(todo), kind,
+                     time.perf_counter() - started)
         for i, name in enumerate(names):
             results[i] = self.work.stats(name)["result"]
         return results

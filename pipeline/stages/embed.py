@@ -260,7 +260,7 @@ def load_models(cfg: Any, seed: int) -> EmbedModels:  # noqa: ANN401 - EmbedConf
               "cluster_random_weights": None if cluster is None else cluster.random_weights}
     log.info("embedding with %s%s", models["clip"],
              f"; clustering on {models['cluster']}" if cluster else "")
-    return EmbedModels(BatchEncoder(clip, cluster), models)
+    return EmbedModels(BatchEncoder(clip, cluster, full_batch=cfg.batch_size), models)
 
 
 def embed_task(models: EmbedModels, task: EmbedTask) -> int:

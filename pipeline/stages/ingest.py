@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from pipeline.algorithms import exact
 from pipeline.algorithms.vectors import MIN_NORM, unit_rows, usable
 from pipeline.ids import derive_u128, u128_to_uids, uids_to_u128
 from pipeline.io.embeddings import EmbeddingPart, read_part
@@ -81,7 +82,8 @@ def write_unit_vectors(path: Path, image: np.ndarray, text: np.ndarray | None,
                 if text is not None:
                     txt, txt_norms = unit_rows(text[sl], text_scratch[:m])
                     ok &= usable(txt_norms)
-                    score[sl] = np.where(ok, np.einsum("ij,ij->i", img, txt), np.nan)
+                    score[sl] = np.where(ok, exact.round_once(exact.dot_rows(img, txt)),
+                                         np.nan)
 
     atomic_write(path, write)
     if half:

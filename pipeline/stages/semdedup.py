@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from pipeline.algorithms.proposers import Proposer
 from pipeline.algorithms.semdedup import auto_block_rows, dedup_cluster
 from pipeline.io.tables import masked
 from pipeline.io.vector_store import VectorStore
-from pipeline.stages.clusters import _same, apply_decisions, fit_and_assign
+from pipeline.stages.clusters import apply_decisions, backend, bucket_state, fit_and_assign
 from pipeline.stages.context import RunContext, StepResult
 from pipeline.stages.shuffle import (
     ApplyTask,
@@ -74,15 +75,16 @@ def _clusters_read_in_groups(store: VectorStore, rows: np.ndarray,
         i = j
 
 
-def dedup_bucket(store: VectorStore, task: DedupTask) -> int:
+def dedup_bucket(state: tuple[VectorStore, Proposer], task: DedupTask) -> int:
     """Decide every member of clusters [first, stop); returns how many were removed."""
+    store, proposer = state
     m = task.members()
     rows = task.offsets[m.part] + m.row
     out = np.zeros(len(rows), dtype=DECISION_DTYPE)
     out["row"] = m.row
     for a, b, vectors in _clusters_read_in_groups(store, rows, m.cluster_bounds()):
         cap = max(1, min(task.block_rows, MAX_BLOCK_ELEMENTS // max(1, b - a)))
-        rem, arg, sim = dedup_cluster(vectors, task.eps, auto_block_rows(b - a, cap))
+        rem, arg, sim = dedup_cluster(vectors, task.eps, auto_block_rows(b - a, cap), proposer)
         has = arg >= 0
         at = a + np.maximum(arg, 0)
         piece = out[a:b]
@@ -127,9 +129,10 @@ def run_semdedup(ctx: RunContext, earlier: tuple[str, ...], alive: list[int]) ->
     n_parts = len(ctx.parts)
     tasks = [DedupTask(str(got.scatter), str(decisions), n_parts, b.index, b.first, b.stop,
                        ctx.offsets, cfg.eps, cfg.block_rows) for b in buckets]
+    chosen = backend(ctx)
     ctx.map_units("semdedup", "bucket", dedup_bucket, tasks, [b.index for b in buckets],
-                  desc="semdedup: clusters", unit="bucket", setup=partial(_same, ctx.store),
-                  plan=ctx.cfg.engine.bucket_rows)
+                  desc="semdedup: clusters", unit="bucket", resources=chosen.resources,
+                  setup=partial(bucket_state, ctx.store, chosen), plan=ctx.cfg.engine.bucket_rows)
     applied = apply_decisions(ctx, "semdedup", apply_part, got.scatter, len(buckets))
     result = StepResult(applied.alive_in, applied.removed,
                         {"k": k, "buckets": len(buckets),

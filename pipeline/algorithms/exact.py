@@ -1,0 +1,182 @@
+"""Inner products that decide, computed the same way on every machine (SPEC §2, §3).
+
+A fast kernel (BLAS, faiss, torch, on a CPU or a GPU) sums the products of an inner product in
+whatever order its blocking, SIMD width and thread count pick, so its float32 results differ in
+the last bits from one machine, thread count or device to another. Here every decisive inner
+product of two float32 rows is computed one way only:
+
+- each product ``a_i * b_i`` in float64, which is exact (24 + 24 significant bits fit in 53);
+- the d products summed by a pairwise tree whose shape this code fixes: the first half of
+  the row is added element by element to the second half (an odd middle element waits), and
+  again, until one value is left. Each step is one IEEE addition per element, so neither
+  numpy's reduction order, SIMD width nor thread count can change a bit;
+- the float64 result rounded once where a float32 value is stored.
+
+**The window.** A fast kernel's float32 inner product ŝ of two rows of norm at most 1 + ρ
+differs from the exact one s by at most γ_d (1 + ρ)², γ_d = d·u / (1 − d·u), u = 2⁻²⁴, in any
+summation order, with or without fused multiply-adds (Higham, *Accuracy and Stability of
+Numerical Algorithms*, §3.1, with Σ|a_i b_i| ≤ ‖a‖‖b‖). The float64 tree differs from s by at
+most γ_d with u = 2⁻⁵³. So |ŝ − v| ≤ δ = γ_d(u32)(1 + ρ)² + γ_d(u64) for the value v used
+here, and when the fast score of a proposal p beats another candidate c by more than 2δ, then
+v_p ≥ ŝ_p − δ > ŝ_c + δ ≥ v_c: the proposal is right. Every candidate whose fast score lies
+within ``window(d)`` = 2δ (doubled again for slack) of the best is re-decided on v with the
+tie rules of SPEC. Stored unit rows have ρ < 1e-5 (a float32 division per element after a
+float64 norm). The bound needs true float32 products: TF32 or bf16 matrix units are off in
+every proposer (see ``proposers.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
+
+import numpy as np
+
+# Bump when a value computed here (or how the embed step runs its CPU batches) changes: it is
+# part of the embed and read fingerprints, so work done by another version is done again.
+EXACT_VERSION = 1
+
+U32 = 2.0**-24
+U64 = 2.0**-53
+NORM_SLACK = 1e-5  # stored unit rows: |‖x‖ − 1| below this
+SLACK = 2.0  # the window is twice the proven bound
+
+# rows per piece: a piece's float64 products stay in the caches (about 1 MB at d = 512)
+_PIECE_ELEMENTS = 1 << 17
+_PARALLEL_ROWS = 16384  # from this many rows the pieces are spread over threads
+
+
+def gamma(d: int, u: float) -> float:
+    return d * u / (1.0 - d * u)
+
+
+def window(d: int) -> float:
+    """Fast scores closer than this to the best may be in either order exactly."""
+    delta = gamma(d, U32) * (1.0 + NORM_SLACK) ** 2 + gamma(d, U64) * (1.0 + NORM_SLACK) ** 2
+    return SLACK * 2.0 * delta
+
+
+def tree_sum(p: np.ndarray) -> np.ndarray:
+    """Sum float64 ``p`` over its last axis by the fixed pairwise tree, in place; returns the
+    sums (a view of ``p``)."""
+    w = p.shape[-1]
+    while w > 1:
+        h = w // 2
+        np.add(p[..., :h], p[..., w - h : w], out=p[..., :h])
+        w -= h
+    return p[..., 0]
+
+
+def _threads() -> int:
+    try:  # the count engine.threads pinned, else the machine's cores
+        import faiss
+
+        return max(1, faiss.omp_get_max_threads())
+    except ImportError:  # pragma: no cover - faiss is a core dependency
+        return os.cpu_count() or 1
+
+
+def dot_rows(a: np.ndarray, b: np.ndarray, a_rows: np.ndarray | None = None,
+             b_rows: np.ndarray | None = None) -> np.ndarray:
+    """Row-wise inner products of float32 rows, float64, by the fixed tree: of ``a[i]`` and
+    ``b[i]``, or of ``a[a_rows[i]]`` and ``b[b_rows[i]]`` when the rows are given.
+
+    Rows are gathered a piece at a time (never a whole gathered copy: fresh memory costs
+    page faults that here cost more than the arithmetic).
+    """
+    a = np.asarray(a, dtype=np.float32)
+    b = np.asarray(b, dtype=np.float32)
+    n = len(a) if a_rows is None else len(a_rows)
+    if (len(b) if b_rows is None else len(b_rows)) != n or a.ndim != 2 or b.ndim != 2 \
+            or a.shape[1] != b.shape[1]:
+        raise ValueError(f"dot_rows needs rows of one width, as many on each side: {a.shape} "
+                         f"({n} taken), {b.shape}")
+    d = a.shape[1]
+    out = np.empty(n, dtype=np.float64)
+    if d == 0:
+        out[:] = 0.0
+        return out
+    step = max(1, _PIECE_ELEMENTS // d)
+    starts = range(0, n, step)
+
+    def piece(s: int) -> None:
+        sl = slice(s, s + step)
+        x = a[sl] if a_rows is None else a[a_rows[sl]]
+        y = b[sl] if b_rows is None else b[b_rows[sl]]
+        out[sl] = tree_sum(np.multiply(x, y, dtype=np.float64))
+
+    threads = _threads()
+    if n >= _PARALLEL_ROWS and threads > 1:  # rows are independent: same bits on any count
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(piece, starts))
+    else:
+        for s in starts:
+            piece(s)
+    return out
+
+
+def dot_pairs(x: np.ndarray, base: np.ndarray, rows: np.ndarray, cols: np.ndarray
+              ) -> np.ndarray:
+    """v(x[rows[i]], base[cols[i]]) for every pair i, float64."""
+    return dot_rows(x, base, rows, cols)
+
+
+def dots(x: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """Every inner product of the rows of ``x`` with the rows of ``base``: (n, m) float64."""
+    x = np.asarray(x, dtype=np.float32)
+    base = np.asarray(base, dtype=np.float32)
+    n, m = len(x), len(base)
+    out = np.empty((n, m), dtype=np.float64)
+    if n == 0 or m == 0:
+        return out
+    d = x.shape[1]
+    rows = max(1, _PIECE_ELEMENTS // max(1, m * d))
+    cols = m if rows > 1 else max(1, _PIECE_ELEMENTS // max(1, d))
+    for s in range(0, n, rows):
+        for c in range(0, m, cols):
+            p = np.multiply(x[s : s + rows, None, :], base[None, c : c + cols, :],
+                            dtype=np.float64)
+            out[s : s + rows, c : c + cols] = tree_sum(p)
+    return out
+
+
+def norms(x: np.ndarray) -> np.ndarray:
+    """Row norms, float64: the square root (correctly rounded) of the tree's sum of squares.
+
+    Rows holding a NaN or an infinite value give NaN or inf, as they should.
+    """
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.sqrt(dot_rows(x, x))
+
+
+def best_per_row(row: np.ndarray, col: np.ndarray, value: np.ndarray, rows: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """For pairs (row, col, value): each row's largest value and its column, the smallest
+    column among equal values. Rows without a pair get -inf and -1."""
+    best = np.full(rows, -np.inf)
+    arg = np.full(rows, -1, dtype=np.int64)
+    if len(row) == 0:
+        return best, arg
+    order = np.lexsort((col, -value, row))
+    r = row[order]
+    first = order[np.r_[True, r[1:] != r[:-1]]]
+    best[row[first]] = value[first]
+    arg[row[first]] = col[first]
+    return best, arg
+
+
+def above(values: np.ndarray, threshold: Fraction) -> np.ndarray:
+    """values > threshold, exactly: float64 ``values`` against a rational ``threshold`` (the
+    decimal a user wrote, say 1 - 0.07), not against its nearest double."""
+    near = float(threshold)  # correctly rounded
+    if Fraction(near) == threshold:
+        return np.asarray(values) > near
+    # the threshold lies strictly between two adjacent doubles: v > t iff v >= the upper one
+    upper = near if Fraction(near) > threshold else float(np.nextafter(near, np.inf))
+    return np.asarray(values) >= upper
+
+
+def round_once(values: np.ndarray) -> np.ndarray:
+    """float64 results stored as float32: one rounding (to nearest, ties to even)."""
+    return np.asarray(values, dtype=np.float64).astype(np.float32)

@@ -1,0 +1,292 @@
+"""Fast kernels that propose and never decide (SPEC §2, §3): the nearest centroids of a
+vector and the most similar earlier member of a cluster, from float32 products on faiss,
+BLAS or torch (on a CPU or a CUDA GPU).
+
+A proposer returns its best guess and, for the rows where a runner-up lies within the window
+of ``exact.window`` of the best, every candidate inside that window; ``kmeans`` and
+``semdedup`` then decide on exact values. So the backend and its thread count change the
+speed, never a result: pick the fastest (``make_proposer``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import faiss
+import numpy as np
+
+BACKENDS = ("auto", "faiss", "torch")
+DEVICES = ("auto", "cpu", "gpu")
+
+
+class BackendError(ValueError):
+    """A clustering backend or device that cannot run here; the message says what to set."""
+
+
+@dataclass
+class EarlierBlock:
+    """Rows [start, stop) of a cluster: each row's proposed most similar earlier member,
+    and (row, col) pairs of every candidate of the rows that need deciding exactly."""
+
+    start: int
+    stop: int
+    best: np.ndarray  # int64, one per row
+    pair_row: np.ndarray  # int64 rows in [start, stop)
+    pair_col: np.ndarray  # int64 earlier members
+
+
+class Index(Protocol):
+    def top(self, queries: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``r`` largest fast inner products of every query with the indexed rows:
+        (float32 scores, int64 ids), each (n, r), best first."""
+
+
+class Proposer(Protocol):
+    name: str
+    gpu: bool
+
+    def index(self, base: np.ndarray) -> Index:
+        """``base`` (unit float32 rows) ready for ``top`` queries."""
+
+    def earlier(self, vectors: np.ndarray, block_rows: int, window: float,
+                eligible: np.ndarray) -> Iterator[EarlierBlock]:
+        """For ordered unit rows: each row j >= 1's proposed argmax over eligible i < j of
+        <e_i, e_j>, block by block, with the candidates of the rows whose runner-up is
+        within ``window`` of the best."""
+
+
+def _upper(rows: int) -> np.ndarray:
+    return np.triu(np.ones((rows, rows), dtype=bool))
+
+
+def _near_pairs(start: int, near: np.ndarray, best: np.ndarray, r: np.ndarray, c: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    rows = np.concatenate([near, near[r]]).astype(np.int64) + start
+    cols = np.concatenate([best[near], c]).astype(np.int64)
+    return rows, cols
+
+
+def _matmul(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    return rows @ cols.T
+
+
+def blas_earlier(vectors: np.ndarray, block_rows: int, window: float, eligible: np.ndarray,
+                 product: Callable[[np.ndarray, np.ndarray], np.ndarray] = _matmul
+                 ) -> Iterator[EarlierBlock]:
+    """The block proposer on this process's BLAS (numpy's float32 matrix product), or on
+    another ``product`` of row blocks."""
+    e = np.ascontiguousarray(vectors, dtype=np.float32)
+    n = len(e)
+    block_rows = max(1, int(block_rows))
+    upper = _upper(block_rows)
+    barred = None if eligible.all() else ~eligible
+    for start in range(1, n, block_rows):
+        stop = min(n, start + block_rows)
+        rows = stop - start
+        sims = product(e[start:stop], e[:stop])  # rows j in [start, stop), columns i < stop
+        sims[:, start:stop][upper[:rows, :rows]] = -np.inf
+        if barred is not None:
+            sims[:, barred[:stop]] = -np.inf
+        at = np.arange(rows)
+        best = sims.argmax(axis=1)
+        top = sims[at, best]
+        sims[at, best] = -np.inf
+        near = np.flatnonzero(sims.max(axis=1) >= top - window)
+        pair_row = pair_col = np.zeros(0, dtype=np.int64)
+        if len(near):
+            r, c = np.nonzero(sims[near] >= (top[near] - window)[:, None])
+            pair_row, pair_col = _near_pairs(start, near, best, r, c)
+        yield EarlierBlock(start, stop, best.astype(np.int64), pair_row, pair_col)
+
+
+class _FaissIndex:
+    def __init__(self, base: np.ndarray, gpu: bool, device: int | None) -> None:
+        base = np.ascontiguousarray(base, dtype=np.float32)
+        index = faiss.IndexFlatIP(base.shape[1])
+        if gpu:
+            self._res = faiss.StandardGpuResources()
+            index = faiss.index_cpu_to_gpu(self._res, device or 0, index)
+        index.add(base)
+        self._index = index
+
+    def top(self, queries: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, ids = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), r)
+        return scores, ids.astype(np.int64)
+
+
+class FaissProposer:
+    """faiss's flat inner-product search (CPU, or a GPU with faiss-gpu) for centroids; the
+    process's BLAS for semdedup's blocks."""
+
+    def __init__(self, gpu: bool = False, device: int | None = None) -> None:
+        if gpu and faiss_gpus() == 0:
+            raise BackendError("kmeans.backend=faiss on the GPU, but faiss sees no GPU: "
+                               "install faiss-gpu, or set kmeans.device=cpu")
+        self.gpu = gpu
+        self.device = device
+        self.name = f"faiss-gpu:{device or 0}" if gpu else "faiss-cpu"
+
+    def index(self, base: np.ndarray) -> Index:
+        return _FaissIndex(base, self.gpu, self.device)
+
+    def earlier(self, vectors: np.ndarray, block_rows: int, window: float,
+                eligible: np.ndarray) -> Iterator[EarlierBlock]:
+        return blas_earlier(vectors, block_rows, window, eligible)
+
+
+@contextlib.contextmanager
+def _true_float32(torch: Any) -> Iterator[None]:  # noqa: ANN401 - the torch module
+    """Matrix products in full float32 (no TF32, no bf16 passes), put back afterwards."""
+    before = (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32)
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before[0])
+        torch.backends.cuda.matmul.allow_tf32 = before[1]
+
+
+class _TorchIndex:
+    def __init__(self, proposer: TorchProposer, base: np.ndarray) -> None:
+        self.p = proposer
+        self.base = proposer.to_device(base)
+
+    def top(self, queries: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
+        torch = self.p.torch
+        n, k = len(queries), len(self.base)
+        scores = np.empty((n, r), dtype=np.float32)
+        ids = np.empty((n, r), dtype=np.int64)
+        step = max(1, self.p.max_elements // max(1, k))  # a (step x k) product at a time
+        with torch.inference_mode(), _true_float32(torch):
+            for s in range(0, n, step):
+                q = self.p.to_device(queries[s : s + step])
+                v, i = torch.topk(q @ self.base.T, r, dim=1)
+                scores[s : s + step] = v.cpu().numpy()
+                ids[s : s + step] = i.cpu().numpy()
+        return scores, ids
+
+
+class TorchProposer:
+    """torch's float32 matrix products and top-k, on a CUDA GPU or this CPU."""
+
+    def __init__(self, gpu: bool = False, device: int | None = None) -> None:
+        try:
+            import torch
+        except ImportError as err:
+            raise BackendError("kmeans.backend=torch needs torch: install the 'embed' extra "
+                               "(pip install 'conceptprune[embed]') or set "
+                               "kmeans.backend=faiss") from err
+        if gpu and not torch.cuda.is_available():
+            raise BackendError("kmeans.backend=torch on the GPU, but torch sees no CUDA "
+                               "device: set kmeans.device=cpu, or run where a GPU is")
+        self.torch = torch
+        self.gpu = gpu
+        self.device = torch.device(f"cuda:{device or 0}") if gpu else torch.device("cpu")
+        self.name = f"torch-{self.device}"
+        # elements of one block of products: 1 GiB of float32 on a GPU, 256 MiB on a CPU
+        self.max_elements = (1 << 28) if gpu else (1 << 26)
+
+    def to_device(self, x: np.ndarray) -> Any:  # noqa: ANN401 - a torch tensor
+        t = self.torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        return t.to(self.device, non_blocking=False) if self.gpu else t
+
+    def index(self, base: np.ndarray) -> Index:
+        return _TorchIndex(self, base)
+
+    def earlier(self, vectors: np.ndarray, block_rows: int, window: float,
+                eligible: np.ndarray) -> Iterator[EarlierBlock]:
+        torch = self.torch
+        n = len(vectors)
+        if n < 2:
+            return
+        block_rows = max(1, min(int(block_rows), self.max_elements // n))
+        with torch.inference_mode(), _true_float32(torch):
+            e = self.to_device(vectors)
+            upper = torch.triu(torch.ones((block_rows, block_rows), dtype=torch.bool,
+                                          device=self.device))
+            barred = None if eligible.all() else \
+                torch.from_numpy(~eligible).to(self.device)
+            for start in range(1, n, block_rows):
+                stop = min(n, start + block_rows)
+                rows = stop - start
+                sims = e[start:stop] @ e[:stop].T
+                sims[:, start:stop].masked_fill_(upper[:rows, :rows], -float("inf"))
+                if barred is not None:
+                    sims[:, barred[:stop]] = -float("inf")
+                top, best = sims.max(dim=1)
+                at = torch.arange(rows, device=self.device)
+                sims[at, best] = -float("inf")
+                near = torch.nonzero(sims.max(dim=1).values >= top - window).flatten()
+                pair_row = pair_col = np.zeros(0, dtype=np.int64)
+                best_np = best.cpu().numpy().astype(np.int64)
+                if len(near):
+                    r, c = torch.nonzero(sims[near] >= (top[near] - window)[:, None],
+                                         as_tuple=True)
+                    pair_row, pair_col = _near_pairs(start, near.cpu().numpy(), best_np,
+                                                     r.cpu().numpy(), c.cpu().numpy())
+                yield EarlierBlock(start, stop, best_np, pair_row, pair_col)
+
+
+def faiss_gpus() -> int:
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get else 0
+
+
+def _nvidia_driver() -> bool:
+    """Whether this machine has an NVIDIA driver: found without importing torch (seconds)."""
+    return os.path.exists("/dev/nvidiactl") or os.path.isdir("/proc/driver/nvidia")
+
+
+def torch_gpus() -> int:
+    if "torch" not in sys.modules and not _nvidia_driver():
+        return 0
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check(backend: str, device: str) -> None:
+    if backend not in BACKENDS:
+        raise BackendError(f"kmeans.backend must be one of {', '.join(BACKENDS)}, got "
+                           f"{backend!r}")
+    if device not in DEVICES:
+        raise BackendError(f"kmeans.device must be one of {', '.join(DEVICES)}, got "
+                           f"{device!r}")
+
+
+def choose(backend: str, device: str) -> tuple[str, bool]:
+    """(backend, on a GPU) that ``backend`` and ``device`` settings name on this machine.
+
+    auto: a GPU when one is there (torch on CUDA, else faiss-gpu), else faiss on the CPU,
+    the faster CPU proposer here (``bench/bench_proposers.py``). device=gpu asks for a GPU
+    without looking: the workers that get one may be other machines.
+    """
+    check(backend, device)
+    if device == "cpu":
+        return ("faiss" if backend == "auto" else backend), False
+    if backend == "auto":
+        if torch_gpus():
+            return "torch", True
+        if faiss_gpus():
+            return "faiss", True
+        # a GPU asked for where this process sees none: the workers' (torch, the common one)
+        return ("torch", True) if device == "gpu" else ("faiss", False)
+    if device == "gpu":
+        return backend, True
+    found = torch_gpus() if backend == "torch" else faiss_gpus()
+    return backend, found > 0
+
+
+def make_proposer(backend: str, gpu: bool, device: int | None = None) -> Proposer:
+    """The proposer ``choose`` named, on GPU ``device`` (None: the first one) when ``gpu``."""
+    if backend == "torch":
+        return TorchProposer(gpu, device)
+    return FaissProposer(gpu, device)

@@ -1,0 +1,278 @@
+"""Exact decisions (SPEC §2, §3): fast kernels propose, fixed-order float64 decides.
+
+The values that decide do not depend on the backend (faiss, BLAS, torch), the thread count or
+how work is cut into pieces; near-ties are re-decided with SPEC's tie rules, so a proposer
+that rounds differently (or is wrong by up to the proven error bound) changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from fractions import Fraction
+
+import faiss
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+from pipeline.algorithms import exact, proposers
+from pipeline.algorithms.kmeans import Assigner, cluster_sums, fit_spherical, nearest
+from pipeline.algorithms.proposers import FaissProposer, blas_earlier
+from pipeline.algorithms.semdedup import dedup_cluster, max_earlier_similarity
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def backends() -> list[proposers.Proposer]:
+    out: list[proposers.Proposer] = [FaissProposer()]
+    with contextlib.suppress(proposers.BackendError):  # torch is installed in CI
+        out.append(proposers.TorchProposer())
+    return out
+
+
+def true_dot(a: np.ndarray, b: np.ndarray) -> Fraction:
+    """The exact rational inner product of two float32 rows."""
+    return sum((Fraction(float(x)) * Fraction(float(y)) for x, y in zip(a, b, strict=True)),
+               Fraction(0))
+
+
+# ---------------------------------------------------------------- the fixed-order sum
+
+
+def tree_reference(values: list[float]) -> float:
+    """The documented tree in plain Python floats: the first half added to the second half
+    element by element (an odd middle element waits), until one value is left."""
+    v = list(values)
+    while len(v) > 1:
+        h = len(v) // 2
+        w = len(v)
+        v = [v[i] + v[w - h + i] for i in range(h)] + v[h : w - h]
+    return v[0]
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 5, 7, 64, 511, 512, 768])
+def test_dot_rows_is_the_documented_tree(d: int) -> None:
+    rng = np.random.default_rng(d)
+    a = rng.standard_normal((4, d)).astype(np.float32)
+    b = (rng.standard_normal((4, d)) * 10.0 ** rng.integers(-6, 6, (4, d))).astype(np.float32)
+    got = exact.dot_rows(a, b)
+    for i in range(4):
+        want = tree_reference([float(x) * float(y) for x, y in zip(a[i], b[i], strict=True)])
+        assert got[i] == want  # bit for bit
+    # every pair alike, whichever function computes it
+    assert np.array_equal(exact.dots(a, b)[np.arange(4), np.arange(4)], got)
+
+
+def test_dot_rows_has_the_same_bits_on_any_thread_count_and_piece_size(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    a = unit(rng.standard_normal((40000, 96)))
+    b = unit(rng.standard_normal((40000, 96)))
+    monkeypatch.setattr(exact, "_threads", lambda: 1)
+    one = exact.dot_rows(a, b)
+    monkeypatch.setattr(exact, "_threads", lambda: 4)
+    monkeypatch.setattr(exact, "_PIECE_ELEMENTS", 999)
+    assert np.array_equal(exact.dot_rows(a, b), one)
+    assert np.array_equal(exact.dot_rows(a[123:456], b[123:456]), one[123:456])
+
+
+def test_the_window_bounds_every_float32_kernel() -> None:
+    """|fast - exact| <= the proven bound (window / (2 SLACK)) for numpy's BLAS, faiss and
+    torch, on rows built for cancellation (large terms of both signs summing to little)."""
+    rng = np.random.default_rng(1)
+    for d in (16, 64, 512):
+        x = rng.standard_normal((300, d))
+        x[:, : d // 2] *= 1e3  # heavy components cancel: a hard case for float32 sums
+        x, c = unit(x), unit(np.c_[x[:, : d // 2] * -1, rng.standard_normal((300, d - d // 2))])
+        bound = exact.window(d) / (2 * exact.SLACK)
+        v = exact.dots(x, c)
+        errors = [np.abs((x @ c.T) - v).max()]
+        index = faiss.IndexFlatIP(d)
+        index.add(c)
+        scores, ids = index.search(x, 5)
+        errors.append(np.abs(scores - np.take_along_axis(v, ids, axis=1)).max())
+        for p in backends()[1:]:
+            s, i = p.index(c).top(x, 5)
+            errors.append(np.abs(s - np.take_along_axis(v, i, axis=1)).max())
+        assert max(errors) <= bound, (d, errors, bound)
+        # and the tree itself is within a float64 bound of the true value
+        for i in range(3):
+            assert abs(Fraction(v[i, i]) - true_dot(x[i], c[i])) <= exact.gamma(d, exact.U64)
+
+
+def test_above_compares_with_the_decimal_exactly() -> None:
+    t = 1 - Fraction("0.07")  # 0.93, not the double nearest to it
+    near = float(t)
+    below, over = np.nextafter(near, 0), np.nextafter(near, 1)
+    got = exact.above(np.array([below, near, over]), t)
+    assert got.tolist() == [False, Fraction(near) > t, True]
+    assert exact.above(np.array([0.5, np.nextafter(0.5, 1)]), Fraction(1, 2)).tolist() == \
+        [False, True]
+
+
+# ---------------------------------------------------------------- k-means near-ties
+
+
+def two_close_centroids(rng: np.random.Generator, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """Queries and centroids where each query's two nearest centroids differ by less than
+    1e-7 in inner product, either way: c1 is c0 with two coordinates swapped that differ by
+    a few ulps, so <x, c1> - <x, c0> = (x_0 - x_1)(c0_1 - c0_0)."""
+    c0 = unit(rng.standard_normal((1, d)))[0]
+    c0[1] = np.nextafter(np.nextafter(np.nextafter(c0[0], 1), 1), 1)  # 3 ulps above c0[0]
+    c1 = c0.copy()
+    c1[[0, 1]] = c0[[1, 0]]
+    far = unit(rng.standard_normal((6, d)))
+    x = unit(c0 + 0.05 * rng.standard_normal((400, d)))
+    return x, np.concatenate([far[:3], c0[None], far[3:], c1[None]]).astype(np.float32)
+
+
+@pytest.mark.parametrize("proposer", backends(), ids=lambda p: p.name)
+def test_centroids_equidistant_within_1e7_are_decided_exactly(proposer) -> None:  # noqa: ANN001
+    rng = np.random.default_rng(7)
+    x, c = two_close_centroids(rng, 48)
+    ids, dist = Assigner(c, proposer).assign(x)
+    exact_values = [[true_dot(row, col) for col in c] for row in x[:60]]
+    wrong_fast = 0
+    fast = x[:60] @ c.T
+    for i, values in enumerate(exact_values):
+        top = max(values)
+        assert ids[i] == values.index(top), i  # the exact nearest, the lower id on a tie
+        assert dist[i] == np.float32(1.0 - exact.dot_rows(x[i : i + 1], c[ids[i]][None])[0])
+        wrong_fast += int(fast[i].argmax() != ids[i])
+    assert {int(i) for i in ids} <= {3, 7} and len(set(ids.tolist())) == 2
+    # the case is a real near-tie: float32 alone gets some of them wrong on this machine,
+    # or at least the margins are inside the window
+    margin = np.sort(fast, axis=1)[:, -1] - np.sort(fast, axis=1)[:, -2]
+    assert wrong_fast or (margin < exact.window(48)).all()
+
+
+@pytest.mark.parametrize("proposer", backends(), ids=lambda p: p.name)
+def test_identical_centroids_go_to_the_lower_id(proposer) -> None:  # noqa: ANN001
+    rng = np.random.default_rng(3)
+    c = unit(rng.standard_normal((9, 32)))
+    c[7] = c[2]  # a bit-identical pair: every query ties exactly between 2 and 7
+    c[5] = c[2]
+    x = unit(c[2] + 0.05 * rng.standard_normal((300, 32)))
+    ids, _ = Assigner(c, proposer).assign(x)
+    assert (ids == 2).all()
+    # more identical centroids than proposals: every centroid is read for the decision
+    c[[0, 1, 3, 4, 6, 8]] = c[2]
+    assert (Assigner(c, proposer).assign(x)[0] == 0).all()
+
+
+# ---------------------------------------------------------------- semdedup near the line
+
+
+@pytest.mark.parametrize("proposer", backends(), ids=lambda p: p.name)
+def test_a_similarity_within_1e7_of_the_line_is_decided_exactly(proposer) -> None:  # noqa: ANN001
+    """For members whose highest similarity lies within 1e-7 of 1 - eps, removal follows the
+    exact value, on every backend."""
+    rng = np.random.default_rng(11)
+    d = 64
+    for trial in range(20):
+        e = unit(rng.standard_normal((2, d)))
+        e[1] = unit(e[:1] + 0.4 * unit(rng.standard_normal((1, d))))[0]
+        v = true_dot(e[0], e[1])
+        offset = Fraction(int(rng.integers(-99, 100)), 10**9)  # within 1e-7 of the line
+        eps = float(round(1 - v + offset, 12))
+        removed, _, sim = dedup_cluster(e, eps, 8, proposer)
+        assert removed[1] == (v > 1 - Fraction(repr(eps))), trial
+        assert sim[1] == np.float32(float(v))
+
+
+class NoisyIndex:
+    """A proposer's index whose scores are the exact values plus noise up to ``noise``:
+    a kernel as wrong as the proven bound allows."""
+
+    def __init__(self, base: np.ndarray, noise: float, rng: np.random.Generator) -> None:
+        self.base, self.noise, self.rng = base, noise, rng
+
+    def top(self, queries: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
+        s = exact.dots(queries, self.base)
+        s += self.rng.uniform(-self.noise, self.noise, s.shape)
+        ids = np.argsort(-s, axis=1, kind="stable")[:, :r]
+        return np.take_along_axis(s, ids, axis=1).astype(np.float32), ids
+
+
+class NoisyProposer:
+    name, gpu = "noisy", False
+
+    def __init__(self, noise: float, seed: int) -> None:
+        self.noise, self.rng = noise, np.random.default_rng(seed)
+
+    def index(self, base: np.ndarray) -> NoisyIndex:
+        return NoisyIndex(base, self.noise, self.rng)
+
+    def earlier(self, vectors, block_rows, window, eligible):  # noqa: ANN001, ANN201
+        def product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            s = exact.dots(a, b)
+            return (s + self.rng.uniform(-self.noise, self.noise, s.shape)).astype(np.float32)
+        return blas_earlier(vectors, block_rows, window, eligible, product)
+
+
+def crowded(seed: int, n: int = 600, d: int = 16) -> np.ndarray:
+    """Rows in tight bunches: many runner-ups within a few 1e-7 of the best."""
+    rng = np.random.default_rng(seed)
+    centres = unit(rng.standard_normal((12, d)))
+    return unit(centres[rng.integers(0, 12, n)] + 3e-4 * rng.standard_normal((n, d)))
+
+
+def test_a_proposer_wrong_by_the_bound_changes_no_decision(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    x = crowded(0)
+    d = x.shape[1]
+    bound = exact.window(d) / (2 * exact.SLACK)
+    centroids = unit(x[:40] + 1e-6 * np.random.default_rng(1).standard_normal((40, d)))
+    want_ids, want_sims = nearest(x, centroids, FaissProposer().index(centroids))
+    want_m, want_arg = max_earlier_similarity(x, 64, FaissProposer())
+    for seed in range(3):
+        noisy = NoisyProposer(bound, seed)
+        ids, sims = nearest(x, centroids, noisy.index(centroids))
+        assert np.array_equal(ids, want_ids) and np.array_equal(sims, want_sims)
+        m, arg = max_earlier_similarity(x, 64, noisy)
+        assert np.array_equal(m, want_m) and np.array_equal(arg, want_arg)
+    # without the window the same noise changes decisions: the re-check is what holds them
+    monkeypatch.setattr(exact, "window", lambda d: 0.0)
+    noisy = NoisyProposer(bound, 0)
+    ids, _ = nearest(x, centroids, noisy.index(centroids))
+    _, arg = max_earlier_similarity(x, 64, noisy)
+    assert not np.array_equal(ids, want_ids) or not np.array_equal(arg, want_arg)
+
+
+# ---------------------------------------------------------------- whole fits
+
+
+def test_fit_is_the_same_bytes_on_every_backend_and_thread_count() -> None:
+    x = np.concatenate([crowded(5, 1500, 24), unit(np.random.default_rng(6).standard_normal(
+        (1500, 24)))])
+    got = {}
+    for p in backends():
+        for threads in (1, 2, 3):
+            with threadpool_limits(threads):
+                before = faiss.omp_get_max_threads()
+                faiss.omp_set_num_threads(threads)
+                try:
+                    c = fit_spherical(x, 30, 8, seed=4, proposer=p)
+                    ids, dist = Assigner(c, p).assign(x)
+                    m, arg = max_earlier_similarity(x[ids == ids[0]], 7, p)
+                finally:
+                    faiss.omp_set_num_threads(before)
+            got[(p.name, threads)] = (c.tobytes(), ids.tobytes(), dist.tobytes(), m.tobytes(),
+                                      arg.tobytes())
+    assert len(set(got.values())) == 1, list(got)
+
+
+def test_cluster_sums_add_members_in_row_order() -> None:
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((5000, 8)) * 10.0 ** rng.integers(-8, 8, (5000, 1))).astype(
+        np.float32)
+    cluster = rng.integers(0, 7, 5000)
+    sums, counts = cluster_sums(x, cluster, 9)
+    for c in range(9):
+        want = np.zeros(8)
+        for row in x[cluster == c].astype(np.float64):
+            want = want + row  # one by one, in row order
+        assert np.array_equal(sums[c], want)
+    assert counts.tolist() == np.bincount(cluster, minlength=9).tolist()
