@@ -131,12 +131,22 @@ def test_a_bucket_reads_clusters_in_groups_bounded_by_bytes(
     stops = [3, 4, 10, 21, 22, 40, 70]  # clusters of 3, 1, 6, 11, 1, 18 and 30 members
     bounds = [(c, a, b) for c, (a, b) in enumerate(zip([0, *stops[:-1]], stops, strict=True))]
     reads = []
-    monkeypatch.setattr(store, "gather", lambda r: reads.append(len(r)) or want[r])
+    # fresh arrays, so every group can be kept (the real reads share the store's scratch)
+    monkeypatch.setattr(store, "gather", lambda r, out=None: reads.append(len(r)) or want[r])
     got = list(semdedup._clusters_read_in_groups(store, rows, bounds))
     assert [(a, b) for a, b, _ in got] == [(a, b) for _, a, b in bounds]
     for a, b, vectors in got:
         np.testing.assert_array_equal(vectors, want[rows[a:b]])
     assert reads == want_reads  # neighbours together up to the bound, a big cluster alone
+
+
+def test_a_store_reads_any_rows_into_its_scratch(tmp_path: Path) -> None:
+    store, want = _two_parts(tmp_path)
+    rng = np.random.default_rng(5)
+    for rows in (rng.permutation(70)[:33], np.arange(20, 50), np.array([69, 0, 35, 35])):
+        got = store.gather(rows, out=store.scratch(len(rows)))
+        np.testing.assert_array_equal(got, want[rows])
+        assert np.shares_memory(got, store.scratch(1))  # the same buffer, read again
 
 
 @pytest.mark.parametrize("limit", [1, 7, ks.GATHER_LIMIT])

@@ -98,21 +98,26 @@ def dot_rows(a: np.ndarray, b: np.ndarray, a_rows: np.ndarray | None = None,
         out[:] = 0.0
         return out
     step = max(1, _PIECE_ELEMENTS // d)
-    starts = range(0, n, step)
 
-    def piece(s: int) -> None:
-        sl = slice(s, s + step)
-        x = a[sl] if a_rows is None else a[a_rows[sl]]
-        y = b[sl] if b_rows is None else b[b_rows[sl]]
-        out[sl] = tree_sum(np.multiply(x, y, dtype=np.float64))
+    def pieces(first: int, last: int) -> None:
+        """Rows [first, last), a piece at a time in one reused buffer (fresh memory for
+        every piece would cost page faults, which here cost more than the arithmetic)."""
+        buf = np.empty((min(step, last - first), d), dtype=np.float64)
+        for s in range(first, last, step):
+            sl = slice(s, min(last, s + step))
+            x = a[sl] if a_rows is None else a[a_rows[sl]]
+            y = b[sl] if b_rows is None else b[b_rows[sl]]
+            p = buf[: len(x)]
+            np.multiply(x, y, out=p, dtype=np.float64)
+            out[sl] = tree_sum(p)
 
-    threads = _threads()
-    if n >= _PARALLEL_ROWS and threads > 1:  # rows are independent: same bits on any count
+    threads = min(_threads(), max(1, n // _PARALLEL_ROWS))
+    if threads > 1:  # rows are independent: the same bits on any thread count
+        bounds = np.linspace(0, n, threads + 1).astype(int)
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(piece, starts))
+            list(pool.map(pieces, bounds[:-1], bounds[1:]))
     else:
-        for s in starts:
-            piece(s)
+        pieces(0, n)
     return out
 
 

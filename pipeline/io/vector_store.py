@@ -25,6 +25,7 @@ def scale_path(vectors: str | Path) -> Path:
 
 # rows from which faiss's SIMD decoder beats numpy's conversion (it starts threads per call)
 BULK_ROWS = 4096
+SORTED_PIECE = 8192  # rows of an unsorted read gathered (in file order) at a time
 
 
 def _unit(raw: np.ndarray, divisor: np.ndarray | None) -> np.ndarray:
@@ -42,11 +43,14 @@ class VectorStore:
         self.offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
         self._arrays: dict[int, np.ndarray] = {}
         self._scaled: dict[int, bool] = {}
+        self._scratch: np.ndarray | None = None
+        self._piece: np.ndarray | None = None
 
     def __getstate__(self) -> dict:
         """Pickled (sent to another worker) without the parts held in memory: the copy
         memory-maps the same files."""
-        return {"paths": self.paths, "offsets": self.offsets, "_arrays": {}, "_scaled": {}}
+        return {"paths": self.paths, "offsets": self.offsets, "_arrays": {}, "_scaled": {},
+                "_scratch": None, "_piece": None}
 
     @property
     def size(self) -> int:
@@ -79,35 +83,57 @@ class VectorStore:
     def dim(self) -> int:
         return int(self._array(0).shape[1])
 
-    def gather(self, rows: np.ndarray) -> np.ndarray:
-        """Vectors of the given global rows, in the order given.
+    def scratch(self, rows: int) -> np.ndarray:
+        """A float32 (rows, dim) buffer this store keeps and hands out again (grown when too
+        small): fresh memory for every large read costs page faults, which here cost more
+        than the copy. The caller is done with it before the next call."""
+        if self._scratch is None or len(self._scratch) < rows:
+            self._scratch = np.empty((rows, self.dim), dtype=np.float32)
+        return self._scratch[:rows]
+
+    def gather(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Vectors of the given global rows, in the order given (into ``out`` when given).
 
         The rows are read in file order: a memory map's page faults then each bring in a
         run of neighbouring pages that later rows use, which made a cluster bucket's reads
         twice as fast as reading in the order given.
         """
         rows = np.asarray(rows, dtype=np.int64)
+        if out is None:
+            out = np.empty((len(rows), self.dim), dtype=np.float32)
         if len(rows) == 0:
-            return np.empty((0, self.dim), dtype=np.float32)
+            return out
         if len(rows) > 1 and bool((rows[1:] < rows[:-1]).any()):
             order = np.argsort(rows, kind="stable")
-            out = np.empty((len(rows), self.dim), dtype=np.float32)
-            out[order] = self.gather(rows[order])
+            if self._piece is None:
+                self._piece = np.empty((SORTED_PIECE, self.dim), dtype=np.float32)
+            for s in range(0, len(rows), SORTED_PIECE):  # written back a piece at a time
+                take = order[s : s + SORTED_PIECE]
+                out[take] = self.gather(rows[take], out=self._piece[: len(take)])
             return out
         first = int(np.searchsorted(self.offsets, rows[0], side="right")) - 1
         local = rows - self.offsets[first]
         if local.min() >= 0 and local.max() < self.offsets[first + 1] - self.offsets[first]:
-            return self._rows(first, local)  # one part: the common case
-        out = np.empty((len(rows), self.dim), dtype=np.float32)
-        part_of = np.searchsorted(self.offsets, rows, side="right") - 1
-        for part in np.unique(part_of):
-            sel = np.flatnonzero(part_of == part)
-            out[sel] = self._rows(int(part), rows[sel] - self.offsets[part])
+            self._rows_into(first, local, out)  # one part: the common case
+            return out
+        # sorted rows: each part's are one run
+        cuts = np.searchsorted(rows, self.offsets)
+        for part in range(len(self.paths)):
+            a, b = int(cuts[part]), int(cuts[part + 1])
+            if b > a:
+                self._rows_into(part, rows[a:b] - self.offsets[part], out[a:b])
         return out
 
     def _rows(self, part: int, local: np.ndarray) -> np.ndarray:
         divisor = self._divisor(part)
         return _unit(self._array(part)[local], None if divisor is None else divisor[local])
+
+    def _rows_into(self, part: int, local: np.ndarray, out: np.ndarray) -> None:
+        arr = self._array(part)
+        if arr.dtype == np.float32 and self._divisor(part) is None and out.flags.c_contiguous:
+            np.take(arr, local, axis=0, out=out)  # no copy in between
+        else:
+            out[:] = self._rows(part, local)
 
     def batches(self, rows: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(rows, vectors) in batches over sorted global ``rows``, one part at a time."""

@@ -62,14 +62,16 @@ def _clusters_read_in_groups(store: VectorStore, rows: np.ndarray,
                              ) -> Iterator[tuple[int, int, np.ndarray]]:
     """(start, stop, vectors) of every cluster, read with its neighbours in one request of
     up to GROUP_BYTES (a larger cluster alone): a few reads of every part per bucket instead
-    of one per cluster, with memory bounded by the group, not by the bucket."""
+    of one per cluster, with memory bounded by the group, not by the bucket. The vectors lie
+    in the store's scratch buffer: each group's are gone when the next is read."""
     row_bytes = 4 * store.dim
     i = 0
     while i < len(bounds):
         start, j = bounds[i][1], i + 1
         while j < len(bounds) and (bounds[j][2] - start) * row_bytes <= GROUP_BYTES:
             j += 1
-        vectors = store.gather(rows[start : bounds[j - 1][2]])
+        want = rows[start : bounds[j - 1][2]]
+        vectors = store.gather(want, out=store.scratch(len(want)))
         for _, a, b in bounds[i:j]:
             yield a, b, vectors[a - start : b - start]
         i = j
