@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.algorithms.vectors import as_float32
+from pipeline.io.buffers import populated
 
 
 def scale_path(vectors: str | Path) -> Path:
@@ -88,7 +89,7 @@ class VectorStore:
         small): fresh memory for every large read costs page faults, which here cost more
         than the copy. The caller is done with it before the next call."""
         if self._scratch is None or len(self._scratch) < rows:
-            self._scratch = np.empty((rows, self.dim), dtype=np.float32)
+            self._scratch = populated((rows, self.dim), np.float32)
         return self._scratch[:rows]
 
     def gather(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

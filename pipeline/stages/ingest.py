@@ -17,6 +17,7 @@ import pyarrow as pa
 from pipeline.algorithms import exact
 from pipeline.algorithms.vectors import MIN_NORM, unit_rows, usable
 from pipeline.ids import derive_u128, u128_to_uids, uids_to_u128
+from pipeline.io.buffers import populated
 from pipeline.io.embeddings import EmbeddingPart, read_part
 from pipeline.io.vector_store import scale_path
 from pipeline.workdir import atomic_write, write_npy, write_parquet
@@ -56,11 +57,12 @@ def write_unit_vectors(path: Path, image: np.ndarray, text: np.ndarray | None,
     norms = np.empty(n, dtype=np.float32)
     divisors = np.ones(n, dtype=np.float32)
     score = np.full(n, np.nan, dtype=np.float32)
-    kept = np.empty((n, d), dtype=np.float32) if keep else None
+    kept = populated((n, d), np.float32) if keep else None
 
     rows = min(n, CHUNK_ROWS)
     scratch = np.empty((rows, d), dtype=np.float32) if kept is None else None
     text_scratch = np.empty((rows, d), dtype=np.float32) if text is not None else None
+    raw_scratch = np.empty((rows, d), dtype=np.float16) if half else None
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
@@ -73,7 +75,8 @@ def write_unit_vectors(path: Path, image: np.ndarray, text: np.ndarray | None,
                 img, norms[sl] = unit_rows(image[sl], out)
                 ok = usable(norms[sl])
                 if half:
-                    raw = np.array(image[sl], dtype=np.float16)
+                    raw = raw_scratch[:m]
+                    np.copyto(raw, image[sl])
                     raw[~ok] = 0
                     raw.tofile(f)
                     divisors[sl] = np.where(ok, norms[sl], 1.0)  # unit_rows's divisor
