@@ -202,3 +202,24 @@ def test_write_ranges_cover_every_shard_in_runs_of_the_target() -> None:
         assert sum(kept[first:stop]) >= 10 > sum(kept[first : stop - 1])
     assert ranges == [(0, 3), (3, 8), (8, 9)]
     assert plan_ranges([], 10) == [] and plan_ranges([0, 0], 10) == [(0, 2)]
+
+
+def test_populated_arrays_are_plain_writable_arrays() -> None:
+    import mmap
+
+    from pipeline.io import buffers
+
+    small = buffers.populated((3, 4), np.float32)
+    big = buffers.populated((buffers.POPULATE_FROM // 8, 2), np.float32)
+    for arr, shape in ((small, (3, 4)), (big, (buffers.POPULATE_FROM // 8, 2))):
+        assert arr.shape == shape and arr.dtype == np.float32 and arr.flags.writeable
+        arr[:] = 1.5
+        assert float(arr.sum()) == 1.5 * arr.size
+
+    def mapped(arr: np.ndarray) -> bool:
+        base = arr
+        while base is not None and not isinstance(base, mmap.mmap):
+            base = base.base if isinstance(base, np.ndarray) else getattr(base, "obj", None)
+        return base is not None
+
+    assert mapped(big) and not mapped(small)  # the large one is mapped in up front
