@@ -9,7 +9,13 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.config import ConfigError, config_json_schema, load_config, validate_config
+from pipeline.config import (
+    ConfigError,
+    apply_overrides,
+    config_json_schema,
+    load_config,
+    validate_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,6 +37,28 @@ def test_defaults_and_overrides(tmp_path: Path) -> None:
     assert cfg.work_dir == Path("/out/_work")
     assert cfg.enabled_steps() == ["semdedup", "clip_filter", "dbp"]
 
+
+
+def test_set_values_are_read_as_yaml() -> None:
+    """--set key=value reads the value as YAML, as the config file's values are read."""
+    data = apply_overrides({}, [
+        "dbp.k=7", "clip_filter.enabled=false", "semdedup.eps=0.05", "kmeans.niter=5",
+        "input.shards=[a.tar, b.tar]", "output='007'", 'engine.app_name="true"',
+        "engine.conf={spark.executor.memory: 2g}", "dbp.keep_fraction=null", "work="])
+    assert data == {
+        "dbp": {"k": 7, "keep_fraction": None}, "clip_filter": {"enabled": False},
+        "semdedup": {"eps": 0.05}, "kmeans": {"niter": 5},
+        "input": {"shards": ["a.tar", "b.tar"]}, "output": "007",
+        "engine": {"app_name": "true", "conf": {"spark.executor.memory": "2g"}}, "work": None}
+    assert type(data["dbp"]["k"]) is int and type(data["semdedup"]["eps"]) is float
+    assert data["clip_filter"]["enabled"] is False
+    # and the run's config has the types the YAML said, not strings the model happened to take
+    cfg = load_config(None, ["input.shards=[a.tar, b.tar]", "output='007'", "dbp.k=7",
+                             "engine.conf={spark.executor.memory: 2g}",
+                             "dbp.keep_fraction=null", "dbp.keep_count=100"])
+    assert cfg.input.shards == ["a.tar", "b.tar"] and cfg.output == "007"
+    assert cfg.engine.conf == {"spark.executor.memory": "2g"}
+    assert cfg.dbp.keep_fraction is None and cfg.dbp.keep_count == 100 and cfg.dbp.k == 7
 
 @pytest.mark.parametrize("override, message", [
     ("dbp.keep_fraction=0", "dbp.keep_fraction must be in (0, 1]"),

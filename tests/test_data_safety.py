@@ -84,6 +84,22 @@ def test_files_dropped_into_a_runs_ledger_are_refused(tmp_path: Path) -> None:
     assert cli(str(config), "--set", "dbp.keep_fraction=0.3").exit_code == 0
 
 
+def test_a_runs_file_whose_size_changed_since_is_foreign(tmp_path: Path) -> None:
+    """The manifest knows a run's files by name and size: a listed file that has grown (a
+    user wrote into it) is no longer the run's, so the folder is refused and it untouched."""
+    config = write_config(tmp_path, make_data(tmp_path))
+    assert cli(str(config)).exit_code == 0
+    part = tmp_path / "out" / "ledger" / "part-00000.parquet"
+    listed = json.loads((tmp_path / "out" / MANIFEST).read_text())["files"]
+    assert listed["ledger/part-00000.parquet"] == part.stat().st_size
+    edited = part.read_bytes() + b"my notes"
+    part.write_bytes(edited)
+    res = cli(str(config), "--set", "dbp.keep_fraction=0.3")
+    assert res.exit_code == 1, res.output
+    assert "in folders a run replaces whole (ledger/part-00000.parquet)" in one_line(res.output)
+    assert part.read_bytes() == edited
+
+
 def test_a_work_folder_holding_user_files_is_refused_untouched(tmp_path: Path) -> None:
     mine = tmp_path / "mine"
     for step in ("semdedup", "dbp"):
@@ -157,6 +173,31 @@ def test_stale_locks_are_taken_over_and_live_ones_are_not(tmp_path: Path,
     with run_lock(folder, stale_after_s=60):
         pass
     assert not (folder / LOCK_NAME).exists()
+
+
+def test_a_lock_another_live_run_holds_is_never_this_runs_own(tmp_path: Path) -> None:
+    """A live holder's lock is refused (naming that run) and never released by another run:
+    one whose heartbeat was judged stopped and whose lock was taken over leaves the new
+    holder's lock in place when it ends."""
+    folder = tmp_path / "f"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _lock_file(folder, socket.gethostname(), other.pid)  # this host, another live process
+        with pytest.raises(RunLockError, match=f"in use by run old .*pid {other.pid}"), \
+                run_lock(folder):
+            pass
+        assert json.loads((folder / LOCK_NAME).read_text())["pid"] == other.pid
+        (folder / LOCK_NAME).unlink()
+        with run_lock(folder, heartbeat_s=3600) as held:
+            # meanwhile another run took the lock over (this one's heartbeat looked stopped)
+            _lock_file(folder, socket.gethostname(), other.pid)
+        assert json.loads((folder / LOCK_NAME).read_text())["run"] == "old" != held["run"]
+        with pytest.raises(RunLockError, match=f"in use by run old .*pid {other.pid}"), \
+                run_lock(folder):
+            pass
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_the_heartbeat_keeps_a_long_run_s_lock_fresh(tmp_path: Path) -> None:

@@ -104,6 +104,41 @@ def test_exif_orientation_is_applied(fmt: str) -> None:
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 4
 
 
+# How a viewer shows the stored pixels ``s`` (rows, columns, bands) for each EXIF orientation,
+# from the tag's definition (where the stored 0th row and 0th column go), not from PIL:
+SHOWN = {
+    1: lambda s: s,  # 0th row at the top, 0th column on the left: as stored
+    2: lambda s: s[:, ::-1],  # top, right: mirrored left-right
+    3: lambda s: s[::-1, ::-1],  # bottom, right: turned half a turn
+    4: lambda s: s[::-1],  # bottom, left: mirrored top-bottom
+    5: lambda s: s.transpose(1, 0, 2),  # left, top: mirrored over the main diagonal
+    6: lambda s: np.rot90(s, -1),  # right, top: turned a quarter clockwise
+    7: lambda s: np.rot90(s, 2).transpose(1, 0, 2),  # right, bottom: the other diagonal
+    8: lambda s: np.rot90(s, 1),  # left, bottom: turned a quarter counter-clockwise
+}
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+@pytest.mark.parametrize("orientation", sorted(SHOWN))
+def test_every_exif_orientation_shows_the_picture_as_a_viewer_does(
+        orientation: int, fmt: str) -> None:
+    stored = upright_test_image()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    params = {"quality": 100, "subsampling": 0} if fmt == "JPEG" else {}
+    got = decode(encode(stored, fmt, exif=exif.tobytes(), **params))
+    want = SHOWN[orientation](np.asarray(stored))
+    assert got.shape == want.shape
+    if fmt == "PNG":
+        assert np.array_equal(got, want)  # lossless: every pixel in its place
+    else:
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 4
+    # no other arrangement of the 8 would pass: the test image has no symmetry
+    others = [o for o, shown in SHOWN.items() if shown(np.asarray(stored)).shape == want.shape
+              and np.abs(shown(np.asarray(stored)).astype(int) - got.astype(int)).max() <= 4]
+    assert others == [orientation]
+
+
 def test_cmyk_jpeg_becomes_rgb() -> None:
     cmyk = Image.new("CMYK", (16, 16), (0, 255, 255, 0))  # red
     cmyk.paste((255, 0, 255, 0), (8, 0, 16, 16))  # green

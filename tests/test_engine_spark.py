@@ -22,13 +22,14 @@ from tie_data import planted_ties, settings  # noqa: E402
 
 from pipeline.config import validate_config  # noqa: E402
 from pipeline.engines.base import EngineError  # noqa: E402
-from pipeline.engines.spark_engine import SparkEngine  # noqa: E402
+from pipeline.engines.spark_engine import SparkEngine, with_retries  # noqa: E402
 from pipeline.runner import run  # noqa: E402
 from pipeline.synth.embeddings import SynthSpec, synth_embeddings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SPARK_ENV = {"SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
              "PYSPARK_DRIVER_PYTHON": sys.executable}
+RETRIES = 2  # engine.max_retries of the module's engine (not the default 3: it must be used)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def engine() -> Iterator[SparkEngine]:
     for key, value in SPARK_ENV.items():
         os.environ.setdefault(key, value)
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers lack tests/
-    spark = SparkEngine(master="local[2]", progress=False)
+    spark = SparkEngine(master="local[2]", progress=False, max_retries=RETRIES)
     yield spark
     spark.close()
 
@@ -70,6 +71,33 @@ def test_map_keeps_order_runs_setup_per_worker_and_names_errors(engine: SparkEng
     with pytest.raises(EngineError, match="ValueError: task 3 cannot be done"):
         list(engine.map(fails, [3], desc="t"))
 
+
+
+def test_local_masters_ask_for_one_attempt_more_than_the_retries() -> None:
+    """Local mode retries only what its master says: local[N,F] with F = retries + 1."""
+    assert with_retries("local[2]", 3) == "local[2,4]"
+    assert with_retries("local[*]", 0) == "local[*,1]"  # no retry: one attempt
+    assert with_retries("local", 5) == "local[1,6]"
+    assert with_retries("local[4,9]", 3) == "local[4,9]"  # the user's own F stands
+    assert with_retries("spark://host:7077", 3) == "spark://host:7077"  # spark.task.maxFailures
+
+
+def fails_and_counts(path: str) -> int:
+    from pyspark import TaskContext
+
+    with open(path, "a") as f:
+        f.write(f"{TaskContext.get().attemptNumber()}\n")
+    raise ValueError("this task always fails")
+
+
+def test_a_failed_task_is_retried_engine_max_retries_times(engine: SparkEngine,
+                                                            tmp_path: Path) -> None:
+    assert engine.context.master == f"local[2,{RETRIES + 1}]"
+    assert engine.context.getConf().get("spark.task.maxFailures") == str(RETRIES + 1)
+    attempts = tmp_path / "attempts"
+    with pytest.raises(EngineError, match="ValueError: this task always fails"):
+        list(engine.map(fails_and_counts, [str(attempts)], desc="t"))
+    assert attempts.read_text().split() == [str(i) for i in range(RETRIES + 1)]
 
 def test_spark_and_local_give_the_same_bytes(engine: SparkEngine, data: Path,
                                              tmp_path: Path) -> None:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import pipeline.stages.ingest as ingest
+from pipeline.io.embeddings import discover_clip_retrieval
 from pipeline.io.vector_store import VectorStore
-from pipeline.stages.ingest import _failed_reasons, write_unit_vectors
+from pipeline.stages.ingest import _failed_reasons, ingest_part, write_unit_vectors
 
 
 @pytest.mark.parametrize("keep", [False, True])
@@ -55,3 +59,32 @@ def test_failed_reasons_name_each_defect() -> None:
                              "image embedding has a NaN or infinite value"]
     earlier = ["undecodable image", None, None, None, None, None]
     assert _failed_reasons(keys, uids, uid_ok, norms, earlier)[0] == "undecodable image"
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_derived_uids_are_sha256_of_shard_name_then_key(tmp_path: Path, given: bool) -> None:
+    """SPEC §5: a sample without a uid gets the first 32 hex digits of sha256(shard + key);
+    a given uid travels untouched. With ``given`` some rows carry a uid, the others not."""
+    keys = ["000420017", "k1", "x/y", "0"]
+    shards = ["a/00042.tar", "b/00042.tar", "00007.tar", "s3://bucket/laion/00001.tar"]
+    uids = (["0123456789abcdef0123456789abcdef", None, None, "f" * 32] if given
+            else [None] * len(keys))
+    meta = {"image_path": keys, "shard": shards}
+    if given:
+        meta["uid"] = pa.array(uids, pa.string())
+    (tmp_path / "data" / "img_emb").mkdir(parents=True)
+    (tmp_path / "data" / "metadata").mkdir()
+    pq.write_table(pa.table(meta), tmp_path / "data" / "metadata" / "metadata_0.parquet")
+    vectors = np.random.default_rng(0).standard_normal((len(keys), 4)).astype(np.float32)
+    np.save(tmp_path / "data" / "img_emb" / "img_emb_0.npy", vectors)
+    (part,) = discover_clip_retrieval(str(tmp_path / "data"))
+    info, _ = ingest_part(part, tmp_path)
+    want = [u if u is not None else hashlib.sha256((s + k).encode()).hexdigest()[:32]
+            for s, k, u in zip(shards, keys, uids, strict=True)]
+    table = pq.read_table(tmp_path / "part-00000.parquet")
+    assert table.column("uid").to_pylist() == want
+    assert table.column("failed_reason").null_count == len(keys)
+    assert [f"{h:016x}{lo:016x}" for h, lo in zip(table.column("uid_hi").to_pylist(),
+                                                   table.column("uid_lo").to_pylist(),
+                                                   strict=True)] == want
+    assert info.derived == sum(u is None for u in uids)

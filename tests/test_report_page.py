@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -104,6 +105,29 @@ def test_the_page_in_a_browser(finished: Path) -> None:
     assert SCRIPT in v["text"] and IMG in v["text"] and HOSTILE_KEY in v["text"]
     assert v["sorted"] == sorted(c["size"] for c in report["clusters"])
 
+
+
+def test_the_funnel_shows_removed_percent_of_what_came_in(finished: Path) -> None:
+    """A step's "removed %" on the page is removed / samples in, for every step of the run."""
+    report = json.loads((finished / "report" / "report.json").read_text())
+    html = (finished / "report" / "index.html").read_text()
+    table = re.search(r'<table id="funnel">(.*?)</table>', html, re.S)
+    assert table is not None
+    shown = re.findall(r'<tr><td class="text">([^<]*)</td><td>(\d+)</td><td>(\d+)</td>\s*'
+                       r'<td>([\d.]+)</td><td>(\d+)</td></tr>', table.group(1))
+    assert [(name.removesuffix(" (failures)"), int(i), int(r), int(o))
+            for name, i, r, _, o in shown] == [
+        (s["name"], s["in"], s["removed"], s["out"]) for s in report["stages"]]
+    percents = {name.removesuffix(" (failures)"): pct for name, *_, pct, _ in shown}
+    for s in report["stages"]:
+        assert percents[s["name"]] == f"{100 * s['removed'] / s['in']:.1f}"
+    # this run's known counts: 91 samples read, 1 of them failed; dbp keeps half its input
+    read = next(s for s in report["stages"] if s["name"] == "read")
+    assert (read["in"], read["removed"], read["out"]) == (91, 1, 90)
+    assert percents["read"] == "1.1"  # 1 of 91
+    dbp = next(s for s in report["stages"] if s["name"] == "dbp")
+    assert dbp["out"] == (dbp["in"] + 1) // 2 and dbp["removed"] == dbp["in"] // 2
+    assert percents["dbp"] == f"{100 * (dbp['in'] // 2) / dbp['in']:.1f}"  # about 50, not 100
 
 def test_report_json_follows_its_schema(finished: Path) -> None:
     report = json.loads((finished / "report" / "report.json").read_text())

@@ -134,6 +134,42 @@ def test_ledger_invariant_per_shard(emb_dir: Path, tmp_path: Path) -> None:
         assert counts["kept"] + counts["removed"] + counts["failed"] == counts["read"]
 
 
+def test_report_histograms_count_the_samples_each_one_is_about(emb_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """clip_before: the samples reaching the clip filter; clip_after: those it let through
+    (its removals are the ledger's stage 'clip_filter'); dup_similarity: every member
+    semdedup ranked, the ones it removed included (before its removals)."""
+    out = tmp_path / "out"
+    run(config(emb_dir, out))
+    led = ledger(out)
+    report = json.loads((out / "report" / "report.json").read_text())
+    hist = report["histograms"]
+    status = np.array(led.column("status").to_pylist(), dtype=object)
+    stage = np.array(led.column("stage").to_pylist(), dtype=object)
+    clip = np.array(led.column("clip_score").to_pylist(), dtype=np.float64)  # None -> nan
+    sim = np.array(led.column("dup_similarity").to_pylist(), dtype=np.float64)
+
+    def counts(values: np.ndarray) -> list[int]:
+        values = np.clip(values[np.isfinite(values)], -1.0, 1.0)  # float32 cosines reach 1+
+        return np.histogram(values, np.linspace(-1.0, 1.0, 201))[0].tolist()
+
+    dedup = (status == "removed") & (stage == "semdedup")
+    filtered = (status == "removed") & (stage == "clip_filter")
+    steps = {s["name"]: s for s in report["stages"]}
+    assert filtered.sum() == steps["clip_filter"]["removed"] > 0
+    assert dedup.sum() == steps["semdedup"]["removed"] > 0
+    reaching = (status != "failed") & ~dedup
+    assert sum(hist["clip_before"]) == steps["clip_filter"]["in"] == reaching.sum()
+    assert sum(hist["clip_after"]) == steps["clip_filter"]["out"] == steps["dbp"]["in"]
+    assert hist["clip_before"] == counts(clip[reaching])
+    assert hist["clip_after"] == counts(clip[reaching & ~filtered])
+    # the similarity histogram is taken before semdedup's removals: they are in it
+    assert np.isfinite(sim[dedup]).all() and (sim[dedup] > 1 - 0.01).all()
+    assert hist["dup_similarity"] == counts(sim)
+    assert sum(hist["dup_similarity"]) == np.isfinite(sim).sum()
+    assert sum(hist["dup_similarity"][-1:]) >= dedup.sum()  # all of them in the top bin
+
+
 def test_bad_vectors_are_counted_failures(tmp_path: Path) -> None:
     data = synth_embeddings(tmp_path / "data", SynthSpec(samples=400, dim=16, concepts=4))
     img = np.load(data / "img_emb" / "img_emb_0.npy")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import pickle
@@ -11,6 +12,8 @@ import zlib
 from pathlib import Path
 
 import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -26,6 +29,7 @@ from pipeline.io.shards import (
     ShardError,
     ShardStream,
     decode_image,
+    download_failures,
     expand_shards,
     iter_samples,
     iter_tar_members,
@@ -188,6 +192,27 @@ def test_uid_derived_without_json_uid(tmp_path: Path) -> None:
     assert b.uid == derive_uid("00009.tar", "k2") and b.meta == {} and b.image_ext == "png"
     assert b.failed_reason is None
 
+
+
+def test_urls_img2dataset_could_not_get_have_uids_of_shard_name_then_key(
+        tmp_path: Path) -> None:
+    """SPEC §5 for the download failures of an img2dataset sidecar: no valid uid in its row,
+    so the uid is the first 32 hex digits of sha256(shard name + key); a valid one is kept."""
+    url = write_tar(tmp_path / "a" / "00042.tar", sample_members("000420000"))
+    pq.write_table(pa.table({
+        "key": ["000420000", "000420001", "000420002", "000420003"],
+        "status": ["success", "failed_to_download", "failed_to_resize", "failed_to_download"],
+        "url": ["http://x/0", "http://x/1", "http://x/2", "http://x/3"],
+        "uid": [None, None, "not a uid", UID],
+        "error_message": [None, "HTTP 404", "cannot resize", "timeout"],
+    }), tmp_path / "a" / "00042.parquet")
+    got = download_failures(url, "a/00042.tar", {"000420000"})
+    want = [hashlib.sha256(f"a/00042.tar{k}".encode()).hexdigest()[:32]
+            for k in ("000420001", "000420002")] + [UID]
+    assert [(r["key"], r["uid"], r["shard"], r["uid_derived"]) for r in got] == [
+        ("000420001", want[0], "a/00042.tar", True), ("000420002", want[1], "a/00042.tar", True),
+        ("000420003", UID, "a/00042.tar", False)]
+    assert got[0]["failed_stage"] == "download" and "HTTP 404" in got[0]["failed_reason"]
 
 def test_uppercase_hex_uid_is_kept_untouched(tmp_path: Path) -> None:
     url = write_tar(tmp_path / "0.tar", sample_members("k", meta={"uid": UID}))
