@@ -18,7 +18,7 @@ import pytest
 import yaml
 from ray_head import ray_head
 from same_bytes import assert_same_run
-from tie_data import planted_ties, settings
+from tie_data import settings
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -69,10 +69,10 @@ def test_a_failing_task_names_its_error(engine: RayEngine) -> None:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def data(tie_input: Path) -> Path:
     """20,000 x 64 with exact copies, near-ties at 1 - eps and rows between two centroids of
     either fit (``tie_data``): any decision left to a kernel's rounding would show."""
-    return planted_ties(tmp_path_factory.mktemp("rayemb"))
+    return tie_input
 
 
 RUN_KEYS = ("engine", "timings_s", "parameters", "command")  # the report's words on the run

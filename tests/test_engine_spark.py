@@ -18,7 +18,7 @@ pytest.importorskip("pyspark")
 
 from same_bytes import assert_same_file  # noqa: E402
 from test_engine_ray import assert_same_outputs, engine_of  # noqa: E402
-from tie_data import planted_ties, settings  # noqa: E402
+from tie_data import settings  # noqa: E402
 
 from pipeline.config import validate_config  # noqa: E402
 from pipeline.engines.base import EngineError  # noqa: E402
@@ -45,9 +45,8 @@ def engine() -> Iterator[SparkEngine]:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The planted near-ties of ``tie_data`` (the Ray module's input)."""
-    return planted_ties(tmp_path_factory.mktemp("sparkemb"))
+def data(tie_input: Path) -> Path:
+    return tie_input
 
 
 def square(x: int) -> int:

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from same_bytes import assert_same_run
 from test_resume_images import assert_same_result, raw_config
-from tie_data import near_ties, planted_ties, settings
+from tie_data import near_ties, settings
 
 from pipeline.algorithms import exact, proposers
 from pipeline.algorithms.proposers import blas_earlier
@@ -29,8 +29,8 @@ REPORT_IGNORE = ("engine", "timings_s", "parameters", "command")
 
 
 @pytest.fixture(scope="module")
-def ties(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return planted_ties(tmp_path_factory.mktemp("ties"))
+def ties(tie_input: Path) -> Path:
+    return tie_input
 
 
 @pytest.fixture(scope="module")
