@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from pipeline.config import ConfigError, config_json_schema, load_config
+from pipeline.logs import setup_logging
 
 app = typer.Typer(
     help=(
@@ -23,23 +23,6 @@ app = typer.Typer(
 )
 
 log = logging.getLogger("conceptprune")
-
-
-def _not_library_chatter(record: logging.LogRecord) -> bool:
-    """Drop INFO lines that libraries (open_clip) log through the root logger."""
-    return record.name != "root" or record.levelno >= logging.WARNING
-
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def setup_logging(verbose: bool) -> None:
-    """Log to stderr; a run adds its own log file once it owns its output folder."""
-    console = logging.StreamHandler(sys.stderr)
-    if not verbose:
-        console.addFilter(_not_library_chatter)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT,
-                        handlers=[console], force=True)
 
 
 @app.command()

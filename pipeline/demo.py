@@ -27,9 +27,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from pipeline.cli import setup_logging
 from pipeline.config import load_config
 from pipeline.embed.models import EFFICIENTNET_LITE0_MODEL, EFFICIENTNET_LITE0_WHEEL, TINY_MODEL
+from pipeline.logs import setup_logging
 from pipeline.report.publish import add_to_report
 from pipeline.runner import RunSummary, run
 from pipeline.synth.images import synth_images

@@ -6,8 +6,8 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from pipeline.io.embeddings import (
     local_path,
 )
 from pipeline.io.vector_store import VectorStore
+from pipeline.logs import run_log
 from pipeline.output_guard import (
     check_folder_paths,
     claim_output,
@@ -590,7 +591,7 @@ def run(cfg: RunConfig, engine: Engine | None = None) -> RunSummary:
                 held.enter_context(run_lock(work, "work folder"))
                 claim_work(work, cfg.overwrite)
                 claim_output(output, cfg.overwrite)
-            held.enter_context(_run_log(output / "logs" / "run.log"))
+            held.enter_context(run_log(output / "logs" / "run.log"))
             try:
                 runner = Runner(cfg, engine)
                 try:
@@ -612,18 +613,3 @@ def _log_error(err: BaseException) -> None:
         err._logged = True  # type: ignore[attr-defined]
 
 
-@contextmanager
-def _run_log(path: Path) -> Iterator[None]:
-    """Everything logged while the run holds its output also goes to its log file."""
-    from pipeline.cli import LOG_FORMAT
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        handler.close()
