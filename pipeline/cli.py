@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from pipeline.config import ConfigError, config_json_schema, load_config
+from pipeline.errors import EXIT_BUG, EXIT_CONFIG, EXIT_ERROR, ConceptpruneError
 from pipeline.logs import setup_logging
 
 app = typer.Typer(
@@ -49,8 +50,6 @@ def run(
     Re-running the same command resumes an interrupted run from its work folder, and does
     nothing more after a finished one. One run at a time may use an output folder.
     """
-    from pipeline.engines.base import EngineError
-    from pipeline.run_lock import RunLockError
     from pipeline.runner import run as run_pipeline
 
     try:
@@ -62,14 +61,16 @@ def run(
         cfg = load_config(config, overrides)
     except ConfigError as err:
         typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_CONFIG) from None
     if no_progress:
         cfg.progress = False
     setup_logging(verbose)
     try:
         summary = run_pipeline(cfg)
-    except (ValueError, OSError, EngineError, RunLockError):  # run() logged it
-        raise typer.Exit(1) from None
+    except (ConceptpruneError, OSError):  # run() logged it
+        raise typer.Exit(EXIT_ERROR) from None
+    except Exception:  # a bug: run() logged its traceback
+        raise typer.Exit(EXIT_BUG) from None
     typer.echo(f"kept {summary.kept} of {summary.input_samples} samples "
                f"({summary.kept / max(1, summary.input_samples):.1%})")
     if summary.remote:
@@ -154,13 +155,13 @@ def plan(
     concepts keep samples, the effective number of concepts and how far
     the allocation is from random pruning; writes the plan and a plot.
     """
-    from pipeline.plan import PlanError, make_plan
+    from pipeline.plan import make_plan
 
     try:
         make_plan(run_dir, keep_fraction, keep_count, temperature, balance, out, concepts)
-    except (PlanError, OSError) as err:
+    except (ConceptpruneError, OSError) as err:
         typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_ERROR) from None
 
 
 @app.command()
@@ -173,13 +174,13 @@ def report(
     Also for a run made by an older version: what its report.json lacks
     (plots of histograms, thumbnails) is left out of the page.
     """
-    from pipeline.report.publish import ReportError, rerender
+    from pipeline.report.publish import rerender
 
     try:
         page = rerender(run_dir)
-    except (ReportError, OSError, ValueError) as err:
+    except (ConceptpruneError, OSError) as err:
         typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_ERROR) from None
     typer.echo(f"report: {page.resolve()}")
 
 

@@ -19,8 +19,10 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.errors import ConceptpruneError
 
-class ConfigError(ValueError):
+
+class ConfigError(ConceptpruneError, ValueError):
     """A configuration that cannot run; the message names the setting and the fix."""
 
 

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import ConceptpruneError
 from pipeline.run_lock import LOCK_NAME
 from pipeline.workdir import unfinished_name, write_json
 
@@ -31,7 +32,7 @@ OVERWRITE_HINT = ("pass --overwrite (or --set overwrite=true) to let this run re
                   "writes there")
 
 
-class FolderNotOursError(ValueError):
+class FolderNotOursError(ConceptpruneError, ValueError):
     """A folder holds files no run of this tool wrote."""
 
 

@@ -27,12 +27,13 @@ from rich.table import Table
 
 from pipeline.algorithms import budget as bud
 from pipeline.config import DBPConfig
+from pipeline.errors import ConceptpruneError
 from pipeline.stages.dbp import dbp_target
 from pipeline.workdir import atomic_write, write_parquet
 from schemas import arrow as schemas
 
 
-class PlanError(ValueError):
+class PlanError(ConceptpruneError, ValueError):
     """A run folder or a setting that cannot be planned; the message names the path or option
     and the fix."""
 

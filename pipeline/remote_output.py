@@ -21,6 +21,7 @@ from typing import Any
 
 import fsspec
 
+from pipeline.errors import RunError
 from pipeline.output_guard import MANIFEST, NAMED, OVERWRITE_HINT, FolderNotOursError
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def local_places(output: str, work: str | None) -> tuple[Path, Path]:
     """(the local mirror of ``output``, the local work folder)."""
     if work is not None:
         if is_remote(work):
-            raise ValueError(f"work {work!r} must be a local folder (intermediates need a file "
+            raise RunError(f"work {work!r} must be a local folder (intermediates need a file "
                              "system); leave it unset to use ~/.cache/conceptprune")
         return Path(work) / "_output", Path(work)
     root = Path.home() / ".cache" / "conceptprune" / hashlib.sha256(

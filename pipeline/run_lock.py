@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import ConceptpruneError
+
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".conceptprune.lock"
@@ -29,7 +31,7 @@ HEARTBEAT_S = 30.0
 STALE_AFTER_S = 300.0
 
 
-class RunLockError(RuntimeError):
+class RunLockError(ConceptpruneError, RuntimeError):
     """Another run holds the folder."""
 
 

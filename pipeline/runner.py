@@ -20,6 +20,7 @@ from pipeline.algorithms.exact import EXACT_VERSION
 from pipeline.config import RunConfig
 from pipeline.engines.base import Engine, Resources
 from pipeline.engines.factory import make_engine
+from pipeline.errors import BUG_MESSAGE, ConceptpruneError, RunError
 from pipeline.io.embeddings import (
     EmbeddingPart,
     discover,
@@ -169,7 +170,7 @@ class Runner:
         if len(dims) > 1:
             first = {d: next(p.image_path for p, i in zip(parts, ingested, strict=True)
                              if i.dim == d) for d in sorted(dims)}
-            raise ValueError(
+            raise RunError(
                 "input parts have different embedding dimensions ("
                 + ", ".join(f"{path} has dimension {d}" for d, path in first.items())
                 + "): every part must come from the same model; re-embed the odd parts with "
@@ -320,7 +321,7 @@ class Runner:
         earlier run's output shards."""
         ours = {u for u in urls if self._ours(u)}
         if ours and len(ours) == len(urls):
-            raise ValueError(
+            raise RunError(
                 f"every input shard lies where this run writes its output ({self.output}; e.g. "
                 f"{sorted(ours)[0]}): a run never reads what a run wrote; move the shards out "
                 "or choose another output folder")
@@ -335,7 +336,7 @@ class Runner:
             return self._embed()
         for folder in (self.cfg.input.embeddings, self.cfg.input.datacomp):
             if folder and self._ours(folder):
-                raise ValueError(
+                raise RunError(
                     f"the input {folder} lies where this run writes its output "
                     f"({self.output}): a run never reads what a run wrote; choose another "
                     "output folder")
@@ -372,7 +373,7 @@ class Runner:
         failed += sum(duplicates)
         alive = [a - d for a, d in zip(alive, duplicates, strict=True)]
         if sum(alive) == 0:
-            raise ValueError(self._nothing_usable(n, len(ingested)))
+            raise RunError(self._nothing_usable(n, len(ingested)))
         steps: list[tuple[str, int, int]] = []
         extra: dict[str, Any] = {}
         done: list[str] = []
@@ -542,7 +543,7 @@ def _run_to_remote(cfg: RunConfig, engine: Engine | None) -> RunSummary:
     try:
         mirror, work = remote_output.local_places(cfg.output, cfg.work)
         remote_output.claim_remote(cfg.output, cfg.overwrite)
-    except (ValueError, OSError) as err:
+    except Exception as err:
         _log_error(err)
         raise
     summary = run(cfg.model_copy(update={"output": str(mirror), "work": str(work)}), engine)
@@ -599,17 +600,24 @@ def run(cfg: RunConfig, engine: Engine | None = None) -> RunSummary:
                 finally:
                     if runner.owns_engine:
                         runner.engine.close()
-            except (ValueError, OSError, RuntimeError) as err:
+            except Exception as err:
                 _log_error(err)  # while the run's log file is attached
                 raise
-    except (ValueError, OSError, RuntimeError) as err:
+    except Exception as err:
         _log_error(err)  # a folder refused or held by another run: nothing was written
         raise
 
 
 def _log_error(err: BaseException) -> None:
-    if not getattr(err, "_logged", False):
-        logging.getLogger("conceptprune").error("%s", err)
-        err._logged = True  # type: ignore[attr-defined]
+    """An error a person can fix as its one-line message; anything else (a bug) with its
+    traceback, saying so."""
+    if getattr(err, "_logged", False):
+        return
+    logger = logging.getLogger("conceptprune")
+    if isinstance(err, ConceptpruneError | OSError):
+        logger.error("%s", err)
+    else:
+        logger.critical(BUG_MESSAGE.replace("above", "below"), exc_info=err)
+    err._logged = True  # type: ignore[attr-defined]
 
 

@@ -17,6 +17,7 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.errors import EXIT_BUG, ConceptpruneError
 from pipeline.stages.ledger import LedgerInvariantError, check_invariant
 from pipeline.synth.embeddings import SynthSpec, synth_embeddings
 
@@ -349,6 +350,49 @@ def test_errors_also_reach_the_run_log(tmp_path: Path) -> None:
     run_fails(cfg, "semdedup.k=500")
     log_text = (tmp_path / "out" / "logs" / "run.log").read_text()
     assert "set semdedup.k to at most" in log_text
+
+
+def test_a_bug_says_so_with_its_traceback_and_exit_code_70(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """An exception that is no user's to fix is not dressed up as one: the traceback, the
+    word that it is a bug, exit code 70, in the output and in the run's log."""
+    import pipeline.runner
+
+    def broken(*_: object) -> None:
+        raise ZeroDivisionError("division by zero in dbp")
+
+    monkeypatch.setattr(pipeline.runner, "run_dbp", broken)
+    cfg = write_config(tmp_path, make_data(tmp_path))
+    res = cli(str(cfg))
+    assert res.exit_code == EXIT_BUG, res.output
+    for text in (res.output, (tmp_path / "out" / "logs" / "run.log").read_text()):
+        assert "this is a bug in conceptprune" in text
+        assert "Traceback" in text and "ZeroDivisionError: division by zero in dbp" in text
+
+
+def test_every_error_a_user_can_fix_shares_one_base() -> None:
+    """Every error class of the library is a ConceptpruneError (the command line prints it
+    as one line) but the ledger invariant's, which only a bug can break."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import pipeline
+
+    found = {}
+    for info in pkgutil.walk_packages(pipeline.__path__, "pipeline."):
+        if info.name.startswith(("pipeline.synth", "pipeline.demo")):
+            continue
+        module = importlib.import_module(info.name)
+        for name, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ == info.name and issubclass(cls, Exception) \
+                    and not name.startswith("_"):  # private ones never leave their module
+                found[name] = cls
+    assert len(found) >= 15, sorted(found)
+    assert {n for n, c in found.items() if not issubclass(c, ConceptpruneError)} == \
+        {"LedgerInvariantError"}
+    assert not issubclass(LedgerInvariantError, ConceptpruneError)
 
 
 # --- the ledger invariant ---------------------------------------------------------------

@@ -8,9 +8,10 @@ import numpy as np
 
 from pipeline.algorithms import exact
 from pipeline.algorithms.selection import decimal
+from pipeline.errors import ConceptpruneError
 
 
-class BudgetError(ValueError):
+class BudgetError(ConceptpruneError, ValueError):
     """The requested target cannot be met under the bounds; the message names the numbers."""
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from pipeline.algorithms import exact
 from pipeline.algorithms.proposers import FaissProposer, Index, Proposer
+from pipeline.errors import ConceptpruneError
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ PROPOSALS = 4  # nearest centroids proposed per vector; a tie wider than this re
 SPLIT_EPS = 1.0 / 1024  # how far apart the two halves of a split cluster start
 
 
-class KMeansError(ValueError):
+class KMeansError(ConceptpruneError, ValueError):
     """k-means cannot run on the given data (for example k larger than the vectors)."""
 
 

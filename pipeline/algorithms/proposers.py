@@ -20,11 +20,13 @@ from typing import Any, Protocol
 import faiss
 import numpy as np
 
+from pipeline.errors import ConceptpruneError
+
 BACKENDS = ("auto", "faiss", "torch")
 DEVICES = ("auto", "cpu", "gpu")
 
 
-class BackendError(ValueError):
+class BackendError(ConceptpruneError, ValueError):
     """A clustering backend or device that cannot run here; the message says what to set."""
 
 

@@ -24,6 +24,8 @@ import torch
 from open_clip.factory import load_state_dict as read_clip_state_dict
 from torch import nn
 
+from pipeline.errors import ConceptpruneError
+
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -37,7 +39,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _registered = False
 
 
-class EmbedModelError(ValueError):
+class EmbedModelError(ConceptpruneError, ValueError):
     """A model that cannot be loaded as asked; the message names the model or file and the fix."""
 
 

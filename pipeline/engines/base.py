@@ -14,11 +14,13 @@ from typing import Any, Protocol, TypeVar
 
 from tqdm.auto import tqdm
 
+from pipeline.errors import ConceptpruneError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-class EngineError(RuntimeError):
+class EngineError(ConceptpruneError, RuntimeError):
     """An engine could not finish a map: its workers kept dying."""
 
 

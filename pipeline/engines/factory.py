@@ -7,6 +7,7 @@ import importlib
 from pipeline.config import RunConfig
 from pipeline.engines.base import Engine
 from pipeline.engines.local import LocalEngine
+from pipeline.errors import RunError
 
 
 def _require(module: str, what: str, extra: str, name: str) -> None:
@@ -14,7 +15,7 @@ def _require(module: str, what: str, extra: str, name: str) -> None:
     try:
         importlib.import_module(module)
     except ImportError as err:  # pragma: no cover - depends on the install
-        raise ValueError(
+        raise RunError(
             f"engine.name={name} needs {what}: pip install 'conceptprune[{extra}]' (or set "
             "engine.name=local)"
         ) from err

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
+from pipeline.errors import ConceptpruneError
+
 DECODE_VERSION = 1
 DEFAULT_MAX_PIXELS = 40_000_000  # SPEC §5b; PIL's own limit warns at 89M and stops at 179M
 DEFAULT_BACKGROUND = "white"
@@ -61,7 +63,7 @@ class DecodeRules:
 DEFAULT_RULES = DecodeRules()
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(ConceptpruneError, ValueError):
     """The image bytes of a sample cannot be decoded."""
 
 

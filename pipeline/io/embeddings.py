@@ -22,8 +22,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.errors import ConceptpruneError
 
-class InputError(ValueError):
+
+class InputError(ConceptpruneError, ValueError):
     """The input cannot be read as given; the message names the file and the fix."""
 
 

@@ -47,6 +47,7 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.utils import infer_compression
 from PIL import Image
 
+from pipeline.errors import ConceptpruneError
 from pipeline.ids import derive_uid, is_valid_uid
 from pipeline.io.decode import DEFAULT_RULES, DecodeRules, ImageDecodeError, decode_picture
 
@@ -68,7 +69,7 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 _META_MEMBER = re.compile(r"__[^/]*__($|/)")  # webdataset's skip_meta: __index__ and such
 
 
-class ShardError(ValueError):
+class ShardError(ConceptpruneError, ValueError):
     """A shard spec or a shard that cannot be used."""
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from pipeline.errors import ConceptpruneError
 from pipeline.report.page import render_page
 from pipeline.workdir import atomic_write, write_json
 
@@ -25,7 +26,7 @@ THUMBS = "thumbs"
 _THUMB_NAME = re.compile(r"\d{4}\.jpg")
 
 
-class ReportError(ValueError):
+class ReportError(ConceptpruneError, ValueError):
     """A report that does not follow its schema, or a folder holding no report."""
 
 
@@ -99,6 +100,10 @@ def rerender(run_dir: Path) -> Path:
     if not path.exists():
         raise ReportError(f"{run_dir} holds no report/report.json: give the output folder of a "
                           "finished `conceptprune run`")
-    report = json.loads(path.read_text())
+    try:
+        report = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{path} is not valid JSON ({err}): run the same `conceptprune run` "
+                          "again to write it anew") from err
     command = report.get("command") or f"conceptprune run <config of {run_dir}>"
     return render_page(report, path.parent, command)

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from pipeline.algorithms import key_select as ks
 from pipeline.algorithms.selection import fraction_of
+from pipeline.errors import ConceptpruneError
 from pipeline.stages.context import RunContext, StepResult, alive_rows, ingest_path, step_part_path
 from pipeline.workdir import write_parquet
 from schemas import arrow as schemas
@@ -29,7 +30,7 @@ NO_SCORE = "no clip score: text embedding missing or invalid"
 KEY_BITS = (32, 64, 64, 64)  # score (largest first), uid high, uid low, global row
 
 
-class ClipFilterError(ValueError):
+class ClipFilterError(ConceptpruneError, ValueError):
     """The filter cannot run on this input."""
 
 
