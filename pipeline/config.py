@@ -328,11 +328,18 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     if not key:
         raise ConfigError(f"--set {item!r} has no key before '=': write --set "
                           "section.setting=value (example: --set dbp.k=200)")
-    return key.split("."), yaml.safe_load(raw) if raw.strip() else None
+    if not raw.strip():
+        return key.split("."), None
+    try:
+        return key.split("."), yaml.safe_load(raw)
+    except yaml.YAMLError:  # not YAML ("{:08d}", "[3"): the text as written, checked as such
+        return key.split("."), raw
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set dotted keys (``dbp.k=200``) in a nested dict; values parse as YAML scalars."""
+    """Set dotted keys (``dbp.k=200``) in a nested dict; values parse as YAML (``7`` is a
+    number, ``false`` a bool, ``[1, 2]`` a list), and text that is not YAML (``{:08d}``) is
+    taken as written, so the setting's own check names what is wrong with it."""
     for item in overrides:
         path, value = _parse_override(item)
         node = data

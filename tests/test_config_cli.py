@@ -128,3 +128,19 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
     res = runner.invoke(app, ["run", str(cfg), "--set", "dbp.keep_fraction=3"])
     assert res.exit_code == 2
     assert "dbp.keep_fraction must be in (0, 1]" in res.output
+
+
+def test_a_set_value_that_is_not_yaml_is_taken_as_written(tmp_path: Path) -> None:
+    """README's DataComp shard name needs no quoting on the command line, and a broken list
+    is named by its setting's own check, not a YAML parser's traceback."""
+    from pipeline.config import ConfigError, load_config
+
+    base = [f"input.embeddings={tmp_path}", f"output={tmp_path / 'out'}"]
+    cfg = load_config(None, [*base, "write.shard_name={:08d}"])
+    assert cfg.write.shard_name == "{:08d}"
+    with pytest.raises(ConfigError, match="dbp.k"):
+        load_config(None, [*base, "dbp.k=[3"])
+    result = CliRunner().invoke(app, ["run", "--set", base[0], "--set", base[1],
+                                      "--set", "dbp.k=[3"])
+    assert result.exit_code == 2 and "dbp.k" in result.output
+    assert "Traceback" not in result.output
