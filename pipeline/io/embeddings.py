@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import ConceptpruneError
+from pipeline.io import npy
 
 
 class InputError(ConceptpruneError, ValueError):
@@ -158,9 +159,9 @@ def _load_npy(path: str) -> np.ndarray:
     fs, p = fsspec.core.url_to_fs(path)
     try:
         if _is_local(fs):
-            return np.load(p, mmap_mode="r", allow_pickle=False)
+            return npy.load(p, mmap=True)
         with fs.open(p, "rb") as f:
-            return np.load(f, allow_pickle=False)
+            return npy.load_bytes(f.read())
     except (ValueError, OSError) as err:
         raise InputError(
             f"cannot read embeddings file {path} ({str(err).rstrip('.')}); it must be a "
@@ -171,13 +172,15 @@ def _load_npy(path: str) -> np.ndarray:
 def _load_npz_member(path: str, key: str) -> np.ndarray:
     fs, p = fsspec.core.url_to_fs(path)
     try:
-        with fs.open(p, "rb") as f, np.load(f, allow_pickle=False) as z:
-            if key not in z.files:
-                raise InputError(
-                    f"{path} has no array {key!r} (it holds {', '.join(z.files)}); "
-                    "set input.datacomp_model to one that is present"
-                )
-            return z[key]
+        with fs.open(p, "rb") as f:
+            data = f.read()
+        member = npy.npz_member(data, key)
+        if member is None:
+            raise InputError(
+                f"{path} has no array {key!r} (it holds {', '.join(npy.npz_keys(data))}); "
+                "set input.datacomp_model to one that is present"
+            )
+        return member
     except InputError:
         raise
     except (ValueError, OSError) as err:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.algorithms.vectors import as_float32
+from pipeline.io import npy
 from pipeline.io.buffers import populated
 
 
@@ -67,7 +68,7 @@ class VectorStore:
         dataset."""
         arr = self._arrays.get(part)
         if arr is None:  # a plain view: np.memmap's indexing costs more than the copy
-            arr = np.load(self.paths[part], mmap_mode="r", allow_pickle=False).view(np.ndarray)
+            arr = npy.load(self.paths[part], mmap=True).view(np.ndarray)
         return arr
 
     def _divisor(self, part: int) -> np.ndarray | None:
@@ -77,7 +78,7 @@ class VectorStore:
         scaled = self._scaled.get(part)
         if scaled is None:
             scaled = self._scaled[part] = scale_path(self.paths[part]).exists()
-        return (np.load(scale_path(self.paths[part]), mmap_mode="r").view(np.ndarray)
+        return (npy.load(scale_path(self.paths[part]), mmap=True).view(np.ndarray)
                 if scaled else None)
 
     @property

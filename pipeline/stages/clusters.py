@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from pipeline.algorithms import kmeans, proposers
 from pipeline.engines.base import Resources
 from pipeline.engines.gpu import task_gpu
+from pipeline.io import npy
 from pipeline.io.vector_store import VectorStore
 from pipeline.stages.context import (
     RunContext,
@@ -176,7 +177,7 @@ def fit_and_assign(ctx: RunContext, step: str, earlier: tuple[str, ...], alive: 
     centroids_path = ctx.step_folder(step) / "centroids.npy"
     fp = ctx.fingerprints[step]
     if ctx.work.done(f"{step}/fit", fp):
-        centroids = np.load(centroids_path)
+        centroids = npy.load(centroids_path)
     else:
         log.info("%s: fitting %d centroids on %d of %d vectors (%s%s)", step, k, sum(counts),
                  sum(alive), chosen.name, " on a GPU" if chosen.gpu else "")
@@ -199,7 +200,7 @@ def fit_and_assign(ctx: RunContext, step: str, earlier: tuple[str, ...], alive: 
     for p in parts:  # folded in part order: the same sums on every engine
         sizes += part_counts(scatter, p)
         if total is not None:
-            total += np.load(scatter / f"sums-{p:05d}.npy")
+            total += npy.load(scatter / f"sums-{p:05d}.npy")
     return Assigned(centroids, sizes, total, scatter)
 
 

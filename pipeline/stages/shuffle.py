@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.algorithms.ordering import grouped_order
+from pipeline.io import npy
 from pipeline.workdir import write_npy
 
 SCATTER_DTYPE = np.dtype([("cluster", "<i4"), ("distance", "<f4"), ("uid_hi", "<u8"),
@@ -43,11 +44,11 @@ def write_scatter(folder: Path, part: int, k: int, rows: np.ndarray, cluster: np
 
 def part_counts(folder: Path, part: int) -> np.ndarray:
     """Members per cluster of one part, read back from its scatter offsets."""
-    return np.diff(np.load(scatter_paths(folder, part)[1]))
+    return np.diff(npy.load(scatter_paths(folder, part)[1]))
 
 
 def read_scatter(folder: Path, part: int) -> np.ndarray:
-    return np.load(scatter_paths(folder, part)[0], mmap_mode="r")
+    return npy.load(scatter_paths(folder, part)[0], mmap=True)
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ def gather_bucket(folder: Path, parts: int, first: int, stop: int) -> Members:
     """Read clusters [first, stop) from every part's scatter file and merge them."""
     pieces, part_ids = [], []
     for p in range(parts):
-        offsets = np.load(scatter_paths(folder, p)[1], mmap_mode="r")
+        offsets = npy.load(scatter_paths(folder, p)[1], mmap=True)
         a, b = int(offsets[first]), int(offsets[stop])
         if b > a:
             pieces.append(np.array(read_scatter(folder, p)[a:b]))
@@ -160,10 +161,10 @@ def read_results(folder: Path, buckets: int, part: int) -> np.ndarray | None:
     pieces = []
     for b in range(buckets):
         data, offsets = result_paths(folder, b)
-        off = np.load(offsets, mmap_mode="r")
+        off = npy.load(offsets, mmap=True)
         lo, hi = int(off[part]), int(off[part + 1])
         if hi > lo:
-            pieces.append(np.array(np.load(data, mmap_mode="r")[lo:hi]))
+            pieces.append(np.array(npy.load(data, mmap=True)[lo:hi]))
     return np.concatenate(pieces) if pieces else None
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.ids import SUBSET_DTYPE, subset_array
+from pipeline.io import npy
 from pipeline.workdir import atomic_write, write_npy
 
 RANGE_ROWS = 4_000_000  # uids per range task, about 64 MB
@@ -47,7 +48,7 @@ def gather_range(task: RangeTask) -> int:
     folder = Path(task.folder)
     pieces = []
     for p in range(task.parts):
-        arr = np.load(part_path(folder, p), mmap_mode="r")
+        arr = npy.load(part_path(folder, p), mmap=True)
         hi = arr["f0"]
         a = int(np.searchsorted(hi, np.uint64(task.low), side="left"))
         b = len(arr) if task.high >= 1 << 64 else \
@@ -68,7 +69,7 @@ def concatenate(folder: Path, ranges: int, total: int, out: Path) -> None:
                 f, {"descr": np.lib.format.dtype_to_descr(SUBSET_DTYPE),
                     "fortran_order": False, "shape": (total,)})
             for i in range(ranges):
-                arr = np.load(folder / f"range-{i:05d}.npy", mmap_mode="r")
+                arr = npy.load(folder / f"range-{i:05d}.npy", mmap=True)
                 for start in range(0, len(arr), COPY_ROWS):
                     np.ascontiguousarray(arr[start : start + COPY_ROWS]).tofile(f)
 
