@@ -10,6 +10,7 @@ import typer
 
 from pipeline.config import ConfigError, config_json_schema, load_config
 from pipeline.errors import EXIT_BUG, EXIT_CONFIG, EXIT_ERROR, ConceptpruneError
+from pipeline.interrupts import Interrupted, exit_code_of
 from pipeline.logs import setup_logging
 
 app = typer.Typer(
@@ -71,6 +72,8 @@ def run(
         raise typer.Exit(EXIT_ERROR) from None
     except Exception:  # a bug: run() logged its traceback
         raise typer.Exit(EXIT_BUG) from None
+    except (Interrupted, KeyboardInterrupt) as stop:  # run() said where, and how to resume
+        raise typer.Exit(exit_code_of(stop)) from None
     typer.echo(f"kept {summary.kept} of {summary.input_samples} samples "
                f"({summary.kept / max(1, summary.input_samples):.1%})")
     if summary.remote:
@@ -81,6 +84,35 @@ def run(
         typer.echo(f"subset: {summary.output / 'subset.npy'}")
         typer.echo(f"report: {summary.report_path}")
     typer.echo(f"page:   {summary.page_path.resolve()} (open it in a browser)")
+
+
+@app.command()
+def describe(
+    config: Annotated[Path, typer.Argument(help="YAML config of the run, as for `run`")],
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="override a setting, as for `run`")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the plan as JSON")] = False,
+) -> None:
+    """Print what `run` would do with CONFIG, without doing any of it.
+
+    Every step in order with its state in the work folder: done (reused as it is),
+    partly done (the units an interrupted run finished are reused), or to run; the units
+    finished; and what each task asks of a worker (a CPU, or a GPU for embed and for the
+    clustering kernels on a GPU). Only the inputs' sizes and times are read.
+    """
+    from pipeline.describe import describe as plan_of
+
+    try:
+        cfg = load_config(config, list(set_ or []))
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+    try:
+        found = plan_of(cfg)
+    except (ConceptpruneError, OSError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(EXIT_ERROR) from None
+    typer.echo(found.to_json() if as_json else "\n".join(found.lines()))
 
 
 @app.command("synth-embeddings")

@@ -297,6 +297,12 @@ class RunConfig(_Section):
         "work folder's steps); other files are never touched",
     )
     seed: int = Field(0, ge=0, description="seed for every sampled or random choice")
+    lock_stale_after_s: float = Field(
+        300.0, ge=60,
+        description="a run's folder lock whose heartbeat (every 30 s) stopped this many "
+        "seconds ago is taken over, on any host: a run killed outright (SIGKILL, a lost node) "
+        "stops holding its folders after this long; on the machine that ran it, at once",
+    )
     progress: bool = Field(True, description="show progress bars on long stages")
     vector_cache_gb: float = Field(
         4.0, ge=0,
@@ -314,10 +320,6 @@ class RunConfig(_Section):
     @property
     def work_dir(self) -> Path:
         return Path(self.work) if self.work else Path(self.output) / "_work"
-
-    def enabled_steps(self) -> list[str]:
-        steps = [s for s in ("semdedup", "clip_filter", "dbp") if getattr(self, s).enabled]
-        return steps
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

@@ -2,8 +2,9 @@
 
 O_EXCL creation is atomic on local disks and on NFS (v3 and later), the shared filesystems
 cluster jobs write to. A lock is stale when its holder is gone: on this host, when its
-process no longer exists; from another host, when its heartbeat stopped (its file's mtime is
-older than ``stale_after_s``). A stale lock is moved aside atomically, so of two runs that
+process no longer exists; on any host, when its heartbeat stopped (its file's mtime is older
+than ``stale_after_s``, the setting ``lock_stale_after_s``), even if its pid now names another
+live process. A stale lock is moved aside atomically, so of two runs that
 find it stale only one takes it over.
 """
 
@@ -57,11 +58,11 @@ def _is_stale(path: Path, holder: dict[str, Any] | None, stale_after_s: float) -
         age = time.time() - path.stat().st_mtime
     except FileNotFoundError:
         return True
+    if age > stale_after_s:  # its heartbeat stopped, whatever its pid is now
+        return True
     if holder is None:  # unreadable: being written now, or left half-written by a kill
-        return age > stale_after_s
-    if holder.get("host") == socket.gethostname():
-        return not _alive(int(holder.get("pid", -1)))
-    return age > stale_after_s
+        return False
+    return holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", -1)))
 
 
 def _describe(holder: dict[str, Any] | None) -> str:

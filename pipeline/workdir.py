@@ -24,6 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.interrupts import deferred
+
 
 def unique_suffix() -> str:
     """Unique across the hosts of a cluster writing one shared work folder (a pid alone is
@@ -78,10 +80,11 @@ def staged_dir(final: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     old = final.parent / f".{final.name}.old-{suffix}"
-    if final.exists():
-        final.rename(old)
-    staging.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    with deferred():  # a stop signal waits for the swap: never a folder moved away alone
+        if final.exists():
+            final.rename(old)
+        staging.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_parquet(path: Path, table: pa.Table) -> None:

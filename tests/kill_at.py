@@ -10,6 +10,8 @@ other results of that map may be in flight on workers, half written). Nothing is
 up: no finally blocks, no atexit, exactly what a lost machine leaves behind.
 
 ``CONCEPTPRUNE_LIST_MAPS=FILE`` appends every map's name and task count to FILE instead.
+``CONCEPTPRUNE_KILL_SIGNAL=TERM`` (or HUP, INT) sends that signal instead of SIGKILL, as a
+scheduler stopping the job would: the run's own handlers then stop it cleanly.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import importlib
 import os
 import signal
 import sys
+
+SIGNAL = signal.Signals[f"SIG{os.environ.get('CONCEPTPRUNE_KILL_SIGNAL', 'KILL')}"]
 
 
 def arm(target: str, nth: int, match: str) -> None:
@@ -34,7 +38,7 @@ def arm(target: str, nth: int, match: str) -> None:
         if match in repr(args) + repr(kwargs):
             seen += 1
             if seen == nth:
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), SIGNAL)
         return real(*args, **kwargs)
 
     setattr(owner, name, wrapper)
@@ -66,7 +70,7 @@ def arm_map(nth: int, desc: str) -> None:
 def _dying_after(results, nth: int):  # noqa: ANN001, ANN202
     for seen, result in enumerate(results, 1):
         if seen == nth:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), SIGNAL)
         yield result
 
 

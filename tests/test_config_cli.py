@@ -16,6 +16,7 @@ from pipeline.config import (
     load_config,
     validate_config,
 )
+from pipeline.stages.registry import enabled_steps
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +36,7 @@ def test_defaults_and_overrides(tmp_path: Path) -> None:
     assert cfg.clip_filter.threshold == 0.25
     assert cfg.kmeans.niter == 5 and cfg.kmeans.max_points_per_centroid == 256
     assert cfg.work_dir == Path("/out/_work")
-    assert cfg.enabled_steps() == ["semdedup", "clip_filter", "dbp"]
+    assert [s.name for s in enabled_steps(cfg)] == ["semdedup", "clip_filter", "dbp"]
 
 
 

@@ -200,6 +200,33 @@ def test_a_lock_another_live_run_holds_is_never_this_runs_own(tmp_path: Path) ->
         other.wait()
 
 
+def test_a_lock_whose_heartbeat_stopped_is_stale_even_if_its_pid_is_alive_again(
+        tmp_path: Path) -> None:
+    """The pid of a run killed hours ago may name another live process now: the stopped
+    heartbeat decides, on this host as on any other."""
+    folder = tmp_path / "f"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _lock_file(folder, socket.gethostname(), other.pid, age_s=7200)
+        with run_lock(folder, stale_after_s=300) as held:
+            assert json.loads((folder / LOCK_NAME).read_text())["run"] == held["run"]
+        _lock_file(folder, socket.gethostname(), other.pid, age_s=100)  # still beating
+        with pytest.raises(RunLockError, match=f"pid {other.pid}"), \
+                run_lock(folder, stale_after_s=300):
+            pass
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_the_lock_stale_setting_reaches_the_run(tmp_path: Path) -> None:
+    config = write_config(tmp_path, make_data(tmp_path))
+    _lock_file(tmp_path / "out", "elsewhere", 1, age_s=120)  # a lost node's run, 2 min ago
+    refused = cli(str(config))
+    assert refused.exit_code == 1 and "host elsewhere" in refused.output
+    assert cli(str(config), "--set", "lock_stale_after_s=60").exit_code == 0
+
+
 def test_the_heartbeat_keeps_a_long_run_s_lock_fresh(tmp_path: Path) -> None:
     with run_lock(tmp_path, heartbeat_s=0.05):
         path = tmp_path / LOCK_NAME
@@ -443,16 +470,16 @@ def test_a_remote_input_is_pinned_by_its_size_and_version(monkeypatch: pytest.Mo
     """An object replaced in place (same URL) is a new input: its identity differs."""
     import fsspec
 
-    from pipeline.runner import _file_identity
+    from pipeline.run_inputs import file_identity
 
     fs = fsspec.filesystem("memory")
     fs.pipe("/pin/00000.tar", b"x" * 10)
-    first = _file_identity("memory://pin/00000.tar")
+    first = file_identity("memory://pin/00000.tar")
     assert first[:2] == ["memory://pin/00000.tar", 10] and len(first) > 2
     info = fs.info("/pin/00000.tar")
     monkeypatch.setattr(type(fs), "info", lambda self, path, **kw: {**info, "ETag": '"v2"'})
-    assert _file_identity("memory://pin/00000.tar") != first
-    assert '"v2"' in _file_identity("memory://pin/00000.tar")
+    assert file_identity("memory://pin/00000.tar") != first
+    assert '"v2"' in file_identity("memory://pin/00000.tar")
 
 
 def test_urls_img2dataset_could_not_get_are_ledger_failures(images: Path, tmp_path: Path

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -214,3 +217,51 @@ def test_a_task_hands_the_gpu_spark_gave_it_to_the_stages(monkeypatch: pytest.Mo
         assert run("b", "0") == [(0, (0, 0, "t"))] and setups == [1, 0, 0]  # the next map
     finally:
         set_task_gpu(None)
+
+
+def stop_the_driver_then(sentinel: str, driver: int, signum: int, real: Callable[..., Any],
+                         *args: Any) -> Any:  # noqa: ANN401
+    """A unit that, the first time any task runs it, sends ``signum`` to the driver (as a
+    scheduler stopping the job would) and goes on working for a long while (a minute); else
+    it works as ``real``."""
+    try:
+        os.close(os.open(sentinel, os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return real(*args)
+    os.kill(driver, signum)
+    time.sleep(60)
+    return real(*args)
+
+
+def test_sigterm_cancels_the_spark_job_and_the_rerun_gives_the_local_bytes(
+        engine: SparkEngine, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    """SIGTERM arrives while a Spark job deduplicates clusters: the run stops at once with
+    its lock released, the job's tasks are cancelled, and the rerun on the same Spark
+    context has the bytes of a local run."""
+    import pipeline.stages.semdedup as sem
+    from pipeline.interrupts import Interrupted
+    from pipeline.run_lock import LOCK_NAME
+
+    run(validate_config(settings(data, tmp_path / "local")))
+    cfg = validate_config({**settings(data, tmp_path / "spark"),
+                           "engine": {"bucket_rows": 2500}})
+    sentinel = tmp_path / "signalled"
+    monkeypatch.setattr(sem, "dedup_bucket", partial(
+        stop_the_driver_then, str(sentinel), os.getpid(), signal.SIGTERM, sem.dedup_bucket))
+    started = time.monotonic()
+    with pytest.raises(Interrupted, match="stopped by SIGTERM"):
+        run(cfg, engine=engine)
+    assert time.monotonic() - started < 45, "the stop waited for the long task"
+    assert sentinel.exists()
+    assert not (tmp_path / "spark" / LOCK_NAME).exists()
+    assert "stopped by SIGTERM at semdedup; run the same command to resume" in \
+        (tmp_path / "spark" / "logs" / "run.log").read_text()
+    tracker = engine.context.statusTracker()
+    deadline = time.monotonic() + 10
+    while tracker.getActiveJobsIds() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not tracker.getActiveJobsIds(), "the stopped run's job still runs"
+    monkeypatch.undo()
+    run(cfg, engine=engine)
+    assert_same_outputs(tmp_path / "spark", tmp_path / "local")

@@ -357,12 +357,12 @@ def test_a_bug_says_so_with_its_traceback_and_exit_code_70(tmp_path: Path,
                                                           ) -> None:
     """An exception that is no user's to fix is not dressed up as one: the traceback, the
     word that it is a bug, exit code 70, in the output and in the run's log."""
-    import pipeline.runner
+    import pipeline.stages.dbp
 
     def broken(*_: object) -> None:
         raise ZeroDivisionError("division by zero in dbp")
 
-    monkeypatch.setattr(pipeline.runner, "run_dbp", broken)
+    monkeypatch.setattr(pipeline.stages.dbp, "run_dbp", broken)
     cfg = write_config(tmp_path, make_data(tmp_path))
     res = cli(str(cfg))
     assert res.exit_code == EXIT_BUG, res.output

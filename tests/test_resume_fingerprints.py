@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 import yaml
 from same_bytes import assert_same_contents, assert_same_run
 
-import pipeline.runner as runner_mod
+import pipeline.run_inputs as inputs_mod
 from pipeline.config import validate_config
 from pipeline.output_guard import MANIFEST
 from pipeline.runner import run
@@ -146,13 +147,13 @@ def test_an_input_file_edited_in_place_is_read_again(data: Path, base: Path, tmp
     assert path.stat().st_size == size
 
     ingested: list[int] = []
-    real = runner_mod.ingest_part
+    real = inputs_mod.ingest_part
 
     def counting(part, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
         ingested.append(part.index)
         return real(part, *a, **kw)
 
-    monkeypatch.setattr(runner_mod, "ingest_part", counting)
+    monkeypatch.setattr(inputs_mod, "ingest_part", counting)
     summary = run(config(copy, out, settings()))
     assert ingested == [1], "only the edited file is read again"
     assert summary.skipped_steps == []
@@ -165,17 +166,21 @@ def test_an_input_file_edited_in_place_is_read_again(data: Path, base: Path, tmp
 # -- kills --------------------------------------------------------------------------------
 
 def run_killed(cfg_file: Path, target: str, nth: int, match: str = "",
-               killed: bool = True) -> None:
-    """The CLI run of ``cfg_file`` SIGKILLed at the point (see tests/kill_at.py); with
-    ``killed=False``, a run that must finish (no point reached)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+               killed: bool = True, signum: int = signal.SIGKILL) -> str:
+    """The CLI run of ``cfg_file`` SIGKILLed (or sent ``signum``) at the point (see
+    tests/kill_at.py); with ``killed=False``, a run that must finish (no point reached).
+    Returns what it printed to stderr."""
+    env = {**os.environ, "PYTHONPATH": str(REPO),
+           "CONCEPTPRUNE_KILL_SIGNAL": signal.Signals(signum).name[3:]}
     proc = subprocess.run(
         [sys.executable, str(REPO / "tests" / "kill_at.py"), target, str(nth), match, "--",
          "run", str(cfg_file), "--no-progress"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    want = -9 if killed else 0
+    # a SIGKILLed process has no say in its status; a stopped run exits 128 + the signal
+    want = 0 if not killed else -9 if signum == signal.SIGKILL else 128 + signum
     assert proc.returncode == want, (f"{target} {nth} {match!r}: exit {proc.returncode}, "
                                      f"not {want}\n{proc.stderr[-4000:]}")
+    return proc.stderr
 
 
 def write_config(path: Path, data: Path, out: Path, raw: dict[str, Any]) -> Path:

@@ -225,9 +225,9 @@ def test_resume_after_crash_gives_the_same_subset(emb_dir: Path, tmp_path: Path,
 
     crashed = tmp_path / "crashed"
     calls = {"semdedup": 0}
-    import pipeline.runner as runner_mod
+    import pipeline.stages.semdedup as sem_stage
 
-    real_sem = runner_mod.run_semdedup
+    real_sem, real_dbp = sem_stage.run_semdedup, dbp_stage.run_dbp
 
     def counting_sem(*a, **kw):  # noqa: ANN002, ANN003
         calls["semdedup"] += 1
@@ -236,12 +236,12 @@ def test_resume_after_crash_gives_the_same_subset(emb_dir: Path, tmp_path: Path,
     def boom(*a, **kw):  # noqa: ANN002, ANN003
         raise RuntimeError("killed in dbp")
 
-    monkeypatch.setattr(runner_mod, "run_semdedup", counting_sem)
-    monkeypatch.setattr(runner_mod, "run_dbp", boom)
+    monkeypatch.setattr(sem_stage, "run_semdedup", counting_sem)
+    monkeypatch.setattr(dbp_stage, "run_dbp", boom)
     with pytest.raises(RuntimeError):
         run(config(emb_dir, crashed))
     assert not (crashed / "subset.npy").exists()
-    monkeypatch.setattr(runner_mod, "run_dbp", dbp_stage.run_dbp)
+    monkeypatch.setattr(dbp_stage, "run_dbp", real_dbp)
     summary = run(config(emb_dir, crashed))
     assert calls["semdedup"] == 1  # the finished step was not redone
     assert "semdedup" in summary.skipped_steps

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from tqdm.auto import tqdm
 
 from pipeline.engines.base import DEFAULT, EngineError, Resources, progress_bar
+from pipeline.interrupts import STOPS
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -147,16 +148,20 @@ class RayEngine:
         window = 2 * len(actors)  # tasks in flight: enough to keep every actor busy
         in_flight = 0
         with progress_bar(desc, total, unit, self.progress) as bar:
-            for task in tasks:
-                pool.submit(call, task)
-                in_flight += 1
-                if in_flight >= window:
+            try:
+                for task in tasks:
+                    pool.submit(call, task)
+                    in_flight += 1
+                    if in_flight >= window:
+                        yield self._next(pool, desc)
+                        in_flight -= 1
+                        bar.update(1)
+                while pool.has_next():
                     yield self._next(pool, desc)
-                    in_flight -= 1
                     bar.update(1)
-            while pool.has_next():
-                yield self._next(pool, desc)
-                bar.update(1)
+            except STOPS:  # a stop (SIGTERM, Ctrl-C): the tasks in flight are dropped
+                self._kill_pools()
+                raise
 
     def _next(self, pool: Any, desc: str) -> Any:
         """The next result; a task whose workers kept dying is a clear error, not a trace."""

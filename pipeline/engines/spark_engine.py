@@ -14,13 +14,16 @@ import itertools
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
 from pipeline.engines.base import DEFAULT, EngineError, Resources, progress_bar
+from pipeline.interrupts import STOPS
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -153,7 +156,7 @@ class SparkEngine:
             lambda part: _run_partition(token, setup, fn, threads, part))
         with progress_bar(desc, total, unit, self.progress) as bar:
             try:
-                results = dict(job.collect())
+                results = dict(self._collect(job, token, desc))
             except Exception as err:  # a Py4J error holding the worker's traceback
                 raise EngineError(
                     f"{desc}: a Spark task failed, retries included (engine.max_retries, "
@@ -162,6 +165,28 @@ class SparkEngine:
             bar.update(len(items))
         for index in range(len(items)):
             yield results[index]
+
+    def _collect(self, job: Any, token: str, desc: str) -> list[Any]:  # noqa: ANN401
+        """``job.collect()`` in a thread of its own, in a job group: a stop (SIGTERM,
+        Ctrl-C) reaches this, the main, thread at once, which cancels the job's tasks on the
+        executors instead of leaving them running (and a Py4J call cut in the middle)."""
+        done: Future[list[Any]] = Future()
+
+        def collect() -> None:
+            try:
+                self.context.setJobGroup(token, desc, interruptOnCancel=True)
+                done.set_result(job.collect())
+            except BaseException as err:  # noqa: BLE001 - handed to the waiting thread
+                done.set_exception(err)
+
+        thread = threading.Thread(target=collect, name=f"spark {desc}", daemon=True)
+        thread.start()
+        try:
+            return done.result()
+        except STOPS:
+            self.context.cancelJobGroup(token)
+            thread.join(timeout=60)
+            raise
 
     def run_one(self, fn: Callable[[T], R], task: T, *, resources: Resources = DEFAULT) -> R:
         return next(iter(self.map(fn, [task], desc="run_one", resources=resources)))

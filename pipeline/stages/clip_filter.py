@@ -21,6 +21,7 @@ from pipeline.algorithms import key_select as ks
 from pipeline.algorithms.selection import fraction_of
 from pipeline.errors import ConceptpruneError
 from pipeline.stages.context import RunContext, StepResult, alive_rows, ingest_path, step_part_path
+from pipeline.stages.step import Step
 from pipeline.workdir import write_parquet
 from schemas import arrow as schemas
 
@@ -163,3 +164,13 @@ def run_clip_filter(ctx: RunContext, earlier: tuple[str, ...], alive: list[int]
     result = StepResult([a for a, _ in applied], [r for _, r in applied], {})
     log.info("clip_filter: removed %d of %d", sum(result.removed), sum(alive))
     return result
+
+
+class ClipFilter(Step):
+    """SPEC §4: samples whose image and caption disagree (CLIP score below a threshold, or
+    outside the top fraction); the reason of each removal is in its row."""
+
+    name = "clip_filter"
+
+    def run(self, ctx: RunContext, earlier: tuple[str, ...], alive: list[int]) -> StepResult:
+        return run_clip_filter(ctx, earlier, alive)

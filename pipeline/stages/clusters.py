@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.algorithms import kmeans, proposers
+from pipeline.config import RunConfig
 from pipeline.engines.base import Resources
 from pipeline.engines.gpu import task_gpu
 from pipeline.io import npy
@@ -96,7 +97,12 @@ class Backend:
 
 
 def backend(ctx: RunContext) -> Backend:
-    name, gpu = proposers.choose(ctx.cfg.kmeans.backend, ctx.cfg.kmeans.device)
+    return backend_of(ctx.cfg)
+
+
+def backend_of(cfg: RunConfig) -> Backend:
+    """The proposer ``cfg.kmeans`` chooses on this machine."""
+    name, gpu = proposers.choose(cfg.kmeans.backend, cfg.kmeans.device)
     return Backend(name, gpu)
 
 

@@ -10,14 +10,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline.algorithms import budget as bud
 from pipeline.algorithms.selection import fraction_of, select_within_concepts
+from pipeline.config import RunConfig
+from pipeline.engines.base import Resources
 from pipeline.io.tables import masked
-from pipeline.stages.clusters import apply_decisions, fit_and_assign
+from pipeline.stages.clusters import apply_decisions, backend_of, fit_and_assign
 from pipeline.stages.context import RunContext, StepResult
 from pipeline.stages.shuffle import (
     ApplyTask,
@@ -25,6 +29,7 @@ from pipeline.stages.shuffle import (
     part_decisions,
     plan_buckets,
 )
+from pipeline.stages.step import Step
 from pipeline.workdir import write_parquet
 from schemas import arrow as schemas
 
@@ -129,3 +134,30 @@ def run_dbp(ctx: RunContext, earlier: tuple[str, ...], alive: list[int]
     log.info("dbp: k=%d target N=%d of M=%d, kept %d", cfg.k, target, sum(alive),
              int(kept.sum()))
     return result, concept_table(size, d_intra, d_inter, probability, budget, kept)
+
+
+class DensityBasedPruning(Step):
+    """SPEC §3: a budget per concept from its density, the most typical members dropped."""
+
+    name = "dbp"
+    seeded = True
+
+    def resources(self, cfg: RunConfig) -> Resources:
+        return backend_of(cfg).resources
+
+    def run(self, ctx: RunContext, earlier: tuple[str, ...], alive: list[int]) -> StepResult:
+        result, concepts = run_dbp(ctx, earlier, alive)
+        write_parquet(self._concepts(ctx), concepts)
+        return result
+
+    def ledger_reason(self, cfg: RunConfig) -> str:
+        return reason(cfg.dbp.keep)
+
+    def report(self, cfg: RunConfig, result: StepResult, ctx: RunContext) -> dict[str, Any]:
+        return {"dbp": {key: result.extra[key] for key in ("k", "target", "reaching", "keep")},
+                "clusters": pq.read_table(self._concepts(ctx)).to_pylist()}
+
+    @staticmethod
+    def _concepts(ctx: RunContext) -> Path:
+        """The concept table ``conceptprune plan`` reads (``WORK/dbp/clusters.parquet``)."""
+        return ctx.work.root / "dbp" / "clusters.parquet"

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pyarrow as pa
-
 from pipeline.config import RunConfig
 
 
@@ -18,9 +16,13 @@ def stage_rows(n: int, failed: int, steps: list[tuple[str, int, int]]) -> list[d
 
 
 def build_report(cfg: RunConfig, n: int, kept: int, failed: int,
-                 steps: list[tuple[str, int, int]], clusters: pa.Table | None,
-                 extra: dict[str, Any], shards: dict[str, dict[str, int]],
-                 timings: dict[str, float]) -> dict[str, Any]:
+                 steps: list[tuple[str, int, int]], extra: dict[str, Any],
+                 shards: dict[str, dict[str, int]], timings: dict[str, float]
+                 ) -> dict[str, Any]:
+    """The report: the funnel, the settings and the sections of ``extra`` (the steps' own,
+    the output's); dbp's concept table (``clusters``) comes last, being the longest."""
+    extra = dict(extra)
+    clusters = extra.pop("clusters", None)
     report: dict[str, Any] = {
         "input_samples": n,
         "kept": kept,
@@ -33,5 +35,5 @@ def build_report(cfg: RunConfig, n: int, kept: int, failed: int,
         **extra,
     }
     if clusters is not None:
-        report["clusters"] = clusters.to_pylist()
+        report["clusters"] = clusters
     return report

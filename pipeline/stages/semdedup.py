@@ -11,15 +11,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.algorithms.proposers import Proposer
 from pipeline.algorithms.semdedup import auto_block_rows, dedup_cluster
+from pipeline.config import RunConfig
+from pipeline.engines.base import Resources
 from pipeline.io.tables import masked
 from pipeline.io.vector_store import VectorStore
-from pipeline.stages.clusters import apply_decisions, backend, bucket_state, fit_and_assign
+from pipeline.stages.clusters import (
+    apply_decisions,
+    backend,
+    backend_of,
+    bucket_state,
+    fit_and_assign,
+)
 from pipeline.stages.context import RunContext, StepResult
 from pipeline.stages.shuffle import (
     ApplyTask,
@@ -27,6 +36,7 @@ from pipeline.stages.shuffle import (
     part_decisions,
     plan_buckets,
 )
+from pipeline.stages.step import Step
 from pipeline.workdir import write_parquet
 from schemas import arrow as schemas
 
@@ -142,3 +152,22 @@ def run_semdedup(ctx: RunContext, earlier: tuple[str, ...], alive: list[int]) ->
     log.info("semdedup: k=%d eps=%g removed %d of %d", k, cfg.eps, sum(result.removed),
              sum(alive))
     return result
+
+
+class SemDedup(Step):
+    """SPEC §2: near-duplicates within k-means clusters, keeping each group's first."""
+
+    name = "semdedup"
+    seeded = True
+
+    def resources(self, cfg: RunConfig) -> Resources:
+        return backend_of(cfg).resources
+
+    def run(self, ctx: RunContext, earlier: tuple[str, ...], alive: list[int]) -> StepResult:
+        return run_semdedup(ctx, earlier, alive)
+
+    def ledger_reason(self, cfg: RunConfig) -> str:
+        return reason(cfg.semdedup.eps)
+
+    def report(self, cfg: RunConfig, result: StepResult, ctx: RunContext) -> dict[str, Any]:
+        return {"semdedup": {"k": result.extra["k"], "eps": cfg.semdedup.eps}}
