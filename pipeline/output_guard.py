@@ -134,6 +134,15 @@ def claim_work(work: Path, overwrite: bool) -> None:
     _clean_unfinished(work)
 
 
+def sweep_unfinished(output: Path, work: Path) -> None:
+    """After a run stopped and its tasks with it: the unfinished writes it leaves (this run
+    still holds both folders' locks)."""
+    for entry in CHECKED + NAMED:
+        _clean_unfinished(output / entry)
+    _clean_unfinished(output, recursive=False)
+    _clean_unfinished(work)
+
+
 def _clean_unfinished(folder: Path, recursive: bool = True) -> None:
     """Remove the unfinished writes of killed runs (this run holds the folder's lock)."""
     if not folder.is_dir():
@@ -141,6 +150,20 @@ def _clean_unfinished(folder: Path, recursive: bool = True) -> None:
     for path in list(folder.rglob(".*") if recursive else folder.glob(".*")):
         if unfinished_name(path.name) and path.exists():
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def user_file_in_output(path: Path, output: Path) -> bool:
+    """Whether ``path`` lies in an entry of ``output`` that a run replaces (``shards/``,
+    ``ledger/``, ``report/``, ...) yet is no file a run wrote there (not in the manifest with
+    its size): a user's file that the run would delete."""
+    if not any(inside(path, output / e) for e in CHECKED + NAMED):
+        return False
+    known = (_read(output / MANIFEST) or {}).get("files", {})
+    rel = os.path.relpath(os.path.realpath(path), os.path.realpath(output))
+    try:
+        return known.get(Path(rel).as_posix()) != path.stat().st_size
+    except OSError:
+        return False
 
 
 def written_by_runs(path: Path, output: Path, work: Path) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,8 @@ from pipeline.io.embeddings import (
     discover_clip_retrieval,
     local_path,
 )
-from pipeline.output_guard import written_by_runs
+from pipeline.output_guard import user_file_in_output, written_by_runs
+from pipeline.stages.embed_files import hold_moved, place_moved, remove_embed_files
 from pipeline.stages.ingest import IngestedPart, ingest_part
 from pipeline.workdir import WorkDir, fingerprint
 
@@ -136,6 +136,12 @@ class InputSide:
         folder): a run never reads what a run wrote, as when an input glob matches an
         earlier run's output shards."""
         ours = {u for u in urls if self._ours(u)}
+        users = sorted(u for u in ours if user_file_in_output(local_path(u), self.output))
+        if users:  # --overwrite takes a folder over, never the run's own input
+            raise RunError(
+                f"the input shard {users[0]} lies in the output folder {self.output}, in a "
+                f"folder this run replaces whole ({len(users)} such input files): move the "
+                "input shards out of the output folder, or choose another output folder")
         if ours and len(ours) == len(urls):
             raise RunError(
                 f"every input shard lies where this run writes its output ({self.output}; e.g. "
@@ -171,6 +177,8 @@ class InputSide:
         plan = self.embed_plan()
         urls, pinned, fps, todo = plan.urls, plan.pinned, plan.fingerprints, plan.todo
         out_dir = self.work.step_dir("embed")
+        # shards that moved in the list (one added or removed before them) keep their files
+        held = hold_moved(self.work, out_dir, len(urls), [i for i, _, _ in todo], fps)
         # what another input list or other settings left: shard numbers past this list's
         # end, and every file of a shard embedded again (its settings may write fewer files)
         again = {i for i, _, _ in todo}
@@ -178,6 +186,8 @@ class InputSide:
         for marker in self.work.markers.glob("embed-*.json"):
             if int(marker.stem.split("-")[1]) >= len(urls):
                 marker.unlink()
+        place_moved(self.work, out_dir, held)
+        todo = [shard for shard in todo if shard[0] not in held]
         start = time.perf_counter()
         if len(todo) < len(urls):
             log.info("embed: %d of %d shards already embedded with these settings, reusing "
@@ -262,24 +272,20 @@ class InputSide:
             return (f"no usable sample in the input: no sample could be read from the {parts} "
                     f"{what} (empty, or damaged before their first sample); check them with "
                     "`tar tvf` or point the input at other files")
-        reasons: Counter = Counter()
+        from pipeline.stages.ledger_summary import failure_kind
+
+        kinds: Counter = Counter()  # by kind: a reason naming its sample's key is one kind
         for part in range(min(parts, 16)):
             path = ingest_path(self.work.root, part)
             if path.exists():
-                reasons.update(pq.read_table(path, columns=["failed_reason"])
-                               .column(0).drop_null().to_pylist())
-        common = "; ".join(f"{count} x {reason}" for reason, count in reasons.most_common(3))
+                rows = pq.read_table(path, columns=["failed_reason", "key", "shard"])
+                kinds.update(failure_kind("read", reason, key, shard).removeprefix("read: ")
+                             for reason, key, shard in zip(*rows.to_pydict().values(),
+                                                           strict=True) if reason)
+        common = "; ".join(f"{count} x {kind}" for kind, count in kinds.most_common(3))
         return (f"no usable sample in the input: all {n} samples read from the {parts} {what} "
                 f"failed (commonest reasons: {common}); fix the input, or see every sample's "
                 "reason in the work folder's ingest/ tables")
-
-
-def remove_embed_files(folder: Path, stale: Callable[[int], bool]) -> None:
-    """Remove the embed step's numbered files (``KIND/KIND_N.ext``) whose N is ``stale``."""
-    for path in folder.glob("*/*_*.*"):
-        num = path.stem.rsplit("_", 1)[-1]
-        if num.isdigit() and stale(int(num)):
-            path.unlink(missing_ok=True)
 
 
 def embeds_on_gpu(device: str) -> bool:

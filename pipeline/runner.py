@@ -5,6 +5,7 @@ steps, which come from ``stages/registry.py``; ``run`` holds the folders and the
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import time
@@ -21,7 +22,14 @@ from pipeline.errors import BUG_MESSAGE, ConceptpruneError, RunError
 from pipeline.interrupts import Interrupted, exit_code_of, reclaim, stop_on_signals
 from pipeline.io.vector_store import VectorStore
 from pipeline.logs import run_log
-from pipeline.output_guard import check_folder_paths, claim_output, claim_work, inside, settle
+from pipeline.output_guard import (
+    check_folder_paths,
+    claim_output,
+    claim_work,
+    inside,
+    settle,
+    sweep_unfinished,
+)
 from pipeline.report.publish import publish
 from pipeline.run_inputs import InputSide
 from pipeline.run_lock import run_lock
@@ -238,11 +246,17 @@ def _run_here(cfg: RunConfig, engine: Engine | None) -> RunSummary:
                 runner = Runner(cfg, engine)
                 try:
                     return runner.run()
+                except BaseException:
+                    runner.engine.cancel()
+                    # writes a task still made while the driver cleaned up (an unfinished
+                    # file, a staging folder made again) go now that no task runs
+                    sweep_unfinished(output, work)
+                    raise
                 finally:
                     if runner.owns_engine:
                         runner.engine.close()
             except Exception as err:
-                _log_error(err)  # while the run's log file is attached
+                _log_error(err, output, work)  # while the run's log file is attached
                 raise
             except BaseException as err:  # a signal: the folders are released on the way out
                 if exit_code_of(err) is not None:
@@ -259,13 +273,19 @@ def _stop_name(err: BaseException) -> str:
     return str(err) if isinstance(err, Interrupted) else "stopped by SIGINT (Ctrl-C)"
 
 
-def _log_error(err: BaseException) -> None:
+def _log_error(err: BaseException, output: Path | None = None, work: Path | None = None
+               ) -> None:
     """An error a person can fix as its one-line message; anything else (a bug) with its
     traceback, saying so."""
     if getattr(err, "_logged", False):
         return
     logger = logging.getLogger("conceptprune")
-    if isinstance(err, ConceptpruneError | OSError):
+    if isinstance(err, OSError) and err.filename is None and \
+            err.errno in (errno.ENOSPC, errno.EDQUOT) and output is not None:
+        logger.error("%s: the disk of the work folder %s or of the output %s is full; free "
+                     "space there, or set work (and output) to a larger disk, then run the "
+                     "same command to resume", err, work, output)
+    elif isinstance(err, ConceptpruneError | OSError):
         logger.error("%s", err)
     else:
         logger.critical(BUG_MESSAGE.replace("above", "below"), exc_info=err)

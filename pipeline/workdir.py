@@ -46,9 +46,12 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{unique_suffix()}")
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` and rename tmp to ``path`` only if it succeeded."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def atomic_write(path: Path, write: Callable[[Path], None], *, parents: bool = True) -> None:
+    """Call ``write(tmp)`` and rename tmp to ``path`` only if it succeeded. Without
+    ``parents`` the folder must exist: a task writing into a staging folder never makes it
+    again after a stopped run removed it."""
+    if parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
     try:
         write(tmp)
@@ -87,9 +90,9 @@ def staged_dir(final: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_parquet(path: Path, table: pa.Table) -> None:
+def write_parquet(path: Path, table: pa.Table, *, parents: bool = True) -> None:
     atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd",
-                                                  compression_level=1))
+                                                  compression_level=1), parents=parents)
 
 
 def write_npy(path: Path, array: np.ndarray) -> None:

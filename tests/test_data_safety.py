@@ -18,7 +18,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from same_bytes import assert_same_bytes, assert_same_contents, assert_same_file
+from same_bytes import (
+    assert_same_bytes,
+    assert_same_contents,
+    assert_same_file,
+    assert_same_files,
+)
 from test_error_messages import _restore_logging, cli, make_data, one_line, write_config
 
 from pipeline.config import validate_config
@@ -292,8 +297,30 @@ def test_a_run_never_reads_an_earlier_runs_output_shards(
         run(image_config(str(x / "shards" / "*.tar"), x))
 
 
-def test_a_shrunken_or_gapped_input_list_reuses_nothing_of_the_old_one(images: Path,
-                                                                        tmp_path: Path) -> None:
+def test_overwrite_never_replaces_the_runs_own_input_shards(images: Path,
+                                                           tmp_path: Path) -> None:
+    """Input shards a user keeps in OUTPUT/shards (listed with one kept elsewhere) are not an
+    earlier run's output to leave out and replace: with --overwrite the run refuses, naming
+    one (without it, the folder is refused as ever); every file stays as it was."""
+    out = tmp_path / "out"
+    tars = sorted(images.glob("*.tar"))
+    (out / "shards").mkdir(parents=True)
+    for tar in tars[1:]:
+        shutil.copyfile(tar, out / "shards" / tar.name)
+    listed = [str(tars[0]), *(str(out / "shards" / t.name) for t in tars[1:])]
+    before = snapshot(out)
+    for overwrite, said in ((True, f"the input shard {out}/shards/00001.tar lies in the output "
+                             "folder .* in a folder this run replaces whole"),
+                            (False, "holds files no conceptprune run wrote")):
+        with pytest.raises(ValueError, match=said):
+            run(image_config(listed, out, overwrite=overwrite))
+        after = snapshot(out)
+        assert {name: after.get(name) for name in before} == before
+        assert {k for k in after if k.startswith("shards/")} == set(before)
+
+
+def test_a_shrunken_or_gapped_input_list_leaves_nothing_of_the_old_one(images: Path,
+                                                                      tmp_path: Path) -> None:
     tars = sorted(str(p) for p in images.glob("*.tar"))
     assert len(tars) == 3
     out = tmp_path / "out"
@@ -305,6 +332,36 @@ def test_a_shrunken_or_gapped_input_list_reuses_nothing_of_the_old_one(images: P
     run(image_config([tars[0], tars[2]], tmp_path / "fresh"))
     assert_same_file(out / "subset.npy", tmp_path / "fresh" / "subset.npy")
     assert run(image_config(tars, out)).input_samples == 60  # and back again
+
+
+def test_shards_added_or_removed_before_others_are_the_only_ones_embedded(
+        images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Embeddings belong to a shard, not to its place in the list: the shard that fills a
+    gap is embedded, the one after it moves with its files; removing the first shard embeds
+    nothing. Each result has the bytes of a fresh run over the same list."""
+    import pipeline.stages.embed as embed
+
+    tars = sorted(str(p) for p in images.glob("*.tar"))
+    embedded: list[str] = []
+    real = embed.embed_task
+
+    def counting(models, task):  # noqa: ANN001, ANN202
+        embedded.extend(url for _, url, _ in task.shards)
+        return real(models, task)
+
+    monkeypatch.setattr(embed, "embed_task", counting)
+    out = tmp_path / "out"
+    for step, shards, want in ((0, [tars[0], tars[2]], [tars[0], tars[2]]),
+                               (1, tars, [tars[1]]),  # the gap filled: shard 2 moves on
+                               (2, tars[1:], [])):  # the first removed: every shard moves
+        embedded.clear()
+        run(image_config(shards, out))
+        assert embedded == want, f"list {step}: embedded {embedded}, not {want}"
+        fresh = tmp_path / f"fresh{step}"
+        run(image_config(shards, fresh))
+        assert_same_file(out / "subset.npy", fresh / "subset.npy")
+        assert_same_files(out / "ledger", fresh / "ledger")
+    assert not (out / "_work" / "embed" / ".moving").exists()
 
 
 def test_turning_the_clustering_encoder_on_reuses_no_file_of_the_old_settings(
@@ -372,6 +429,27 @@ def test_an_input_without_one_usable_sample_blames_the_input(images: Path,
     text = one_line(res.output)
     assert res.exit_code == 1 and "no usable sample in the input: all 60 samples" in text
     assert "60 x image embedding has a NaN or infinite value" in text
+
+
+def test_the_commonest_reasons_are_counted_by_kind_not_by_sample(tmp_path: Path) -> None:
+    """Thirty samples failing for one reason that names each one's key are '30 x' that
+    reason, not thirty '1 x' lines."""
+    import io
+    import tarfile
+
+    shard = tmp_path / "in" / "00000.tar"
+    shard.parent.mkdir()
+    with tarfile.open(shard, "w") as tar:
+        for i in range(30):
+            for ext, data in (("jpg", b"\xff\xd8 not a picture"), ("txt", b"\xff\xfe\xfa"),
+                              ("json", b"{}")):
+                info = tarfile.TarInfo(f"{i:06d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(ValueError) as caught:
+        run(image_config(str(shard), tmp_path / "out"))
+    assert "all 30 samples read from the 1 input shards failed (commonest reasons: 30 x " \
+           "undecodable caption <key>.txt (not utf-N))" in str(caught.value)
 
 
 def test_every_uid_once_later_copies_are_read_failures(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ runs whose outputs equal the local engine's byte for byte."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from pipeline.cli import app
 from pipeline.config import validate_config
 from pipeline.engines.base import Resources
 from pipeline.engines.local import LocalEngine
+from pipeline.errors import ConceptpruneError
 from pipeline.runner import run
 
 ray = pytest.importorskip("ray")
@@ -64,8 +67,48 @@ def test_map_keeps_task_order_and_runs_setup_once_per_worker(engine: RayEngine) 
 
 
 def test_a_failing_task_names_its_error(engine: RayEngine) -> None:
-    with pytest.raises(ZeroDivisionError):
+    """A bug in a task: its worker's traceback, without the colour codes Ray adds."""
+    with pytest.raises(RuntimeError, match="div: a task failed on a Ray worker") as caught:
         list(engine.map(lambda x: 1 // x, [3, 2, 0, 1], desc="div"))
+    assert "ZeroDivisionError" in str(caught.value) and "\x1b[" not in str(caught.value)
+
+
+def write_later(folder: str, index: int) -> int:
+    """A task that writes its file a while after it started (unless it is the first)."""
+    if index:
+        time.sleep(1.5)
+    Path(folder, f"{index}.done").write_text("late")
+    return index
+
+
+def test_cancel_stops_the_tasks_of_a_map_no_one_reads_any_more(engine: RayEngine,
+                                                               tmp_path: Path) -> None:
+    """A run that stops (a signal, an error) while tasks are in flight cancels them before
+    it cleans up: once ``cancel`` returns, none of them writes."""
+    results = engine.map(partial(write_later, str(tmp_path)), range(4), desc="late")
+    assert next(results) == 0  # the caller stops reading here; the others are running
+    engine.cancel()
+    time.sleep(2.5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.done"]
+    assert list(engine.map(square, range(3), desc="sq")) == [0, 1, 4]  # still usable
+
+
+def disk_full(path: str) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device", path)
+
+
+def wrong_setting(_: int) -> None:
+    raise ConceptpruneError("dbp.k is larger than the samples: lower dbp.k")
+
+
+def test_a_final_error_in_a_task_arrives_as_itself(engine: RayEngine) -> None:
+    """A full disk or a user's error arrives as the one-line error it was, naming its
+    file and its worker, as on the local engine."""
+    with pytest.raises(OSError, match=r"No space left on device \(on worker ") as caught:
+        list(engine.map(disk_full, ["/data/x.npy"], desc="w"))
+    assert (caught.value.errno, caught.value.filename) == (errno.ENOSPC, "/data/x.npy")
+    with pytest.raises(ConceptpruneError, match="^dbp.k is larger than the samples"):
+        list(engine.map(wrong_setting, [1], desc="w"))
 
 
 @pytest.fixture(scope="module")

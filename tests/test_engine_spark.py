@@ -3,6 +3,7 @@ image run, a Python worker killed in the middle of a job, and the CLI's --engine
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -100,6 +101,25 @@ def test_a_failed_task_is_retried_engine_max_retries_times(engine: SparkEngine,
     with pytest.raises(EngineError, match="ValueError: this task always fails"):
         list(engine.map(fails_and_counts, [str(attempts)], desc="t"))
     assert attempts.read_text().split() == [str(i) for i in range(RETRIES + 1)]
+
+def disk_full_and_counts(path: str) -> int:
+    from pyspark import TaskContext
+
+    with open(path, "a") as f:
+        f.write(f"{TaskContext.get().attemptNumber()}\n")
+    raise OSError(errno.ENOSPC, "No space left on device", "/data/part-00000.parquet")
+
+
+def test_an_error_no_retry_can_fix_is_not_retried(engine: SparkEngine, tmp_path: Path) -> None:
+    """A full disk fails the same way on every attempt: one attempt, and the error as it was
+    (its errno, its file, its worker), not a Py4J trace."""
+    attempts = tmp_path / "attempts"
+    with pytest.raises(OSError, match=r"No space left on device \(on worker ") as caught:
+        list(engine.map(disk_full_and_counts, [str(attempts)], desc="t"))
+    assert (caught.value.errno, caught.value.filename) == (errno.ENOSPC,
+                                                           "/data/part-00000.parquet")
+    assert attempts.read_text().split() == ["0"]
+
 
 def test_spark_and_local_give_the_same_bytes(engine: SparkEngine, data: Path,
                                              tmp_path: Path) -> None:

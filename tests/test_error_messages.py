@@ -285,6 +285,24 @@ def test_text_dimension_differs_names_both_files(tmp_path: Path) -> None:
     assert "use text embeddings of the model that made the image ones" in out
 
 
+@pytest.mark.parametrize("missing", ["img_emb/img_emb_1.npy", "text_emb/text_emb_1.npy",
+                                     "img_emb/img_emb_0.npy"])
+def test_a_part_missing_one_of_its_files_is_an_error_naming_it(tmp_path: Path,
+                                                              missing: str) -> None:
+    """Not a silent loss: without its image embeddings a part's samples would be absent from
+    the ledger, without its text embeddings they would all fail clip_filter."""
+    data = make_data(tmp_path, files=2)
+    (data / missing).unlink()
+    out = run_fails(write_config(tmp_path, data))
+    num = missing[-5]
+    if missing.startswith("img_emb"):
+        assert (f"{data}/metadata/metadata_{num}.parquet has no image embeddings file "
+                f"img_emb/img_emb_{num}.npy beside it") in out
+    else:
+        assert f"{data}/img_emb/img_emb_1.npy has no text_emb/text_emb_1.npy beside it" in out
+    assert not (tmp_path / "out" / "ledger").exists()
+
+
 def test_parts_with_different_dimensions(tmp_path: Path) -> None:
     data = make_data(tmp_path, files=2)
     rows = pq.read_metadata(data / "metadata" / "metadata_1.parquet").num_rows
@@ -350,6 +368,25 @@ def test_errors_also_reach_the_run_log(tmp_path: Path) -> None:
     run_fails(cfg, "semdedup.k=500")
     log_text = (tmp_path / "out" / "logs" / "run.log").read_text()
     assert "set semdedup.k to at most" in log_text
+
+
+def test_a_full_disk_says_which_folders_and_how_to_resume(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """A write cut short by a full disk names no file ([Errno 28] alone): the message names
+    the folders the run writes and what to do."""
+    import errno
+
+    import pipeline.stages.dbp
+
+    def full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pipeline.stages.dbp, "run_dbp", full)
+    out = one_line(run_fails(write_config(tmp_path, make_data(tmp_path))))
+    assert (f"No space left on device: the disk of the work folder {tmp_path}/out/_work or "
+            f"of the output {tmp_path}/out is full; free space there") in out
+    assert "run the same command to resume" in out
 
 
 def test_a_bug_says_so_with_its_traceback_and_exit_code_70(tmp_path: Path,

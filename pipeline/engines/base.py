@@ -53,7 +53,13 @@ class Engine(Protocol):
     def bar(self, desc: str, total: int, unit: str = "it") -> tqdm:
         ...
 
+    def cancel(self) -> None:
+        """Stop the tasks of maps whose caller stopped reading them (a stop, an error); when
+        it returns none of them writes any more. The engine stays usable."""
+        ...
+
     def close(self) -> None:
+        """``cancel``, then release the engine's workers and sessions."""
         ...
 
 

@@ -27,6 +27,7 @@ class LocalEngine:
         when given; else the kernels keep their default, this machine's cores)."""
         self.progress = progress
         self.threads = max(1, threads if threads is not None else (os.cpu_count() or 1))
+        self._pools: set[ThreadPoolExecutor] = set()  # of maps not finished yet
         self._restore = pin_kernel_threads(threads) if threads is not None else None
 
     def map(self, fn: Callable[..., R], items: Iterable[Any], *, desc: str,
@@ -51,9 +52,13 @@ class LocalEngine:
                     bar.update(1)
                 return
             with ThreadPoolExecutor(self.threads, thread_name_prefix=desc) as pool:
-                for result in pool.map(call, items):
-                    yield result
-                    bar.update(1)
+                self._pools.add(pool)
+                try:
+                    for result in pool.map(call, items):
+                        yield result
+                        bar.update(1)
+                finally:
+                    self._pools.discard(pool)
 
     def run_one(self, fn: Callable[[T], R], task: T, *, resources: Resources = DEFAULT) -> R:
         return fn(task)
@@ -61,7 +66,15 @@ class LocalEngine:
     def bar(self, desc: str, total: int, unit: str = "it") -> tqdm:
         return progress_bar(desc, total, unit, self.progress, scale=True)
 
+    def cancel(self) -> None:
+        """Tasks of a map its caller stopped reading finish before this returns (a thread
+        cannot be stopped), the ones not started are dropped."""
+        for pool in list(self._pools):
+            pool.shutdown(wait=True, cancel_futures=True)
+        self._pools.clear()
+
     def close(self) -> None:
+        self.cancel()
         if self._restore is not None:
             self._restore()
             self._restore = None

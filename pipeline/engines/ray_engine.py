@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from tqdm.auto import tqdm
 
 from pipeline.engines.base import DEFAULT, EngineError, Resources, progress_bar
+from pipeline.engines.task_errors import plain, result_of, run_task
 from pipeline.interrupts import STOPS
 
 T = TypeVar("T")
@@ -54,14 +55,17 @@ class _Worker:
 
             pin_kernel_threads(threads)
 
+    def ping(self) -> None:
+        """Answers while the actor lives (``RayEngine._kill_pools`` waits on it)."""
+
     def run(self, token: int, setup: Callable[[], Any] | None, fn: Callable[..., R],
             task: Any) -> R:
         if setup is None:
-            return fn(task)
+            return run_task(fn, task)
         if token != self.token:
             self.state, self.token = None, None  # free the last map's state first
             self.state, self.token = setup(), token
-        return fn(self.state, task)
+        return run_task(fn, self.state, task)
 
 
 class RayEngine:
@@ -160,14 +164,17 @@ class RayEngine:
                     yield self._next(pool, desc)
                     bar.update(1)
             except STOPS:  # a stop (SIGTERM, Ctrl-C): the tasks in flight are dropped
-                self._kill_pools()
+                self.cancel()
                 raise
 
     def _next(self, pool: Any, desc: str) -> Any:
         """The next result; a task whose workers kept dying is a clear error, not a trace."""
         lost = (self._ray.exceptions.RayActorError, self._ray.exceptions.WorkerCrashedError)
         try:
-            return pool.get_next()
+            return result_of(pool.get_next())
+        except self._ray.exceptions.RayTaskError as err:  # a bug: its traceback, uncoloured
+            raise RuntimeError(f"{desc}: a task failed on a Ray worker\n"
+                               f"{plain(str(err))}") from None
         except lost as err:
             raise EngineError(
                 f"{desc}: a Ray worker died running a task, {self.max_retries + 1} times in "
@@ -182,11 +189,21 @@ class RayEngine:
     def bar(self, desc: str, total: int, unit: str = "it") -> tqdm:
         return progress_bar(desc, total, unit, self.progress, scale=True)
 
-    def _kill_pools(self) -> None:
-        for actors in self._pools.values():
-            for actor in actors:
-                self._ray.kill(actor)
+    def _kill_pools(self, wait_s: float = 0.0) -> None:
+        """Kill every actor; with ``wait_s``, wait up to that long until they are gone (a
+        killed actor's process dies a moment after the call)."""
+        actors = [a for pool in self._pools.values() for a in pool]
         self._pools.clear()
+        for actor in actors:
+            self._ray.kill(actor)
+        if wait_s and actors:
+            gone = [actor.ping.remote() for actor in actors]  # fail once the actor is dead
+            self._ray.wait(gone, num_returns=len(gone), timeout=wait_s)
+
+    def cancel(self) -> None:
+        """The actors are killed, their running tasks with them; the next map starts new
+        ones."""
+        self._kill_pools(wait_s=30.0)
 
     def close(self) -> None:
         self._kill_pools()

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from tqdm.auto import tqdm
 
 from pipeline.engines.base import DEFAULT, EngineError, Resources, progress_bar
+from pipeline.engines.task_errors import result_of, run_task
 from pipeline.interrupts import STOPS
 
 T = TypeVar("T")
@@ -51,8 +52,9 @@ def _run_partition(token: str, setup: Callable[[], Any] | None, fn: Callable[...
     if setup is not None and _WORKER.get("key") != (token, gpu):
         _WORKER.pop("state", None)  # free the last state first
         _WORKER["state"], _WORKER["key"] = setup(), (token, gpu)
-    for index, task in items:
-        yield index, fn(_WORKER["state"], task) if setup is not None else fn(task)
+    for index, task in items:  # a final error comes back as a result: Spark retries no such
+        yield index, (run_task(fn, _WORKER["state"], task) if setup is not None else
+                      run_task(fn, task))
 
 
 def _python_error(err: Exception) -> str:
@@ -114,6 +116,7 @@ class SparkEngine:
             self.context = SparkContext.getOrCreate()
         self.local = self.context.master.startswith("local")
         self.threads = threads
+        self._running: dict[str, threading.Thread] = {}  # job group -> its collecting thread
 
     @staticmethod
     def _worker_env(threads: int | None) -> dict[str, str]:
@@ -164,7 +167,7 @@ class SparkEngine:
                 ) from err
             bar.update(len(items))
         for index in range(len(items)):
-            yield results[index]
+            yield result_of(results[index])
 
     def _collect(self, job: Any, token: str, desc: str) -> list[Any]:  # noqa: ANN401
         """``job.collect()`` in a thread of its own, in a job group: a stop (SIGTERM,
@@ -180,13 +183,22 @@ class SparkEngine:
                 done.set_exception(err)
 
         thread = threading.Thread(target=collect, name=f"spark {desc}", daemon=True)
+        self._running[token] = thread
         thread.start()
         try:
             return done.result()
         except STOPS:
+            self.cancel()
+            raise
+        finally:
+            self._running.pop(token, None)
+
+    def cancel(self) -> None:
+        """Cancel the jobs of maps in flight and wait for their tasks to stop."""
+        for token, thread in list(self._running.items()):
             self.context.cancelJobGroup(token)
             thread.join(timeout=60)
-            raise
+        self._running.clear()
 
     def run_one(self, fn: Callable[[T], R], task: T, *, resources: Resources = DEFAULT) -> R:
         return next(iter(self.map(fn, [task], desc="run_one", resources=resources)))
@@ -195,6 +207,7 @@ class SparkEngine:
         return progress_bar(desc, total, unit, self.progress, scale=True)
 
     def close(self) -> None:
+        self.cancel()
         if self._started:
             self.context.stop()
             self._started = False

@@ -101,6 +101,20 @@ def discover_clip_retrieval(root: str) -> list[EmbeddingPart]:
         )
     metas = _numbered(fs, f"{base}/metadata", "metadata", "parquet")
     texts = _numbered(fs, f"{base}/text_emb", "text_emb", "npy")
+    if lone := sorted(set(metas) - set(images)):
+        num = lone[0]
+        raise InputError(
+            f"{_join(fs, base, 'metadata/' + metas[num])} has no image embeddings file "
+            f"img_emb/img_emb_{num}.npy beside it, so its samples would be left out unseen; "
+            "restore the file, or move the metadata file out of the input too")
+    # some parts have text embeddings: a part without them would lose its scores
+    if texts and (odd := sorted(set(images) ^ set(texts))):
+        num = odd[0]
+        have, lack = ("img_emb", "text_emb") if num in images else ("text_emb", "img_emb")
+        raise InputError(
+            f"{_join(fs, base, f'{have}/{have}_{num}.npy')} has no {lack}/{lack}_{num}.npy "
+            "beside it, while other parts have both; restore the missing file, or move "
+            "the whole text_emb/ folder out to run without text embeddings")
     parts = []
     for index, num in enumerate(sorted(images)):
         if num not in metas:

@@ -174,7 +174,9 @@ class ShardWriter:
 
     def __init__(self, out_dir: str | Path, max_count: int = 10000,
                  max_bytes: int = 1_000_000_000, start_index: int = 0,
-                 schema: pa.Schema | None = None) -> None:
+                 schema: pa.Schema | None = None, make_parents: bool = True) -> None:
+        """``make_parents=False``: ``out_dir``'s parent must exist (a staging folder the
+        driver made; a stopped run's is never made again by a late task)."""
         if max_count < 1 or max_bytes < 1:
             raise ValueError(f"max_count and max_bytes must be positive, got {max_count}, "
                              f"{max_bytes}")
@@ -183,6 +185,7 @@ class ShardWriter:
         self.max_bytes = max_bytes
         self.index = start_index
         self.schema = schema  # of the input's sidecar parquet: the output's keeps it
+        self.make_parents = make_parents
         self.shards: list[WrittenShard] = []
         self._fd: int | None = None
         self._path: Path | None = None
@@ -207,7 +210,7 @@ class ShardWriter:
             self.abort()
 
     def _open(self) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.out_dir.mkdir(parents=self.make_parents, exist_ok=True)
         self._path = self.out_dir / f"{self.index:05d}.tar"
         self._tmp = _tmp_name(self._path)
         self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

@@ -176,7 +176,7 @@ def write_ledger_part(task: LedgerTask) -> dict:
         numpy_column(sem, "dup_similarity", np.nan, "float32") if sem else none_f,
         numpy_column(dbp, "cluster", -1, "int32") if dbp else none_i,
         numpy_column(dbp, "distance", np.nan, "float32") if dbp else none_f)
-    write_parquet(Path(task.out), table)
+    write_parquet(Path(task.out), table, parents=False)  # into the driver's staging
     kept = status == "kept"
     subset.write_part(Path(task.subset), task.part,
                       ingest.column("uid_hi").to_numpy()[kept],

@@ -242,7 +242,7 @@ def write_kept(shards: list[str], ledger_parts: list[Path], out_dir: Path, max_c
     jobs = list(zip(shards, ledger_parts, metadata_parts or [None] * len(shards), strict=True))
     with ThreadPoolExecutor(1, thread_name_prefix="write-prepare") as pool, \
             ShardWriter(out_dir, max_count=max_count, max_bytes=max_bytes,
-                        schema=_first_schema(shards)) as writer:
+                        schema=_first_schema(shards), make_parents=False) as writer:
         ahead = deque(pool.submit(_prepare, *job) for job in jobs[:1])
         try:
             for i, (url, _, _) in enumerate(jobs):
