@@ -115,6 +115,35 @@ def describe(
     typer.echo(found.to_json() if as_json else "\n".join(found.lines()))
 
 
+def _refuse_a_folder_in_use(out: Path) -> None:
+    """Generators write only into a new or empty folder: never over a user's files."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        typer.echo(f"error: {out} already exists and is not an empty folder; generated data "
+                   "goes into a new or empty folder: choose another path", err=True)
+        raise typer.Exit(EXIT_ERROR)
+
+
+@app.command()
+def status(
+    output: Annotated[Path, typer.Argument(help="the output folder of a run")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the status as JSON")] = False,
+) -> None:
+    """Where the latest run into OUTPUT stands: running (and on which host), finished,
+    stopped or failed; each step's state and units finished; the last error or stop.
+
+    Read from the folders alone (the settings the run wrote into OUTPUT/logs/config.json,
+    its lock, the work folder's markers and logs/run.log), from any machine that sees them.
+    """
+    from pipeline.status import status as status_of
+
+    try:
+        found = status_of(output)
+    except (ConceptpruneError, OSError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(EXIT_ERROR) from None
+    typer.echo(found.to_json() if as_json else "\n".join(found.lines()))
+
+
 @app.command("synth-embeddings")
 def synth_embeddings_cmd(
     out: Annotated[Path, typer.Argument(help="folder to create (clip-retrieval layout)")],
@@ -127,6 +156,7 @@ def synth_embeddings_cmd(
     """Generate clustered embeddings with planted duplicates and a ground-truth file."""
     from pipeline.synth.embeddings import SynthSpec, synth_embeddings
 
+    _refuse_a_folder_in_use(out)
     synth_embeddings(out, SynthSpec(samples=samples, dim=dim, concepts=concepts, files=files,
                                     seed=seed))
     typer.echo(f"wrote {samples} samples to {out}")
@@ -144,6 +174,7 @@ def synth(
     exact and near duplicates, img2dataset sidecars and ground_truth.parquet."""
     from pipeline.synth.images import synth_images
 
+    _refuse_a_folder_in_use(out)
     synth_images(out, samples, seed=seed, samples_per_shard=samples_per_shard,
                  concepts=concepts)
     typer.echo(f"wrote {samples} samples to {out} (ground truth: {out / 'ground_truth.parquet'})")

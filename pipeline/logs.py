@@ -1,16 +1,24 @@
-"""How conceptprune logs: the line format, the console set-up of the command line, and the
-log file a run keeps in its output folder. Apart from ``cli.py`` and ``runner.py`` so that
-neither imports the other."""
+"""How conceptprune logs: the line format, the console set-up of the command line, the
+log file a run keeps in its output folder, and how a run's error or stop is told. Apart from
+``cli.py`` and ``runner.py`` so that neither imports the other."""
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.errors import BUG_MESSAGE, ConceptpruneError
+from pipeline.interrupts import Interrupted
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+RUN_STARTED = "run started"  # the first line of every run in logs/run.log
+STATUS_CONFIG = "config.json"  # OUTPUT/logs/: the settings of the latest run, for `status`
 
 
 def _not_library_chatter(record: logging.LogRecord) -> bool:
@@ -29,10 +37,15 @@ def setup_logging(verbose: bool) -> None:
 
 @contextmanager
 def run_log(path: Path) -> Iterator[None]:
-    """Everything logged while the run holds its output also goes to its log file."""
+    """Everything logged while the run holds its output also goes to its log file, after a
+    line saying that a run started (whatever the log level: ``status`` reads the latest
+    run's lines from it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.emit(logging.makeLogRecord({
+        "name": "conceptprune", "levelno": logging.INFO, "levelname": "INFO",
+        "msg": "%s: pid %d on %s", "args": (RUN_STARTED, os.getpid(), socket.gethostname())}))
     root = logging.getLogger()
     root.addHandler(handler)
     try:
@@ -40,3 +53,29 @@ def run_log(path: Path) -> Iterator[None]:
     finally:
         root.removeHandler(handler)
         handler.close()
+
+
+def stop_name(err: BaseException) -> str:
+    """How a stop is told: 'stopped by SIGTERM'."""
+    return str(err) if isinstance(err, Interrupted) else "stopped by SIGINT (Ctrl-C)"
+
+
+def log_error(err: BaseException, output: Path | None = None, work: Path | None = None
+              ) -> None:
+    """An error a person can fix as its one-line message; anything else (a bug) with its
+    traceback, saying so."""
+    if getattr(err, "_logged", False):
+        return
+    logger = logging.getLogger("conceptprune")
+    if isinstance(err, OSError) and err.filename is None and \
+            err.errno in (errno.ENOSPC, errno.EDQUOT) and output is not None:
+        logger.error("%s: the disk of the work folder %s or of the output %s is full; free "
+                     "space there, or set work (and output) to a larger disk, then run the "
+                     "same command to resume", err, work, output)
+    elif isinstance(err, ConceptpruneError | OSError):
+        logger.error("%s", err)
+    else:
+        logger.critical(BUG_MESSAGE.replace("above", "below"), exc_info=err)
+    err._logged = True  # type: ignore[attr-defined]
+
+

@@ -8,9 +8,11 @@ fields of the runner set here and read there.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from pipeline.io.embeddings import (
 from pipeline.output_guard import user_file_in_output, written_by_runs
 from pipeline.stages.embed_files import hold_moved, place_moved, remove_embed_files
 from pipeline.stages.ingest import IngestedPart, ingest_part
+from pipeline.units import Unit, run_unit
 from pipeline.workdir import WorkDir, fingerprint
 
 log = logging.getLogger(__name__)
@@ -101,6 +104,11 @@ def run_ingest_task(task: IngestTask) -> tuple[IngestedPart, np.ndarray | None]:
     return ingest_part(task.part, Path(task.out_dir), keep_vectors=task.keep_vectors)
 
 
+def ingest_stats(result: tuple[IngestedPart, np.ndarray | None]) -> dict[str, Any]:
+    """What a read part's marker holds: the part's counts and files."""
+    return result[0].to_json()
+
+
 class InputSide:
     """The steps before the first pruning step, on one engine and work folder."""
 
@@ -161,7 +169,7 @@ class InputSide:
         from pipeline.io.shards import expand_shards, shard_names
 
         cfg = self.cfg
-        urls = self._outside_output(expand_shards(cfg.input.shards))
+        urls = self._outside_output(once_each(expand_shards(cfg.input.shards)))
         names = shard_names(urls)  # their derived uids depend on the whole list
         settings = {**cfg.embed.model_dump(exclude={"workers"}), "decode": DECODE_VERSION,
                     "exact": EXACT_VERSION}
@@ -238,16 +246,17 @@ class InputSide:
                 done[part.index] = IngestedPart(**self.work.stats(name))
             else:
                 todo.append((part, fp))
-        tasks = [IngestTask(part, str(out_dir), keep) for part, _ in todo]
-        results = self.engine.map(run_ingest_task, tasks, desc="read", total=len(tasks),
-                                  unit="part", concurrent=True)
-        for (part, fp), (ingested_part, vectors) in zip(todo, results, strict=True):
+        # each part's marker is written by its worker (pipeline.units)
+        units = [Unit(str(self.work.root), f"ingest-{part.index:05d}", fp,
+                      IngestTask(part, str(out_dir), keep)) for part, fp in todo]
+        results = self.engine.map(partial(run_unit, run_ingest_task, ingest_stats), units,
+                                  desc="read", total=len(units), unit="part", concurrent=True)
+        for (part, _), (ingested_part, vectors) in zip(todo, results, strict=True):
             if vectors is not None and vectors.nbytes <= budget:
                 cached[part.index] = vectors
                 budget -= vectors.nbytes
             else:
                 budget = 0
-            self.work.mark(f"ingest-{part.index:05d}", fp, ingested_part.to_json())
             done[part.index] = ingested_part
         ingested = [done[part.index] for part in parts]
         dims = {p.dim for p in ingested}
@@ -286,6 +295,23 @@ class InputSide:
         return (f"no usable sample in the input: all {n} samples read from the {parts} {what} "
                 f"failed (commonest reasons: {common}); fix the input, or see every sample's "
                 "reason in the work folder's ingest/ tables")
+
+
+def once_each(urls: list[str]) -> list[str]:
+    """The input shards with a file listed twice (two patterns, a path and a link to it)
+    kept at its first place: its samples are read once, not counted twice."""
+    seen: dict[str, str] = {}
+    kept = []
+    for url in urls:
+        path = local_path(url)
+        same = os.path.realpath(path) if path is not None else url
+        if same in seen:
+            log.warning("the input shard %s is listed twice (also as %s): it is read once",
+                        url, seen[same])
+            continue
+        seen[same] = url
+        kept.append(url)
+    return kept
 
 
 def embeds_on_gpu(device: str) -> bool:

@@ -5,7 +5,6 @@ steps, which come from ``stages/registry.py``; ``run`` holds the folders and the
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import time
@@ -18,10 +17,10 @@ from pipeline import remote_output
 from pipeline.config import RunConfig
 from pipeline.engines.base import Engine
 from pipeline.engines.factory import make_engine
-from pipeline.errors import BUG_MESSAGE, ConceptpruneError, RunError
-from pipeline.interrupts import Interrupted, exit_code_of, reclaim, stop_on_signals
+from pipeline.errors import RunError
+from pipeline.interrupts import exit_code_of, reclaim, stop_on_signals
 from pipeline.io.vector_store import VectorStore
-from pipeline.logs import run_log
+from pipeline.logs import STATUS_CONFIG, log_error, run_log, stop_name
 from pipeline.output_guard import (
     check_folder_paths,
     claim_output,
@@ -31,14 +30,14 @@ from pipeline.output_guard import (
     sweep_unfinished,
 )
 from pipeline.report.publish import publish
-from pipeline.run_inputs import InputSide
+from pipeline.run_inputs import Inputs, InputSide
 from pipeline.run_lock import run_lock
 from pipeline.run_outputs import OutputSide
 from pipeline.stages import registry
 from pipeline.stages.context import RunContext, StepResult
 from pipeline.stages.report import build_report
 from pipeline.stages.step import Step
-from pipeline.workdir import WorkDir, fingerprint
+from pipeline.workdir import WorkDir, fingerprint, write_json
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +122,14 @@ class Runner:
         self.timings[step.name] = time.perf_counter() - start
         return result
 
+    def _missing_outputs(self, inputs: Inputs) -> list[str]:
+        """What a finished run wrote that is no longer there."""
+        wanted = ["subset.npy", "ledger", "report/report.json"]
+        if inputs.shard_urls is not None and self.cfg.write.enabled:
+            wanted.append("shards")
+        return [str(self.output / name) for name in wanted
+                if not (self.output / name).exists()]
+
     def run(self) -> RunSummary:
         cfg = self.cfg
         source = InputSide(cfg, self.engine, self.work)
@@ -133,11 +140,15 @@ class Runner:
         part_fps = inputs.fingerprints
         fps = chain_fingerprints(cfg, self.steps, part_fps)
         report_path = self.output / "report" / "report.json"
-        if self.work.done("write", fps["write"]) and report_path.exists():
-            log.info("run already complete for this input and config: %s", report_path)
-            report = json.loads(report_path.read_text())
-            return RunSummary(self.output, report["input_samples"], report["kept"], report,
-                              ["read", *(s.name for s in self.steps), "write"])
+        if self.work.done("write", fps["write"]):
+            missing = self._missing_outputs(inputs)
+            if not missing:
+                log.info("run already complete for this input and config: %s", report_path)
+                report = json.loads(report_path.read_text())
+                return RunSummary(self.output, report["input_samples"], report["kept"],
+                                  report, ["read", *(s.name for s in self.steps), "write"])
+            log.warning("the run was complete, but %s is gone: writing the outputs again "
+                        "from the work folder", ", ".join(missing))
 
         t0 = time.perf_counter()
         self.at = "read"
@@ -206,7 +217,7 @@ def _run_to_remote(cfg: RunConfig, engine: Engine | None) -> RunSummary:
         mirror, work = remote_output.local_places(cfg.output, cfg.work)
         remote_output.claim_remote(cfg.output, cfg.overwrite)
     except Exception as err:
-        _log_error(err)
+        log_error(err)
         raise
     summary = run(cfg.model_copy(update={"output": str(mirror), "work": str(work)}), engine)
     report = restate(mirror / "report", cfg.model_dump(mode="json"),
@@ -241,6 +252,8 @@ def _run_here(cfg: RunConfig, engine: Engine | None) -> RunSummary:
                 claim_work(work, cfg.overwrite)
                 claim_output(output, cfg.overwrite)
             held.enter_context(run_log(output / "logs" / "run.log"))
+            # what `conceptprune status OUTPUT` plans from, while the run runs and after
+            write_json(output / "logs" / STATUS_CONFIG, cfg.model_dump(mode="json"))
             runner: Runner | None = None
             try:
                 runner = Runner(cfg, engine)
@@ -256,39 +269,14 @@ def _run_here(cfg: RunConfig, engine: Engine | None) -> RunSummary:
                     if runner.owns_engine:
                         runner.engine.close()
             except Exception as err:
-                _log_error(err, output, work)  # while the run's log file is attached
+                log_error(err, output, work)  # while the run's log file is attached
                 raise
             except BaseException as err:  # a signal: the folders are released on the way out
                 if exit_code_of(err) is not None:
                     logging.getLogger("conceptprune").warning(
-                        "%s at %s; run the same command to resume", _stop_name(err),
+                        "%s at %s; run the same command to resume", stop_name(err),
                         runner.at if runner is not None else "the start")
                 raise
     except Exception as err:
-        _log_error(err)  # a folder refused or held by another run: nothing was written
+        log_error(err)  # a folder refused or held by another run: nothing was written
         raise
-
-
-def _stop_name(err: BaseException) -> str:
-    return str(err) if isinstance(err, Interrupted) else "stopped by SIGINT (Ctrl-C)"
-
-
-def _log_error(err: BaseException, output: Path | None = None, work: Path | None = None
-               ) -> None:
-    """An error a person can fix as its one-line message; anything else (a bug) with its
-    traceback, saying so."""
-    if getattr(err, "_logged", False):
-        return
-    logger = logging.getLogger("conceptprune")
-    if isinstance(err, OSError) and err.filename is None and \
-            err.errno in (errno.ENOSPC, errno.EDQUOT) and output is not None:
-        logger.error("%s: the disk of the work folder %s or of the output %s is full; free "
-                     "space there, or set work (and output) to a larger disk, then run the "
-                     "same command to resume", err, work, output)
-    elif isinstance(err, ConceptpruneError | OSError):
-        logger.error("%s", err)
-    else:
-        logger.critical(BUG_MESSAGE.replace("above", "below"), exc_info=err)
-    err._logged = True  # type: ignore[attr-defined]
-
-

@@ -145,3 +145,14 @@ def test_a_set_value_that_is_not_yaml_is_taken_as_written(tmp_path: Path) -> Non
                                       "--set", "dbp.k=[3"])
     assert result.exit_code == 2 and "dbp.k" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", ["synth", "synth-embeddings"])
+def test_generators_never_write_into_a_folder_that_holds_files(tmp_path: Path,
+                                                               command: str) -> None:
+    (tmp_path / "mine.txt").write_text("keep")
+    result = CliRunner().invoke(app, [command, str(tmp_path), "--samples", "20"])
+    assert result.exit_code == 1
+    assert f"{tmp_path} already exists and is not an empty folder" in result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
+    assert (tmp_path / "mine.txt").read_text() == "keep"

@@ -364,6 +364,33 @@ def test_shards_added_or_removed_before_others_are_the_only_ones_embedded(
     assert not (out / "_work" / "embed" / ".moving").exists()
 
 
+def test_a_shard_listed_twice_is_read_once(images: Path, tmp_path: Path,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    tars = sorted(str(p) for p in images.glob("*.tar"))
+    link = tmp_path / "again.tar"
+    link.symlink_to(tars[0])
+    summary = run(image_config([tars[0], tars[1], tars[0], str(link)], tmp_path / "out"))
+    assert summary.input_samples == 40 and len(ledger_rows(tmp_path / "out")) == 40
+    assert f"the input shard {tars[0]} is listed twice" in caplog.text
+    assert f"the input shard {link} is listed twice" in caplog.text
+
+
+def test_a_finished_run_whose_outputs_are_gone_writes_them_again(images: Path,
+                                                                 tmp_path: Path) -> None:
+    tars = sorted(str(p) for p in images.glob("*.tar"))
+    out = tmp_path / "out"
+    run(image_config(tars, out))
+    want = snapshot(out / "shards"), (out / "subset.npy").read_bytes()
+    shutil.rmtree(out / "shards")
+    (out / "subset.npy").unlink()
+    again = run(image_config(tars, out))
+    assert "semdedup" in again.skipped_steps and "dbp" in again.skipped_steps
+    got = snapshot(out / "shards"), (out / "subset.npy").read_bytes()
+    assert got[1] == want[1]
+    assert {k: v for k, v in got[0].items() if not k.endswith("_stats.json")} == \
+        {k: v for k, v in want[0].items() if not k.endswith("_stats.json")}
+
+
 def test_turning_the_clustering_encoder_on_reuses_no_file_of_the_old_settings(
         images: Path, tmp_path: Path) -> None:
     lite0 = {"cluster_model": "tf_efficientnet_lite0",

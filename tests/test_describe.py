@@ -83,3 +83,65 @@ def test_describe_plans_embed_on_the_image_path_and_waits_for_it(tmp_path: Path)
     plan = states(cfg_file)
     assert plan["embed"]["state"] == "to run" and plan["embed"]["total"] == 3
     assert plan["dbp"]["state"] == "to run (after embed)"
+
+
+def status_of(out: Path) -> dict:
+    result = CliRunner().invoke(app, ["status", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_status_tells_a_failed_a_stopped_a_running_and_a_finished_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+    import socket
+    import time
+
+    import pipeline.stages.dbp as dbp
+    from pipeline.interrupts import Interrupted
+    from pipeline.run_lock import LOCK_NAME
+
+    data = synth_embeddings(tmp_path / "data", SPEC)
+    out = tmp_path / "out"
+    nothing = CliRunner().invoke(app, ["status", str(tmp_path)])
+    assert nothing.exit_code == 1 and "holds no run of conceptprune" in nothing.output
+
+    def broken(*_: object) -> None:
+        raise ZeroDivisionError("a bug in dbp")
+
+    monkeypatch.setattr(dbp, "select_bucket", broken)
+    with pytest.raises(ZeroDivisionError):
+        run(validate_config(raw(data, out)))
+    failed = status_of(out)
+    steps = {s["name"]: s for s in failed["plan"]["steps"]}
+    assert failed["state"] == "failed" and "internal error" in failed["last_problem"]
+    assert steps["semdedup"]["state"] == "done" and steps["dbp"]["state"] == "partly done"
+
+    def stop(*_: object) -> None:
+        raise Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(dbp, "select_bucket", stop)
+    with pytest.raises(Interrupted):
+        run(validate_config(raw(data, out)))
+    stopped = status_of(out)
+    assert stopped["state"] == "stopped"
+    assert stopped["last_problem"].endswith("stopped by SIGTERM at dbp; run the same command "
+                                            "to resume")
+    monkeypatch.undo()
+
+    lock = out / LOCK_NAME  # another run holds the folder now, its heartbeat fresh
+    lock.write_text(json.dumps({"run": "r1", "host": socket.gethostname(),
+                                "pid": os.getpid(), "started": "now"}))
+    running = status_of(out)
+    assert running["state"] == "running" and running["holder"]["run"] == "r1"
+    past = time.time() - 3600  # ... or its heartbeat stopped an hour ago
+    os.utime(lock, (past, past))
+    assert status_of(out)["state"] == "stopped"
+    lock.unlink()
+
+    run(validate_config(raw(data, out)))
+    finished = status_of(out)
+    assert finished["state"] == "finished" and finished["last_problem"] is None
+    text = CliRunner().invoke(app, ["status", str(out)]).output
+    assert text.startswith("state:  finished") and "dbp          done" in text

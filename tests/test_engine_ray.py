@@ -118,6 +118,14 @@ def data(tie_input: Path) -> Path:
     return tie_input
 
 
+@pytest.fixture(scope="module")
+def local(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The local engine's run of the data, which every Ray run must equal."""
+    out = tmp_path_factory.mktemp("ray-local") / "local"
+    run(validate_config(settings(data, out)))
+    return out
+
+
 RUN_KEYS = ("engine", "timings_s", "parameters", "command")  # the report's words on the run
 
 
@@ -132,23 +140,22 @@ def assert_same_outputs(got: Path, want: Path) -> None:
                     report_ignore=RUN_KEYS)
 
 
-def test_ray_and_local_give_the_same_bytes(engine: RayEngine, data: Path,
+def test_ray_and_local_give_the_same_bytes(engine: RayEngine, data: Path, local: Path,
                                            tmp_path: Path) -> None:
-    run(validate_config(settings(data, tmp_path / "local")))
     # cut into other buckets on ray: many tasks per step, and the plan changes nothing
     run(validate_config({**settings(data, tmp_path / "ray"), "engine": {"bucket_rows": 2500}}),
         engine=engine)
-    assert (engine_of(tmp_path / "local"), engine_of(tmp_path / "ray")) == ("local", "ray")
-    assert_same_outputs(tmp_path / "ray", tmp_path / "local")
+    assert (engine_of(local), engine_of(tmp_path / "ray")) == ("local", "ray")
+    assert_same_outputs(tmp_path / "ray", local)
     for step, buckets in (("semdedup", 1), ("dbp", 1)):
-        for out, want in (("local", buckets), ("ray", None)):
-            marker = tmp_path / out / "_work" / "markers" / f"{step}.json"
+        for out, want in ((local, buckets), (tmp_path / "ray", None)):
+            marker = out / "_work" / "markers" / f"{step}.json"
             got = json.loads(marker.read_text())["stats"]["extra"]["buckets"]
             assert got == want if want else got >= 4, (step, out, got)
     # streamed from the work folder on the workers, not from this process's cache
     run(validate_config({**settings(data, tmp_path / "ray2"), "vector_cache_gb": 0}),
         engine=engine)
-    assert_same_outputs(tmp_path / "ray2", tmp_path / "local")
+    assert_same_outputs(tmp_path / "ray2", local)
 
 
 def test_cli_engine_option(engine: RayEngine, data: Path, tmp_path: Path) -> None:
@@ -183,16 +190,16 @@ def run_with_a_worker_killed(cfg: Path, sentinel: Path, *settings: str
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_a_killed_worker_is_replaced_and_the_result_holds(data: Path, tmp_path: Path) -> None:
-    run(validate_config(settings(data, tmp_path / "local")))
+def test_a_killed_worker_is_replaced_and_the_result_holds(data: Path, local: Path,
+                                                          tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(settings(data, tmp_path / "ray")))
     sentinel = tmp_path / "killed-pid"
     proc = run_with_a_worker_killed(cfg, sentinel)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sentinel.exists(), "no worker was killed"
-    assert (engine_of(tmp_path / "local"), engine_of(tmp_path / "ray")) == ("local", "ray")
-    assert_same_outputs(tmp_path / "ray", tmp_path / "local")
+    assert (engine_of(local), engine_of(tmp_path / "ray")) == ("local", "ray")
+    assert_same_outputs(tmp_path / "ray", local)
 
 
 def test_a_worker_lost_for_good_is_a_clear_error(data: Path, tmp_path: Path) -> None:
@@ -227,14 +234,13 @@ def test_image_run_on_ray_gives_the_local_bytes(engine: RayEngine, tmp_path: Pat
     assert_same_result(tmp_path / "ray", tmp_path / "local")  # ledger, shards, subset
 
 
-def test_a_cluster_started_apart(data: Path, tmp_path: Path) -> None:
+def test_a_cluster_started_apart(data: Path, local: Path, tmp_path: Path) -> None:
     """`ray start --head`, then a run (its own process) joining it by engine.address, and
     `ray job submit` of jobs/ray_job.py to its job server. The head runs with --block in its
     own process group, so stopping it touches no other Ray."""
     ray_bin = Path(sys.executable).with_name("ray")
     with ray_head(dashboard=True) as head:
         port, dashboard, env = head.port, head.dashboard, head.env
-        run(validate_config(settings(data, tmp_path / "local")))
         cfg = tmp_path / "c.yaml"
         cfg.write_text(yaml.safe_dump(settings(data, tmp_path / "joined")))
         proc = subprocess.run(
@@ -256,10 +262,10 @@ def test_a_cluster_started_apart(data: Path, tmp_path: Path) -> None:
             time.sleep(2)
         assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
         assert "succeeded" in job.stdout
-    assert engine_of(tmp_path / "local") == "local"
+    assert engine_of(local) == "local"
     for name in ("joined", "submitted"):
         assert engine_of(tmp_path / name) == "ray", name
-        assert_same_outputs(tmp_path / name, tmp_path / "local")
+        assert_same_outputs(tmp_path / name, local)
 
 
 def kernel_threads(_: int) -> tuple[int, int]:

@@ -3,6 +3,7 @@ image run, a Python worker killed in the middle of a job, and the CLI's --engine
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -51,6 +52,14 @@ def engine() -> Iterator[SparkEngine]:
 @pytest.fixture(scope="module")
 def data(tie_input: Path) -> Path:
     return tie_input
+
+
+@pytest.fixture(scope="module")
+def local(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The local engine's run of the data, which every Spark run must equal."""
+    out = tmp_path_factory.mktemp("spark-local") / "local"
+    run(validate_config(settings(data, out)))
+    return out
 
 
 def square(x: int) -> int:
@@ -121,13 +130,12 @@ def test_an_error_no_retry_can_fix_is_not_retried(engine: SparkEngine, tmp_path:
     assert attempts.read_text().split() == ["0"]
 
 
-def test_spark_and_local_give_the_same_bytes(engine: SparkEngine, data: Path,
+def test_spark_and_local_give_the_same_bytes(engine: SparkEngine, data: Path, local: Path,
                                              tmp_path: Path) -> None:
-    run(validate_config(settings(data, tmp_path / "local")))
     run(validate_config({**settings(data, tmp_path / "spark"), "vector_cache_gb": 0,
                          "engine": {"bucket_rows": 2500}}), engine=engine)
-    assert (engine_of(tmp_path / "local"), engine_of(tmp_path / "spark")) == ("local", "spark")
-    assert_same_outputs(tmp_path / "spark", tmp_path / "local")
+    assert (engine_of(local), engine_of(tmp_path / "spark")) == ("local", "spark")
+    assert_same_outputs(tmp_path / "spark", local)
 
 
 def test_image_run_on_spark_gives_the_local_bytes(engine: SparkEngine, tmp_path: Path) -> None:
@@ -149,11 +157,10 @@ def test_image_run_on_spark_gives_the_local_bytes(engine: SparkEngine, tmp_path:
     assert_same_result(tmp_path / "spark", tmp_path / "local")  # ledger, shards, subset
 
 
-def test_a_killed_python_worker_is_retried_and_the_result_holds(data: Path,
+def test_a_killed_python_worker_is_retried_and_the_result_holds(data: Path, local: Path,
                                                                 tmp_path: Path) -> None:
     """The CLI with --engine spark in its own process; tests/engine_fault makes the first
     Python worker that deduplicates a cluster SIGKILL itself. Spark reruns the task."""
-    run(validate_config(settings(data, tmp_path / "local")))
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({**settings(data, tmp_path / "spark"),
                                    "engine": {"master": "local[2]"}}))
@@ -165,10 +172,47 @@ def test_a_killed_python_worker_is_retried_and_the_result_holds(data: Path,
          "--no-progress"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sentinel.exists(), "no worker was killed"
-    assert (engine_of(tmp_path / "local"), engine_of(tmp_path / "spark")) == ("local", "spark")
-    assert_same_outputs(tmp_path / "spark", tmp_path / "local")
+    assert (engine_of(local), engine_of(tmp_path / "spark")) == ("local", "spark")
+    assert_same_outputs(tmp_path / "spark", local)
     report = json.loads((tmp_path / "spark" / "report" / "report.json").read_text())
     assert report["parameters"]["engine"]["name"] == "spark"
+
+
+def test_a_killed_driver_keeps_every_unit_its_workers_finished(data: Path, local: Path,
+                                                              tmp_path: Path) -> None:
+    """The driver node is lost while Spark runs semdedup's buckets (the CLI and its JVM
+    SIGKILLed once two buckets are done, the other tasks still running): the units finished
+    so far have their markers, written by their workers, and the rerun redoes none of them;
+    the result is the local run's."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({**settings(data, tmp_path / "spark"),
+                                   "engine": {"master": "local[2]", "bucket_rows": 2500}}))
+    sentinel = tmp_path / "driver-killed"
+    env = {**os.environ, **SPARK_ENV, "PYTHONPATH": str(REPO / "tests" / "engine_fault"),
+           "CONCEPTPRUNE_TEST_KILL_DRIVER": f"{sentinel}:semdedup/bucket:2"}
+    command = [sys.executable, "-m", "pipeline.cli", "run", str(cfg), "--engine", "spark",
+               "--no-progress"]
+    log = tmp_path / "killed.log"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            proc.wait(timeout=600)
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # its JVM and workers go with it
+                os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(2)  # the killed workers' last writes, if any, are in
+    assert proc.returncode == -signal.SIGKILL and sentinel.exists(), log.read_text()[-3000:]
+    markers = tmp_path / "spark" / "_work" / "markers" / "semdedup"
+    kept = {m.name: m.stat().st_mtime_ns for m in markers.glob("bucket-*.json")}
+    assert len(kept) >= 2, "finished units lost with the driver"
+    done = subprocess.run(command, cwd=REPO, env={**os.environ, **SPARK_ENV},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {name: (markers / name).stat().st_mtime_ns for name in kept} == kept, \
+        "a unit finished before the driver died was done again"
+    assert len(list(markers.glob("bucket-*.json"))) > len(kept)
+    assert_same_outputs(tmp_path / "spark", local)
 
 
 def test_spark_submit_runs_the_job_entry_point(tmp_path: Path) -> None:
@@ -254,8 +298,8 @@ def stop_the_driver_then(sentinel: str, driver: int, signum: int, real: Callable
 
 
 def test_sigterm_cancels_the_spark_job_and_the_rerun_gives_the_local_bytes(
-        engine: SparkEngine, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-        ) -> None:
+        engine: SparkEngine, data: Path, local: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGTERM arrives while a Spark job deduplicates clusters: the run stops at once with
     its lock released, the job's tasks are cancelled, and the rerun on the same Spark
     context has the bytes of a local run."""
@@ -263,7 +307,6 @@ def test_sigterm_cancels_the_spark_job_and_the_rerun_gives_the_local_bytes(
     from pipeline.interrupts import Interrupted
     from pipeline.run_lock import LOCK_NAME
 
-    run(validate_config(settings(data, tmp_path / "local")))
     cfg = validate_config({**settings(data, tmp_path / "spark"),
                            "engine": {"bucket_rows": 2500}})
     sentinel = tmp_path / "signalled"
@@ -284,4 +327,4 @@ def test_sigterm_cancels_the_spark_job_and_the_rerun_gives_the_local_bytes(
     assert not tracker.getActiveJobsIds(), "the stopped run's job still runs"
     monkeypatch.undo()
     run(cfg, engine=engine)
-    assert_same_outputs(tmp_path / "spark", tmp_path / "local")
+    assert_same_outputs(tmp_path / "spark", local)

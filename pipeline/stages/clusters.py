@@ -34,6 +34,7 @@ from pipeline.stages.context import (
     step_part_path,
 )
 from pipeline.stages.shuffle import ApplyTask, part_counts, write_scatter
+from pipeline.units import Unit, no_stats, run_unit
 from pipeline.workdir import write_npy
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class FitTask:
     seed: int
     backend: Backend
     setting: str
+    centroids: str = ""  # where ``fit_and_save`` writes them
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,13 @@ def fit(task: FitTask) -> np.ndarray:
     del pieces
     return kmeans.fit_spherical(sample, task.k, task.niter, task.seed,
                                 proposer=task.backend.proposer(), setting=task.setting)
+
+
+def fit_and_save(task: FitTask) -> np.ndarray:
+    """The fit, its centroids written in the worker (before its marker, ``units``)."""
+    centroids = fit(task)
+    write_npy(Path(task.centroids), centroids)
+    return centroids
 
 
 @dataclass(frozen=True)
@@ -189,12 +198,12 @@ def fit_and_assign(ctx: RunContext, step: str, earlier: tuple[str, ...], alive: 
                  sum(alive), chosen.name, " on a GPU" if chosen.gpu else "")
         plan = tuple((p, int(offsets[p]), counts[p]) for p in parts)
         started = time.perf_counter()
-        centroids = ctx.engine.run_one(
-            fit, FitTask(ctx.store, ctx.root, plan, earlier, STEP_SALT[step], k, cfg.niter,
-                         ctx.cfg.seed, chosen, setting), resources=chosen.resources)
+        task = FitTask(ctx.store, ctx.root, plan, earlier, STEP_SALT[step], k, cfg.niter,
+                       ctx.cfg.seed, chosen, setting, str(centroids_path))
+        centroids = ctx.engine.run_one(  # the worker writes the centroids, then the marker
+            partial(run_unit, fit_and_save, no_stats), Unit(ctx.root, f"{step}/fit", fp, task),
+            resources=chosen.resources)
         log.info("%s: fitted in %.1f s", step, time.perf_counter() - started)
-        write_npy(centroids_path, centroids)
-        ctx.work.mark(f"{step}/fit", fp)
     scatter = ctx.step_folder(step, "scatter")
     tasks_a = [AssignTask(ctx.root, p, int(offsets[p]), earlier, k, cfg.batch_size,
                           str(scatter), sums) for p in parts]

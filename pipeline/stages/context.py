@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from pipeline.config import RunConfig
 from pipeline.engines.base import DEFAULT, Engine, Resources
 from pipeline.io.vector_store import VectorStore
 from pipeline.stages.ingest import IngestedPart
+from pipeline.units import Unit, as_result, run_unit, run_unit_with
 from pipeline.workdir import WorkDir, fingerprint
 
 log = logging.getLogger(__name__)
@@ -100,10 +102,12 @@ class RunContext:
                   concurrent: bool = False, plan: Any = None) -> list[Any]:  # noqa: ANN401
         """Run ``fn`` over the units not finished yet under this step's fingerprint.
 
-        Each unit's marker is written after its outputs, holding its (JSON-able) result, so a
-        resubmitted run redoes only unfinished units and still returns every result, in
-        task order. ``plan`` names how the units were cut (the bucket size, say) when
-        that is not implied by the step's fingerprint: units of another plan are not reused.
+        Each unit's marker is written by its worker after its outputs, holding its
+        (JSON-able) result (``pipeline.units``), so a resubmitted run redoes only unfinished
+        units, also when the driver died before the results came back, and still returns
+        every result, in task order. ``plan`` names how the units were cut (the bucket size,
+        say) when that is not implied by the step's fingerprint: units of another plan are
+        not reused.
         """
         fp = self.fingerprints[step] if plan is None else fingerprint(self.fingerprints[step],
                                                                        plan)
@@ -114,11 +118,11 @@ class RunContext:
                      len(tasks) - len(todo), len(tasks), kind)
         results: list[Any] = [None] * len(tasks)
         started = time.perf_counter()
-        done = self.engine.map(fn, [tasks[i] for i in todo], desc=desc, total=len(todo),
-                               unit=unit, resources=resources, setup=setup,
-                               concurrent=concurrent)
-        for i, result in zip(todo, done, strict=True):
-            self.work.mark(names[i], fp, {"result": result})
+        worker = partial(run_unit if setup is None else run_unit_with, fn, as_result)
+        units = [Unit(self.root, names[i], fp, tasks[i]) for i in todo]
+        for _ in self.engine.map(worker, units, desc=desc, total=len(todo), unit=unit,
+                                 resources=resources, setup=setup, concurrent=concurrent):
+            pass
         if todo:
             log.info("%s: %d %s units in %.1f s", desc, len(todo), kind,
                      time.perf_counter() - started)
