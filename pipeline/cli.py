@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -107,8 +108,13 @@ def describe(
     except ConfigError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(EXIT_CONFIG) from None
+    _show(lambda: plan_of(cfg), as_json)
+
+
+def _show(make: Callable[[], Any], as_json: bool) -> None:
+    """Print what ``make`` returns, as JSON or as its lines; a user's error as one line."""
     try:
-        found = plan_of(cfg)
+        found = make()
     except (ConceptpruneError, OSError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(EXIT_ERROR) from None
@@ -136,12 +142,7 @@ def status(
     """
     from pipeline.status import status as status_of
 
-    try:
-        found = status_of(output)
-    except (ConceptpruneError, OSError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(EXIT_ERROR) from None
-    typer.echo(found.to_json() if as_json else "\n".join(found.lines()))
+    _show(lambda: status_of(output), as_json)
 
 
 @app.command("synth-embeddings")

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.errors import ConceptpruneError
 from pipeline.interrupts import deferred
 
 
@@ -35,6 +36,36 @@ def unique_suffix() -> str:
 
 # what atomic_write and staged_dir name their unfinished files: nothing else matches
 _UNFINISHED = re.compile(r"\..+\.(tmp|staging|old)-.+-\d+-[0-9a-f]{8}")
+
+
+# every name a run writes under its work folder's step folders and markers (a test runs
+# every step on both paths and checks that nothing else appears)
+_RUN_FILE = re.compile(
+    r"(part|vectors|scatter|sums|bucket|range)-\d{5}(\.offsets|\.parts|\.scale)?"
+    r"\.(npy|parquet)"
+    r"|centroids\.npy|clusters\.parquet"
+    r"|(img_emb|text_emb|clip_img_emb)_\d+\.npy|metadata_\d+\.parquet"
+    r"|[a-z_]+-\d{5}\.json|fit\.json")  # units' markers (markers/STEP/)
+
+
+class WorkFolderError(ConceptpruneError, ValueError):
+    """The work folder holds a file no run wrote, where a run must delete."""
+
+
+def run_file(name: str) -> bool:
+    """Whether ``name`` is a file a run writes in its work folder (or an unfinished one)."""
+    return _RUN_FILE.fullmatch(name) is not None or unfinished_name(name)
+
+
+def foreign_files(folder: Path) -> list[Path]:
+    """The files under ``folder`` that no run writes, in path order."""
+    if not folder.is_dir():
+        return []
+    return [p for p in sorted(folder.rglob("*")) if p.is_file() and not run_file(p.name)]
+
+
+def _more(paths: list[Path]) -> str:
+    return f" ({len(paths) - 1} more such files)" if len(paths) > 1 else ""
 
 
 def unfinished_name(name: str) -> bool:
@@ -143,7 +174,16 @@ class WorkDir:
         return json.loads(self._marker(name).read_text()).get("stats", {})
 
     def reset_step(self, step: str) -> None:
-        """Forget a step's outputs and its units' markers (its settings changed)."""
+        """Forget a step's outputs and its units' markers (its settings changed). A file no
+        run writes there (a user's notes dropped into ``WORK/dbp/``) is never deleted: the
+        run stops, naming it."""
+        foreign = [p for folder in (self.root / step, self.markers / step)
+                   for p in foreign_files(folder)]
+        if foreign:
+            raise WorkFolderError(
+                f"{foreign[0]} is no file conceptprune writes{_more(foreign)}, yet lies in "
+                f"the work folder's {step}/, which this run must empty (its settings or input "
+                "changed): move it out of the work folder and run the same command again")
         shutil.rmtree(self.root / step, ignore_errors=True)
         shutil.rmtree(self.markers / step, ignore_errors=True)
 

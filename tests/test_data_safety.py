@@ -623,3 +623,31 @@ def test_urls_img2dataset_could_not_get_are_ledger_failures(images: Path, tmp_pa
     report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
     assert report["shards"]["00003.tar"] == {"read": 2, "kept": 0, "removed": 0, "failed": 2}
     assert report["failed"] == 4
+
+
+def test_every_file_a_run_writes_in_its_work_folder_is_known_as_its_own(
+        images: Path, tmp_path: Path) -> None:
+    """The names a run may delete when a step starts over cover everything every step
+    writes (the image path, every step on)."""
+    from pipeline.workdir import foreign_files
+
+    run(image_config(str(images), tmp_path / "img",
+                     clip_filter={"enabled": True, "keep_fraction": 0.8}))
+    work = tmp_path / "img" / "_work"
+    steps = [p for p in work.iterdir() if p.is_dir() and p.name != "markers"]
+    steps += [p for p in (work / "markers").iterdir() if p.is_dir()]
+    assert {p.name for p in steps} >= {"embed", "ingest", "uids", "semdedup", "clip_filter",
+                                        "dbp", "subset"}
+    assert [f for s in steps for f in foreign_files(s)] == []
+
+
+def test_a_users_file_in_a_step_folder_is_never_deleted(tmp_path: Path) -> None:
+    config = write_config(tmp_path, make_data(tmp_path))
+    assert cli(str(config)).exit_code == 0
+    notes = tmp_path / "out" / "_work" / "dbp" / "notes.txt"
+    notes.write_text("mine")
+    refused = one_line(cli(str(config), "--set", "dbp.keep_fraction=0.3").output)
+    assert f"{notes} is no file conceptprune writes" in refused
+    assert "move it out of the work folder" in refused and notes.read_text() == "mine"
+    notes.unlink()
+    assert cli(str(config), "--set", "dbp.keep_fraction=0.3").exit_code == 0

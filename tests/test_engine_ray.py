@@ -119,11 +119,9 @@ def data(tie_input: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def local(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def local(tie_local: Path) -> Path:
     """The local engine's run of the data, which every Ray run must equal."""
-    out = tmp_path_factory.mktemp("ray-local") / "local"
-    run(validate_config(settings(data, out)))
-    return out
+    return tie_local
 
 
 RUN_KEYS = ("engine", "timings_s", "parameters", "command")  # the report's words on the run

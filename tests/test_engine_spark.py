@@ -55,11 +55,9 @@ def data(tie_input: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def local(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def local(tie_local: Path) -> Path:
     """The local engine's run of the data, which every Spark run must equal."""
-    out = tmp_path_factory.mktemp("spark-local") / "local"
-    run(validate_config(settings(data, out)))
-    return out
+    return tie_local
 
 
 def square(x: int) -> int:
