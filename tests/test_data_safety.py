@@ -102,7 +102,7 @@ def test_a_runs_file_whose_size_changed_since_is_foreign(tmp_path: Path) -> None
     res = cli(str(config), "--set", "dbp.keep_fraction=0.3")
     assert res.exit_code == 1, res.output
     assert "in folders a run replaces whole (ledger/part-00000.parquet)" in one_line(res.output)
-    assert part.read_bytes() == edited
+    assert_same_bytes(part.read_bytes(), edited, str(part))
 
 
 def test_a_work_folder_holding_user_files_is_refused_untouched(tmp_path: Path) -> None:
@@ -315,7 +315,8 @@ def test_overwrite_never_replaces_the_runs_own_input_shards(images: Path,
         with pytest.raises(ValueError, match=said):
             run(image_config(listed, out, overwrite=overwrite))
         after = snapshot(out)
-        assert {name: after.get(name) for name in before} == before
+        assert_same_contents({n: after[n] for n in before if n in after}, before,
+                             "the user's files")
         assert {k for k in after if k.startswith("shards/")} == set(before)
 
 
@@ -386,9 +387,10 @@ def test_a_finished_run_whose_outputs_are_gone_writes_them_again(images: Path,
     again = run(image_config(tars, out))
     assert "semdedup" in again.skipped_steps and "dbp" in again.skipped_steps
     got = snapshot(out / "shards"), (out / "subset.npy").read_bytes()
-    assert got[1] == want[1]
-    assert {k: v for k, v in got[0].items() if not k.endswith("_stats.json")} == \
-        {k: v for k, v in want[0].items() if not k.endswith("_stats.json")}
+    assert_same_bytes(got[1], want[1], "subset.npy")
+    assert_same_contents({k: v for k, v in got[0].items() if not k.endswith("_stats.json")},
+                         {k: v for k, v in want[0].items() if not k.endswith("_stats.json")},
+                         "shards/")
 
 
 def test_turning_the_clustering_encoder_on_reuses_no_file_of_the_old_settings(
