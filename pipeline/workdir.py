@@ -73,7 +73,9 @@ def unfinished_name(name: str) -> bool:
     return _UNFINISHED.fullmatch(name) is not None
 
 
-def _tmp_name(path: Path) -> Path:
+def tmp_name(path: Path) -> Path:
+    """A hidden name beside ``path`` to write under, unique to this process and call;
+    ``unfinished_name`` recognises it."""
     return path.with_name(f".{path.name}.tmp-{unique_suffix()}")
 
 
@@ -83,7 +85,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, parents: bool = T
     again after a stopped run removed it."""
     if parents:
         path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
+    tmp = tmp_name(path)
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -526,11 +526,11 @@ def _without_uids(src: Path, dst: Path) -> None:
     """A copy of a shard whose json carries no uid: uids are then derived (SPEC §5)."""
     import tarfile
 
-    from pipeline.io.shards import iter_tar_members
+    from pipeline.io.tar import iter_members
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     with open(src, "rb") as f, tarfile.open(dst, "w") as out:
-        for name, data in iter_tar_members(f):
+        for name, data in iter_members(f):
             if name.endswith(".json"):
                 data = json.dumps({k: v for k, v in json.loads(data).items()
                                    if k != "uid"}).encode()

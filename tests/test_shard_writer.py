@@ -16,8 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from same_bytes import assert_same_file
 
-from pipeline.io.shard_writer import ShardWriter, member_bytes, records_table, tar_header
-from pipeline.io.shards import iter_samples, iter_tar_members
+from pipeline.io.shard_writer import ShardWriter, records_table
+from pipeline.io.shards import iter_samples
+from pipeline.io.tar import header_block, iter_members, member_bytes
 
 
 def make_samples(n: int, seed: int = 0, size: int = 3000) -> list[tuple[str, list, dict]]:
@@ -115,7 +116,7 @@ def test_header_matches_tarfile() -> None:
     for name, size in [("a.jpg", 0), ("dir/000000001.jpg", 123456), ("x" * 100, 5)]:
         info = tarfile.TarInfo(name)
         info.size, info.mtime, info.mode, info.uname, info.gname = size, 0, 0o644, "", ""
-        assert tar_header(name, size) == info.tobuf(tarfile.USTAR_FORMAT, "utf-8",
+        assert header_block(name, size) == info.tobuf(tarfile.USTAR_FORMAT, "utf-8",
                                                    "surrogateescape")
 
 
@@ -130,7 +131,7 @@ def test_long_and_unicode_names_round_trip(tmp_path: Path) -> None:
     with tarfile.open(path) as tar:
         assert [(m.name, tar.extractfile(m).read()) for m in tar] == members
     with open(path, "rb") as f:
-        assert list(iter_tar_members(f)) == members
+        assert list(iter_members(f)) == members
 
 
 def test_copy_of_read_samples(tmp_path: Path) -> None:

@@ -32,13 +32,13 @@ from pipeline.io.shards import (
     download_failures,
     expand_shards,
     iter_samples,
-    iter_tar_members,
     read_sidecar_parquet,
     read_stats,
     shard_name,
     shard_names,
     split_member_name,
 )
+from pipeline.io.tar import iter_members
 
 UID = "0123456789abcdef0123456789ABCDEF"
 
@@ -318,7 +318,7 @@ def test_long_names_and_dirs_match_tarfile(tmp_path: Path, fmt: int) -> None:
         members += sample_members("f" * 150) + sample_members("é-ünï")
     url = write_tar(tmp_path / "00000.tar", members, fmt)
     with open(url, "rb") as f:
-        ours = list(iter_tar_members(f))
+        ours = list(iter_members(f))
     with tarfile.open(url) as tar:
         theirs = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
     assert ours == theirs == members

@@ -20,10 +20,10 @@ from pipeline.io.shard_writer import ShardWriter
 from pipeline.io.shards import (
     identity_metadata,
     iter_samples,
-    iter_tar_members,
     span_columns,
     tar_identity,
 )
+from pipeline.io.tar import iter_members
 from pipeline.stages.write_shards import write_kept
 
 
@@ -109,7 +109,7 @@ def test_spans_cover_exactly_the_samples_members(tmp_path: Path) -> None:
     assert [s.key for s in samples] == ["000000000", long_key, "000000002"]
     for sample in samples:
         start, end = sample.span
-        assert list(iter_tar_members(io.BytesIO(raw[start:end] + bytes(1024)))) == sample.members
+        assert list(iter_members(io.BytesIO(raw[start:end] + bytes(1024)))) == sample.members
         js, je = sample.json_span
         assert raw[js:je] == dict(sample.members)[f"{sample.key}.json"]
     assert samples[0].span[1] == samples[1].span[0]  # back to back

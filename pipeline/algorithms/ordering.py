@@ -1,4 +1,8 @@
-"""Deterministic orderings shared by the steps: by group, then a key, then uid ascending."""
+"""Deterministic orderings shared by the steps: by group, then a key, then uid ascending.
+
+``member_order`` is the one order of a cluster's members that the shuffle's files and
+semdedup's scan rely on: by cluster, farthest from the centroid first,
+then uid ascending (equal uids stay in input order: sorts here are stable)."""
 
 from __future__ import annotations
 
@@ -22,3 +26,9 @@ def grouped_order(group: np.ndarray, key: np.ndarray, uid_hi: np.ndarray, uid_lo
         rows = order[pos]
         order[pos] = rows[np.lexsort((uid_lo[rows], uid_hi[rows], run[pos]))]
     return order
+
+
+def member_order(cluster: np.ndarray, distance: np.ndarray, uid_hi: np.ndarray,
+                 uid_lo: np.ndarray) -> np.ndarray:
+    """Positions sorted by (cluster, -distance, uid), stable: the members' order."""
+    return grouped_order(cluster, -distance, uid_hi, uid_lo)

@@ -13,14 +13,14 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.algorithms import exact
-from pipeline.algorithms.ordering import grouped_order
+from pipeline.algorithms.ordering import member_order
 from pipeline.algorithms.proposers import FaissProposer, Proposer
 from pipeline.algorithms.selection import decimal
 
 
 def dedup_order(distance: np.ndarray, uid_hi: np.ndarray, uid_lo: np.ndarray) -> np.ndarray:
     """Positions of the members, farthest from the centroid first, ties by uid ascending."""
-    return grouped_order(np.zeros(len(distance), dtype=np.int32), -distance, uid_hi, uid_lo)
+    return member_order(np.zeros(len(distance), dtype=np.int32), distance, uid_hi, uid_lo)
 
 
 def auto_block_rows(n: int, cap: int) -> int:

@@ -6,13 +6,11 @@ same tar bytes on every run. Beside each ``NNNNN.tar`` go ``NNNNN.parquet`` (one
 sample) and ``NNNNN_stats.json``, written last, as img2dataset does; a tar is written under a
 temporary name and renamed when complete.
 
-Headers come from a template made by ``tarfile`` (ustar fields, as ``tarfile`` writes them)
-with the name, size and checksum filled in, and the headers and member bytes of many samples
-go to the file in one ``os.writev``, without copying: ``tarfile.addfile`` costs tens of
-microseconds per member and copies the data in 16 KiB pieces, too slow next to a plain file
-copy. Names that do not fit a ustar header (over 100 bytes, or not ASCII) and members of
-8 GiB or more get ``tarfile``'s pax headers. A tar ends with the two zero blocks of the
-end-of-archive marker, unpadded to tarfile's 10 KiB records (readers do not need them).
+Headers are ``pipeline.io.tar.header_block``'s, and the headers and member bytes of many
+samples go to the file in one ``os.writev``, without copying: ``tarfile.addfile`` costs tens
+of microseconds per member and copies the data in 16 KiB pieces, too slow next to a plain
+file copy. A tar ends with the two zero blocks of the end-of-archive marker, unpadded to
+tarfile's 10 KiB records (readers do not need them).
 Output folders are local paths (the tar is renamed into place when complete).
 
 ``copy_spans`` appends samples by byte range of an input tar mapped in memory instead, header
@@ -25,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +33,11 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.io.shards import Sample
-from pipeline.workdir import _tmp_name, write_json, write_parquet
+from pipeline.io.tar import BLOCK, END_OF_ARCHIVE, header_block
+from pipeline.workdir import tmp_name, write_json, write_parquet
 
-_BLOCK = 512
-_END = bytes(2 * _BLOCK)  # end-of-archive marker
-_PADS = [bytes(n) for n in range(_BLOCK)]
-_MAX_USTAR_SIZE = 8**11 - 1
+_END = END_OF_ARCHIVE
+_PADS = [bytes(n) for n in range(BLOCK)]
 # pending writes are flushed in one os.writev at these bounds (Linux IOV_MAX is 1024):
 # a system call per sample costs as much as the copy itself on some machines
 _FLUSH_PARTS = 960
@@ -68,40 +64,6 @@ def _complete(fd: int, tmp: Path, path: Path, table: pa.Table, stats: dict[str, 
         raise
     write_parquet(path.with_suffix(".parquet"), table)
     write_json(path.with_name(f"{path.stem}_stats.json"), stats)
-
-
-def _template() -> bytes:
-    info = tarfile.TarInfo("")
-    info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = 0, 0o644, 0, 0, "", ""
-    block = bytearray(info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape"))
-    block[124:136] = bytes(12)
-    block[148:156] = b" " * 8
-    return bytes(block)
-
-
-_TEMPLATE = _template()
-_TEMPLATE_SUM = sum(_TEMPLATE)
-_NAME_PADS = [_TEMPLATE[n:124] for n in range(101)]  # after a name of n bytes
-_MIDDLE = _TEMPLATE[136:148]
-_TAIL = _TEMPLATE[156:]
-
-
-def tar_header(name: str, size: int) -> bytes:
-    """The deterministic header block(s) of a regular-file member."""
-    raw = name.encode("utf-8", "surrogateescape")
-    if len(raw) > 100 or size > _MAX_USTAR_SIZE or not raw.isascii():
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode = size, 0, 0o644
-        info.uid, info.gid, info.uname, info.gname = 0, 0, "", ""
-        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-    size_field = b"%011o\0" % size
-    checksum = _TEMPLATE_SUM + sum(raw) + sum(size_field)
-    return raw + _NAME_PADS[len(raw)] + size_field + _MIDDLE + b"%06o\0 " % checksum + _TAIL
-
-
-def member_bytes(members: list[tuple[str, bytes]]) -> int:
-    """Bytes the members take in a tar: headers plus data padded to 512."""
-    return sum(len(tar_header(n, len(d))) + len(d) + (-len(d) % _BLOCK) for n, d in members)
 
 
 def sample_record(sample: Sample) -> dict[str, Any]:
@@ -212,7 +174,7 @@ class ShardWriter:
     def _open(self) -> None:
         self.out_dir.mkdir(parents=self.make_parents, exist_ok=True)
         self._path = self.out_dir / f"{self.index:05d}.tar"
-        self._tmp = _tmp_name(self._path)
+        self._tmp = tmp_name(self._path)
         self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self._count = self._bytes = 0
         self._keys, self._records, self._key_set = [], [], set()
@@ -233,8 +195,8 @@ class ShardWriter:
         parts: list[bytes] = []
         size = 0
         for name, data in sample_members:
-            header = tar_header(name, len(data))
-            pad = _PADS[-len(data) % _BLOCK]
+            header = header_block(name, len(data))
+            pad = _PADS[-len(data) % BLOCK]
             parts += (header, data, pad)
             size += len(header) + len(data) + len(pad)
         if self._fd is not None and self._count and (

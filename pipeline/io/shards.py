@@ -16,11 +16,8 @@ one; every tar writer writes the marker, and a shard cut off at a member boundar
 common way to lose one). An ``OSError`` while streaming (a dropped connection, say) is
 reported the same way; a caller may retry a remote shard before recording it as damaged.
 
-The tar parser is a small streaming one: ``tarfile`` costs tens of microseconds per header
-and copies every member several times in stream mode, which made reading alone slower than
-copying the shard. It handles ustar, pax (``x``/``g``) and GNU long-name (``L``/``K``)
-headers; tests check it against ``tarfile`` on the same archives. Compressed tars
-(``.tar.gz`` ...) are decompressed by fsspec (``compression="infer"``).
+The tar format itself (members, headers, checksums) is ``pipeline.io.tar``'s. Compressed
+tars (``.tar.gz`` ...) are decompressed by fsspec (``compression="infer"``).
 """
 
 from __future__ import annotations
@@ -32,7 +29,6 @@ import logging
 import lzma
 import os
 import re
-import tarfile
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -50,6 +46,7 @@ from PIL import Image
 from pipeline.errors import ConceptpruneError
 from pipeline.ids import derive_uid, is_valid_uid
 from pipeline.io.decode import DEFAULT_RULES, DecodeRules, ImageDecodeError, decode_picture
+from pipeline.io.tar import TarDamage, iter_member_spans, padded
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +55,7 @@ CAPTION_EXT = "txt"
 JSON_EXT = "json"
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
 
-_BLOCK = 512
-_ZERO_BLOCK = bytes(_BLOCK)
 _READ_BUFFER = 1 << 20
-_BIG_MEMBER = 64 << 20
-REGULAR_KINDS = (ord("0"), 0, ord("7"))  # typeflags: regular file, old regular, contiguous
-_PAX, _GNU_LONGNAME = ord("x"), ord("L")
-_NO_SAMPLE_KINDS = (ord("g"), ord("K"))
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _META_MEMBER = re.compile(r"__[^/]*__($|/)")  # webdataset's skip_meta: __index__ and such
 
@@ -296,150 +287,8 @@ def download_failures(url: str, name: str, keys_read: set[str]) -> list[dict[str
     return out
 
 
-# --- the tar stream ---------------------------------------------------------------------
-
-
-class _Damage(Exception):
-    """Internal: the tar stream cannot be read further."""
-
-
 # what reading a damaged (possibly compressed) stream raises
-_READ_ERRORS = (_Damage, EOFError, OSError, zlib.error, lzma.LZMAError)
-
-
-def _number(field_: bytes) -> int:
-    """A numeric header field: octal text up to the first NUL, or GNU base-256.
-
-    Raises ValueError for a garbled field (tarfile's own header error included)."""
-    if field_[0] & 0x80:
-        try:
-            return tarfile.nti(field_)
-        except tarfile.HeaderError as err:
-            raise ValueError(f"bad numeric field {field_!r}") from err
-    text = field_.split(b"\0", 1)[0].strip()
-    return int(text, 8) if text else 0
-
-
-def _read_big(read: Callable[[int], bytes], size: int) -> bytes:
-    """Read a large member in pieces, so a garbled size cannot ask for a huge buffer."""
-    parts = []
-    while size > 0:
-        part = read(min(size, _BIG_MEMBER))
-        if not part:
-            break
-        parts.append(part)
-        size -= len(part)
-    return b"".join(parts)
-
-
-def _size(block: bytes) -> int:
-    try:
-        return int(block[124:135], 8)  # eleven octal digits and a NUL, the usual form
-    except ValueError:
-        return _number(block[124:136])
-
-
-def checksum_ok(block: bytes) -> bool:
-    """The header checksum (sum of the bytes, the checksum field read as spaces) matches.
-
-    ``sum(block)`` costs microseconds per header; adler32's low half is ``1 + sum`` modulo
-    65521, which is as good a test of a garbled header and ten times cheaper. The field is
-    read as writers commonly write it (six octal digits, NUL, space) first, then in any
-    form the standard allows (seven digits, leading spaces, base-256).
-    """
-    total = (zlib.adler32(block) & 0xFFFF) - 1 - sum(block[148:156]) + 256
-    try:
-        if (total - int(block[148:154], 8)) % 65521 == 0:
-            return True
-    except ValueError:
-        pass
-    try:
-        stored = _number(block[148:156])
-    except ValueError:
-        return False
-    return stored in tarfile.calc_chksums(block)
-
-
-def _pax_records(data: bytes) -> dict[str, str]:
-    records: dict[str, str] = {}
-    pos = 0
-    while pos < len(data) and data[pos] != 0:
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
-        k, _, v = data[space + 1 : pos + length - 1].partition(b"=")
-        records[k.decode("utf-8")] = v.decode("utf-8", "surrogateescape")
-        pos += length
-    return records
-
-
-def iter_tar_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of every regular-file member of a tar stream, in order.
-
-    Raises ``_Damage`` where the stream is truncated or a header is corrupt.
-    """
-    for name, data, _, _ in iter_tar_member_spans(f):
-        yield name, data
-
-
-def iter_tar_member_spans(f: BinaryIO) -> Iterator[tuple[str, bytes, int, int]]:
-    """(name, bytes, start, data_start) of every regular-file member, in order.
-
-    ``start`` is the byte offset of the member's first header block (its pax or GNU long-name
-    header where it has one), or -1 where anything else (a global pax header, a long link
-    name) sits between that and the member; ``data_start`` is where its bytes begin. The
-    member, padding included, ends at ``data_start + len(bytes)`` rounded up to 512.
-    """
-    read = f.read
-    offset = 0
-    start = 0
-    long_name: str | None = None
-    pax: dict[str, str] = {}
-    while True:
-        block = read(_BLOCK)
-        if block == _ZERO_BLOCK:
-            return
-        if len(block) != _BLOCK:
-            raise _Damage(f"truncated header at byte {offset}" if block else
-                          f"no end-of-archive marker after byte {offset} (truncated)")
-        if not checksum_ok(block):
-            raise _Damage(f"bad header at byte {offset}")
-        try:
-            size = int(pax["size"]) if "size" in pax else _size(block)
-        except ValueError as err:
-            raise _Damage(f"unreadable header at byte {offset}: {err}") from err
-        data = read(size) if size <= _BIG_MEMBER else _read_big(read, size)
-        pad = -size % _BLOCK
-        if len(data) != size or (pad and len(read(pad)) != pad):
-            raise _Damage(f"truncated member at byte {offset}")
-        data_start = offset + _BLOCK
-        offset = data_start + size + pad
-        kind = block[156]
-        if kind in REGULAR_KINDS:
-            if pax and "path" in pax:
-                name = pax["path"]
-            elif long_name is not None:
-                name = long_name
-            else:
-                end = block.find(0, 0, 100)
-                name = block[: end if end >= 0 else 100].decode("utf-8", "surrogateescape")
-                if block[345] and block[257:265] == b"ustar\x0000":  # POSIX name prefix
-                    prefix = block[345:500].split(b"\0", 1)[0]
-                    name = prefix.decode("utf-8", "surrogateescape") + "/" + name
-            yield name, data, start, data_start
-        elif kind == _PAX:
-            try:
-                pax = _pax_records(data)
-            except ValueError as err:
-                raise _Damage(f"unreadable pax header at byte {offset}: {err}") from err
-            continue
-        elif kind == _GNU_LONGNAME:
-            long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-            continue
-        elif kind in _NO_SAMPLE_KINDS:
-            start = -1  # global pax header, GNU long link name: they describe no sample
-            continue
-        long_name, pax = None, {}
-        start = offset
+_READ_ERRORS = (TarDamage, EOFError, OSError, zlib.error, lzma.LZMAError)
 
 
 def split_member_name(name: str) -> tuple[str, str] | None:
@@ -550,7 +399,7 @@ def _with_span(sample: Sample, offsets: list[tuple[int, int]]) -> Sample:
         if start < 0 or start != end:
             sample.json_span = None
             return sample
-        end = data_start + len(data) + (-len(data) % _BLOCK)
+        end = data_start + padded(len(data))
         if name[len(sample.key) + 1 :].lower() == JSON_EXT:
             sample.json_span = (data_start, data_start + len(data))
     sample.span = (offsets[0][0], end)
@@ -614,7 +463,7 @@ def iter_samples(url: str, name: str | None = None) -> Iterator[Sample]:
     members: list[tuple[str, bytes]] = []
     offsets: list[tuple[int, int]] = []
     with _open_stream(url) as f:
-        stream = iter_tar_member_spans(f)
+        stream = iter_member_spans(f)
         while True:
             try:
                 item = next(stream, None)

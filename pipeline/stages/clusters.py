@@ -33,7 +33,14 @@ from pipeline.stages.context import (
     ingest_path,
     step_part_path,
 )
-from pipeline.stages.shuffle import ApplyTask, part_counts, write_scatter
+from pipeline.stages.shuffle import (
+    DECISIONS,
+    SCATTER,
+    ApplyTask,
+    part_counts,
+    sums_path,
+    write_scatter,
+)
 from pipeline.units import Unit, no_stats, run_unit
 from pipeline.workdir import write_npy
 
@@ -164,7 +171,7 @@ def assign_part(state: tuple[VectorStore, kmeans.Assigner], task: AssignTask) ->
     out = Path(task.out)
     write_scatter(out, task.part, task.k, rows, cluster, distance, uid_hi, uid_lo)
     if task.sums:
-        write_npy(out / f"sums-{task.part:05d}.npy",
+        write_npy(sums_path(out, task.part),
                   np.bincount(cluster, weights=distance.astype(np.float64), minlength=task.k))
     return int(len(rows))
 
@@ -204,7 +211,7 @@ def fit_and_assign(ctx: RunContext, step: str, earlier: tuple[str, ...], alive: 
             partial(run_unit, fit_and_save, no_stats), Unit(ctx.root, f"{step}/fit", fp, task),
             resources=chosen.resources)
         log.info("%s: fitted in %.1f s", step, time.perf_counter() - started)
-    scatter = ctx.step_folder(step, "scatter")
+    scatter = ctx.step_folder(step, SCATTER)
     tasks_a = [AssignTask(ctx.root, p, int(offsets[p]), earlier, k, cfg.batch_size,
                           str(scatter), sums) for p in parts]
     ctx.map_units(step, "assign", assign_part, tasks_a, parts, desc=f"{step}: assign",
@@ -215,7 +222,7 @@ def fit_and_assign(ctx: RunContext, step: str, earlier: tuple[str, ...], alive: 
     for p in parts:  # folded in part order: the same sums on every engine
         sizes += part_counts(scatter, p)
         if total is not None:
-            total += npy.load(scatter / f"sums-{p:05d}.npy")
+            total += npy.load(sums_path(scatter, p))
     return Assigned(centroids, sizes, total, scatter)
 
 
@@ -223,7 +230,7 @@ def apply_decisions(ctx: RunContext, step: str, fn: Callable[[ApplyTask], list[i
                     scatter: Path, buckets: int) -> StepResult:
     """The map writing each part's row-aligned table from its scatter file and the buckets'
     decisions (``fn``); the step's result from what each part returns: [alive, removed]."""
-    decisions = ctx.step_folder(step, "decisions")
+    decisions = ctx.step_folder(step, DECISIONS)
     tasks = [ApplyTask(str(scatter), str(decisions), buckets, p.index, p.rows,
                        str(step_part_path(ctx.work.root, step, p.index))) for p in ctx.parts]
     applied = ctx.map_units(step, "apply", fn, tasks, [p.index for p in ctx.parts],

@@ -24,6 +24,7 @@ from pipeline.io.tables import masked
 from pipeline.stages.clusters import apply_decisions, backend_of, fit_and_assign
 from pipeline.stages.context import RunContext, StepResult
 from pipeline.stages.shuffle import (
+    DECISIONS,
     ApplyTask,
     BucketTask,
     part_decisions,
@@ -118,7 +119,7 @@ def run_dbp(ctx: RunContext, earlier: tuple[str, ...], alive: list[int]
     budget = bud.concept_budget(size, probability, target, cfg.k, cfg.balance)
 
     buckets = plan_buckets(size, ctx.cfg.engine.bucket_rows)
-    decisions = ctx.step_folder("dbp", "decisions")
+    decisions = ctx.step_folder("dbp", DECISIONS)
     n_parts = len(ctx.parts)
     tasks = [SelectTask(str(got.scatter), str(decisions), n_parts, b.index, b.first, b.stop,
                         budget[b.first : b.stop], cfg.keep, ctx.cfg.seed) for b in buckets]

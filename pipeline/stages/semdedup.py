@@ -31,6 +31,7 @@ from pipeline.stages.clusters import (
 )
 from pipeline.stages.context import RunContext, StepResult
 from pipeline.stages.shuffle import (
+    DECISIONS,
     ApplyTask,
     BucketTask,
     part_decisions,
@@ -137,7 +138,7 @@ def run_semdedup(ctx: RunContext, earlier: tuple[str, ...], alive: list[int]) ->
     k = choose_k(cfg.k, sum(alive))
     got = fit_and_assign(ctx, "semdedup", earlier, alive, k, "semdedup.k")
     buckets = plan_buckets(got.sizes, ctx.cfg.engine.bucket_rows)
-    decisions = ctx.step_folder("semdedup", "decisions")
+    decisions = ctx.step_folder("semdedup", DECISIONS)
     n_parts = len(ctx.parts)
     tasks = [DedupTask(str(got.scatter), str(decisions), n_parts, b.index, b.first, b.stop,
                        ctx.offsets, cfg.eps, cfg.block_rows) for b in buckets]

@@ -1,12 +1,22 @@
 """The file shuffle by cluster id: a scatter map over parts, a gather map over cluster buckets,
 and the per-row decisions of every bucket sent back to the parts.
 
-Nothing moves through the engine but paths and ranges. A part's scatter file holds its alive
-rows sorted by (cluster, -distance, uid, row) beside the offsets of every cluster, so a
-bucket (a contiguous range of cluster ids) is one slice of each part's file. A bucket's
-decisions are written sorted by (part, row) beside the offsets of every part, so a part finds
-its rows in one slice of each bucket's file. Files are ``.npy`` read memory-mapped: a slice
-costs only its own bytes.
+Nothing moves through the engine but paths and ranges. Its file contracts are all here:
+
+- layout: a step's shuffle lives in ``<step folder>/scatter`` (``scatter-PPPPP.npy`` and
+  ``.offsets.npy``, ``sums-PPPPP.npy`` where the step sums distances) and
+  ``<step folder>/decisions`` (``bucket-BBBBB.npy`` and ``.parts.npy``): ``SCATTER``,
+  ``DECISIONS``, ``scatter_paths``, ``sums_path``, ``result_paths``;
+- records: ``SCATTER_DTYPE``; a bucket's decisions are any structured array with a ``row``
+  field;
+- orders: a part's scatter file holds its alive rows in ``member_order`` (cluster, -distance,
+  uid; stable, so row last) beside the offsets of every cluster, so a bucket (a contiguous
+  range of cluster ids) is one slice of each part's file, and the merged bucket is in the
+  same order (``gather_bucket``). A bucket's decisions are in ``result_order`` (part, row)
+  beside the offsets of every part, so a part finds its rows in one slice of each bucket's
+  file.
+
+Files are ``.npy`` read memory-mapped: a slice costs only its own bytes.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.algorithms.ordering import grouped_order
+from pipeline.algorithms.ordering import member_order
 from pipeline.io import npy
 from pipeline.workdir import write_npy
 
@@ -24,14 +34,22 @@ SCATTER_DTYPE = np.dtype([("cluster", "<i4"), ("distance", "<f4"), ("uid_hi", "<
                           ("uid_lo", "<u8"), ("row", "<i8")])
 
 
+SCATTER, DECISIONS = "scatter", "decisions"  # the shuffle's folders in a step's work folder
+
+
 def scatter_paths(folder: Path, part: int) -> tuple[Path, Path]:
     return folder / f"scatter-{part:05d}.npy", folder / f"scatter-{part:05d}.offsets.npy"
+
+
+def sums_path(folder: Path, part: int) -> Path:
+    """One part's per-cluster sums of member distances, beside its scatter file."""
+    return folder / f"sums-{part:05d}.npy"
 
 
 def write_scatter(folder: Path, part: int, k: int, rows: np.ndarray, cluster: np.ndarray,
                   distance: np.ndarray, uid_hi: np.ndarray, uid_lo: np.ndarray) -> np.ndarray:
     """Write one part's alive rows in bucket order; returns its member count per cluster."""
-    order = grouped_order(cluster, -distance, uid_hi, uid_lo)  # stable: row breaks uid ties
+    order = member_order(cluster, distance, uid_hi, uid_lo)  # stable: row breaks uid ties
     out = np.empty(len(rows), dtype=SCATTER_DTYPE)
     out["cluster"], out["distance"] = cluster[order], distance[order]
     out["uid_hi"], out["uid_lo"], out["row"] = uid_hi[order], uid_lo[order], rows[order]
@@ -133,7 +151,7 @@ def gather_bucket(folder: Path, parts: int, first: int, stop: int) -> Members:
     part = np.concatenate(part_ids)
     # concatenated in part order, each part sorted with row last: a stable sort on
     # (cluster, -distance, uid) leaves equal keys in (part, row) order, as the global order
-    order = grouped_order(rec["cluster"], -rec["distance"], rec["uid_hi"], rec["uid_lo"])
+    order = member_order(rec["cluster"], rec["distance"], rec["uid_hi"], rec["uid_lo"])
     rec, part = rec[order], part[order]
     return Members(rec["cluster"], rec["distance"], rec["uid_hi"], rec["uid_lo"], part,
                    rec["row"])
@@ -143,12 +161,17 @@ def result_paths(folder: Path, bucket: int) -> tuple[Path, Path]:
     return folder / f"bucket-{bucket:05d}.npy", folder / f"bucket-{bucket:05d}.parts.npy"
 
 
+def result_order(part: np.ndarray, row: np.ndarray) -> np.ndarray:
+    """Positions sorted by (part, row): the order of a bucket's decisions file."""
+    # one int64 key, part above row (rows of a part stay far below 2**40): one stable sort
+    return np.argsort((part.astype(np.int64) << 40) | row, kind="stable")
+
+
 def write_results(folder: Path, bucket: int, parts: int, part: np.ndarray,
                   values: np.ndarray) -> None:
     """Write a bucket's per-member decisions (a structured array with a ``row`` field) sorted
     by (part, row), beside the offsets of every part."""
-    # one int64 key, part above row (rows of a part stay far below 2**40): one stable sort
-    order = np.argsort((part.astype(np.int64) << 40) | values["row"], kind="stable")
+    order = result_order(part, values["row"])
     data, offsets = result_paths(folder, bucket)
     write_npy(data, values[order])
     counts = np.bincount(part, minlength=parts).astype(np.int64)

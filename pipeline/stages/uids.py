@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from pipeline.ids import u128_to_uids
 from pipeline.stages.context import RunContext, ingest_path, uids_path
 from pipeline.stages.shuffle import (
+    SCATTER,
     BucketTask,
     part_counts,
     plan_buckets,
@@ -113,7 +114,7 @@ def run_unique_uids(ctx: RunContext, alive: list[int], bucket_rows: int) -> list
     total = sum(alive)
     bits = min(MAX_BITS, max(0, math.ceil(math.log2(max(1, total) / bucket_rows))))
     work = str(ctx.work.root)
-    scatter = ctx.step_folder(STEP, "scatter")
+    scatter = ctx.step_folder(STEP, SCATTER)
     found = ctx.step_folder(STEP, "found")
     parts = [p.index for p in ctx.parts]
     ctx.map_units(STEP, "scatter", scatter_part,

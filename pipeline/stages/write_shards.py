@@ -31,15 +31,14 @@ import pyarrow.parquet as pq
 
 from pipeline.io.shard_writer import ShardWriter, WrittenShard
 from pipeline.io.shards import (
-    REGULAR_KINDS,
     SPAN_COLUMNS,
     ShardStream,
-    checksum_ok,
     identity_from_metadata,
     local_tar_path,
     sidecar_schema,
     tar_identity,
 )
+from pipeline.io.tar import spans_hold
 from pipeline.workdir import write_json
 
 log = logging.getLogger(__name__)
@@ -98,39 +97,9 @@ def _key_bytes(keys: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
 
 def _spans_hold(mapped: mmap.mmap, keys: pa.ChunkedArray, starts: np.ndarray, ends: np.ndarray
                 ) -> bool:
-    """Each span lies inside the file and starts with a sound header of its own sample.
-
-    Checked on all kept samples at once: header checksums (GNU's and tarfile's ``%06o``
-    form; headers in another form are checked one by one) and, for plain ustar headers, the
-    member name starting with the sample's key and a dot.
-    """
-    if len(starts) == 0:
-        return True
-    if ends.max() > len(mapped) or (ends - starts < 512).any() or starts.min() < 0 \
-            or (starts % 512).any():
-        return False
-    blocks = np.frombuffer(mapped, dtype=np.uint8, count=len(mapped) // 512 * 512)
-    headers = blocks.reshape(-1, 512)[starts // 512]  # a copy: no view of the map remains
-    del blocks
-    total = headers.sum(axis=1, dtype=np.int64) - headers[:, 148:156].sum(axis=1, dtype=np.int64)
-    total += 8 * ord(" ")
-    digits = headers[:, 148:154].astype(np.int64) - ord("0")
-    octal = ((digits >= 0) & (digits <= 7)).all(axis=1) & (headers[:, 154] == 0)
-    stored = digits @ (8 ** np.arange(5, -1, -1))
-    for i in np.flatnonzero(~octal | (stored != total)):  # another form, or bad
-        if not checksum_ok(mapped[int(starts[i]) : int(starts[i]) + 512]):
-            return False
-    # names: regular ustar headers hold "key." at the start (long names sit in extended ones)
-    offsets, text = _key_bytes(keys)
-    lengths = np.diff(offsets)
-    rows = np.flatnonzero(np.isin(headers[:, 156], REGULAR_KINDS) & (lengths < 100))
-    for j in range(int(lengths[rows].max(initial=0)) + 1):
-        at = rows[lengths[rows] >= j]
-        want = np.where(lengths[at] == j, ord("."), text[np.minimum(offsets[at] + j,
-                                                                   len(text) - 1)])
-        if (headers[at, j] != want).any():
-            return False
-    return True
+    """Each span lies inside the file and starts with a sound header of its own sample
+    (``tar.spans_hold``), checked on all kept samples at once."""
+    return spans_hold(mapped, starts, ends, *_key_bytes(keys))
 
 
 def _records(mapped: mmap.mmap, rows: pa.Table) -> list[dict[str, Any]] | None:
