@@ -254,5 +254,13 @@ def config_schema() -> None:
     typer.echo(config_json_schema(), nl=False)
 
 
+@app.command("report-schema")
+def report_schema() -> None:
+    """Print the JSON schema of a run's report/report.json."""
+    from pipeline.report.model import report_json_schema
+
+    typer.echo(report_json_schema(), nl=False)
+
+
 if __name__ == "__main__":
     app()

@@ -139,6 +139,24 @@ def test_report_json_follows_its_schema(finished: Path) -> None:
                    {**report, "engine": "dask"}):
         with pytest.raises(ReportError, match="schemas/report.schema.json"):
             validate_report(broken)
+    # the image path's own sections (schemas/report.schema.json from pipeline/report/model.py)
+    shown = report["examples"]["concepts"][0]["kept"][0]
+    for section, key, value, where in (
+            (shown, "thumb", 3, "examples/concepts/0/kept/0/thumb"),
+            (shown, "size", 3, "examples/concepts/0/kept/0"),
+            (report["embed"]["decoding"], "version", None, "embed/decoding/version"),
+            (report["embed"]["models"], "clip_random_weights", "no",
+             "embed/models/clip_random_weights"),
+            (report["output_shards"], "shards", 1, "output_shards")):
+        before = section.get(key, "absent")
+        section[key] = value
+        with pytest.raises(ReportError, match=f"schemas/report.schema.json at {where}: "):
+            validate_report(report)
+        if before == "absent":
+            del section[key]
+        else:
+            section[key] = before
+    validate_report(report)
 
 
 def test_the_page_is_rendered_again_also_for_an_older_report(finished: Path, tmp_path: Path

@@ -1,6 +1,7 @@
 """A finished run's report, written: ``report/report.json`` (checked against
-``schemas/report.schema.json``), the exact configuration as ``report/config.yaml`` with the
-command that reproduces the run, the thumbnails of the image path, and ``report/index.html``.
+``schemas/report.schema.json``, the schema ``model.py`` generates), the exact configuration as
+``report/config.yaml`` with the command that reproduces the run, the thumbnails of the image
+path, and ``report/index.html``.
 ``conceptprune report RUN_DIR`` renders the page again from report.json alone."""
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ import json
 import logging
 import re
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import jsonschema
 import yaml
 
 from pipeline.errors import ConceptpruneError
+from pipeline.report.model import report_schema
 from pipeline.report.page import render_page
 from pipeline.workdir import atomic_write, write_json
 
@@ -31,14 +32,14 @@ class ReportError(ConceptpruneError, ValueError):
 
 
 @cache
-def report_schema() -> dict[str, Any]:
-    return json.loads(resources.files("schemas").joinpath("report.schema.json").read_text())
+def _validator() -> jsonschema.Draft202012Validator:
+    """The schema generated from ``model.Report`` (shipped as schemas/report.schema.json)."""
+    return jsonschema.Draft202012Validator(report_schema())
 
 
 def validate_report(report: dict[str, Any]) -> None:
     """Raise ``ReportError`` naming the first place where ``report`` breaks its schema."""
-    error = jsonschema.exceptions.best_match(
-        jsonschema.Draft202012Validator(report_schema()).iter_errors(report))
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(report))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
         raise ReportError(f"report.json does not follow schemas/report.schema.json at "
