@@ -3,6 +3,7 @@ user's cluster would be; stopping it touches no other Ray of the test session.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -40,18 +41,20 @@ def _free_ports(n: int) -> list[int]:
 
 
 @contextmanager
-def ray_head(dashboard: bool = False) -> Iterator[RayHead]:
-    """A 2-CPU head on free ports of 127.0.0.1 (with the job server when ``dashboard``)."""
+def ray_head(dashboard: bool = False, cpus: int = 2) -> Iterator[RayHead]:
+    """A head of ``cpus`` CPUs on free ports of 127.0.0.1 (with the job server when
+    ``dashboard``). Its nodes are checked every second: a lost node is known in seconds."""
     ray_bin = Path(sys.executable).with_name("ray")
     temp = tempfile.mkdtemp(prefix="cp-head-", dir="/tmp")
     # the job agent's own port too: the default one may be taken by another Ray
     port, dash, agent = _free_ports(3)
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+           "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
     web = (["--include-dashboard=true", "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}"]
            if dashboard else ["--include-dashboard=false"])
     head = subprocess.Popen(
-        [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+        [str(ray_bin), "start", "--head", "--block", f"--port={port}", f"--num-cpus={cpus}",
          "--node-ip-address=127.0.0.1", *web, f"--temp-dir={temp}",
          "--object-store-memory=268435456", "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -73,3 +76,48 @@ def ray_head(dashboard: bool = False) -> Iterator[RayHead]:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class RayNode:
+    """A worker node joined to a head; ``pgid`` is its process group (kill it to lose the
+    node: `ray start`, its raylet, object store and workers)."""
+
+    pgid: int
+    process: subprocess.Popen
+
+
+def _wait_for_nodes(head: RayHead, count: int, timeout_s: float = 120) -> None:
+    """Wait, from a process of its own, until ``count`` nodes of the cluster are alive."""
+    probe = (f"import ray, time; ray.init(address={head.address!r}, log_to_driver=False)\n"
+             f"end = time.monotonic() + {timeout_s}\n"
+             f"while sum(n['Alive'] for n in ray.nodes()) < {count}:\n"
+             "    assert time.monotonic() < end\n"
+             "    time.sleep(0.5)\n")
+    subprocess.run([sys.executable, "-c", probe], env=head.env, check=True,
+                   capture_output=True, timeout=timeout_s + 60)
+
+
+@contextmanager
+def ray_node(head: RayHead, cpus: int = 2, env: dict[str, str] | None = None
+             ) -> Iterator[RayNode]:
+    """A second node of ``cpus`` CPUs on this machine, on free ports of its own, with
+    ``env`` added to its processes' environment (its workers inherit it)."""
+    ray_bin = Path(sys.executable).with_name("ray")
+    ports = _free_ports(6)
+    names = ("node-manager-port", "object-manager-port", "metrics-export-port",
+             "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+             "runtime-env-agent-port")
+    node = subprocess.Popen(
+        [str(ray_bin), "start", f"--address={head.address}", "--block", f"--num-cpus={cpus}",
+         "--node-ip-address=127.0.0.1", "--object-store-memory=268435456",
+         "--disable-usage-stats", *(f"--{n}={p}" for n, p in zip(names, ports, strict=True))],
+        env={**head.env, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    try:
+        _wait_for_nodes(head, 2)
+        yield RayNode(node.pid, node)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(node.pid, signal.SIGKILL)
+        node.wait()

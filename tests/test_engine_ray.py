@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from ray_head import ray_head
+from ray_head import ray_head, ray_node
 from same_bytes import assert_same_run
 from tie_data import settings
 from typer.testing import CliRunner
@@ -232,23 +232,36 @@ def test_image_run_on_ray_gives_the_local_bytes(engine: RayEngine, tmp_path: Pat
     assert_same_result(tmp_path / "ray", tmp_path / "local")  # ledger, shards, subset
 
 
-def test_a_cluster_started_apart(data: Path, local: Path, tmp_path: Path) -> None:
-    """`ray start --head`, then a run (its own process) joining it by engine.address, and
-    `ray job submit` of jobs/ray_job.py to its job server. The head runs with --block in its
-    own process group, so stopping it touches no other Ray."""
+def test_a_cluster_started_apart_and_a_node_lost(data: Path, local: Path, tmp_path: Path
+                                                 ) -> None:
+    """`ray start --head` and a second node (`ray start --address`), then a run (its own
+    process) joining them by engine.address: the second node is lost as a whole (its raylet,
+    object store and workers SIGKILLed) once one of its workers has finished two of
+    semdedup's buckets, the others in flight; the run finishes on the head with the local
+    bytes. Then `ray job submit` of jobs/ray_job.py to the head's job server. Both were
+    started in process groups of their own: stopping them touches no other Ray."""
     ray_bin = Path(sys.executable).with_name("ray")
-    with ray_head(dashboard=True) as head:
+    repo = Path(__file__).resolve().parents[1]
+    sentinel = tmp_path / "node-killed"
+    fault = {"PYTHONPATH": str(repo / "tests" / "engine_fault"),
+             "CONCEPTPRUNE_TEST_KILL_NODE": f"{sentinel}:semdedup/bucket:2"}
+    with ray_head(dashboard=True) as head, ray_node(head, env=fault) as node:
+        Path(f"{sentinel}.pgid").write_text(str(node.pgid))
         port, dashboard, env = head.port, head.dashboard, head.env
         cfg = tmp_path / "c.yaml"
         cfg.write_text(yaml.safe_dump(settings(data, tmp_path / "joined")))
         proc = subprocess.run(
             [sys.executable, "jobs/ray_job.py", str(cfg),  # the entry point of a Ray job
-             "--no-progress", "--set", f"engine.address=127.0.0.1:{port}"],
-            env=env, capture_output=True, text=True, timeout=300,
-            cwd=Path(__file__).resolve().parents[1])
+             "--no-progress", "--set", f"engine.address=127.0.0.1:{port}",
+             "--set", "engine.bucket_rows=700"],
+            env=env, capture_output=True, text=True, timeout=300, cwd=repo)
         assert proc.returncode == 0, proc.stderr[-3000:]
+        assert sentinel.exists(), "the second node was never lost"
+        assert node.process.wait(timeout=60) != 0  # it is gone
+        markers = sorted((tmp_path / "joined" / "_work" / "markers" / "semdedup").glob(
+            "bucket-*.json"))
+        assert len(markers) > 2  # buckets were left when the node was lost
         cfg.write_text(yaml.safe_dump(settings(data, tmp_path / "submitted")))
-        repo = Path(__file__).resolve().parents[1]
         for _ in range(30):  # the job agent comes up some seconds after the dashboard
             job = subprocess.run(
                 [str(ray_bin), "job", "submit", "--address", f"http://127.0.0.1:{dashboard}",

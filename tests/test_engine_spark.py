@@ -22,6 +22,7 @@ import yaml
 pytest.importorskip("pyspark")
 
 from same_bytes import assert_same_file  # noqa: E402
+from spark_cluster import spark_standalone  # noqa: E402
 from test_engine_ray import assert_same_outputs, engine_of  # noqa: E402
 from tie_data import settings  # noqa: E402
 
@@ -210,6 +211,33 @@ def test_a_killed_driver_keeps_every_unit_its_workers_finished(data: Path, local
     assert {name: (markers / name).stat().st_mtime_ns for name in kept} == kept, \
         "a unit finished before the driver died was done again"
     assert len(list(markers.glob("bucket-*.json"))) > len(kept)
+    assert_same_outputs(tmp_path / "spark", local)
+
+
+def test_a_standalone_cluster_loses_a_worker_node_and_the_result_holds(
+        data: Path, local: Path, tmp_path: Path) -> None:
+    """A Spark standalone cluster (a master and two workers, started by pyspark's own
+    launcher): once one worker's executor has finished two of semdedup's buckets, that
+    whole worker node is lost (worker JVM, executor JVM and Python workers SIGKILLed) while
+    other buckets are in flight. Spark reruns its tasks on the other node; the run ends
+    with the local bytes."""
+    sentinel = tmp_path / "node-killed"
+    fault = {"CONCEPTPRUNE_TEST_KILL_NODE": f"{sentinel}:semdedup/bucket:2"}
+    with spark_standalone([fault, {}]) as cluster:
+        Path(f"{sentinel}.pgid").write_text(str(cluster.workers[0].pid))
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(yaml.safe_dump({**settings(data, tmp_path / "spark"), "engine": {
+            "master": cluster.master, "bucket_rows": 700}}))
+        env = {**os.environ, **SPARK_ENV, "PYTHONPATH": str(REPO / "tests" / "engine_fault")}
+        proc = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "run", str(cfg), "--engine", "spark",
+             "--no-progress"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert sentinel.exists(), "the worker node was never lost"
+        assert cluster.workers[0].wait(timeout=60) != 0
+    markers = list((tmp_path / "spark" / "_work" / "markers" / "semdedup").glob("bucket-*"))
+    assert len(markers) > 2  # buckets were left when the node was lost
+    assert engine_of(tmp_path / "spark") == "spark"
     assert_same_outputs(tmp_path / "spark", local)
 
 

@@ -7,7 +7,10 @@ folder on PYTHONPATH:
 - when CONCEPTPRUNE_TEST_KILL_DRIVER is ``FILE:PREFIX:N``, the worker that records the N-th
   finished unit whose marker name starts with PREFIX creates FILE and SIGKILLs the driver
   (the pid in the run's lock, OUTPUT/.conceptprune.lock, the work folder being OUTPUT/_work),
-  as a lost driver node would, while the other tasks of that map are still running."""
+  as a lost driver node would, while the other tasks of that map are still running;
+- when CONCEPTPRUNE_TEST_KILL_NODE is ``FILE:PREFIX:N`` (set on one Ray node only), the
+  worker of that node recording the N-th such unit SIGKILLs the whole node, as a lost
+  machine would (see below)."""
 
 import os
 import signal
@@ -67,3 +70,36 @@ if _DRIVER:
             os.kill(json.loads(lock.read_text())["pid"], signal.SIGKILL)
 
     _units.finish = _finish_then_kill_driver
+
+
+_NODE = os.environ.get("CONCEPTPRUNE_TEST_KILL_NODE")
+
+if _NODE:
+    from pathlib import Path
+
+    import pipeline.units as _node_units
+
+    # FILE:PREFIX:N: the Ray worker (of the node started with this variable) that records
+    # the N-th finished unit whose marker starts with PREFIX creates FILE and SIGKILLs its
+    # whole node: the process group whose id FILE.pgid holds (`ray start --block` started
+    # in a session of its own, its raylet, object store and workers), itself included
+    _node_sentinel, _node_prefix, _node_count = _NODE.rsplit(":", 2)
+    _finish_before_node = _node_units.finish
+
+    def _finish_then_kill_node(unit, stats):  # noqa: ANN001, ANN202
+        _finish_before_node(unit, stats)
+        markers = Path(unit.work) / "markers"
+        done = len(list(markers.glob(f"{_node_prefix}*.json")))
+        if _in_ray_worker() and unit.name.startswith(_node_prefix) \
+                and done >= int(_node_count):
+            try:
+                fd = os.open(_node_sentinel, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            pgid = int(Path(f"{_node_sentinel}.pgid").read_text())
+            os.killpg(pgid, signal.SIGKILL)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    _node_units.finish = _finish_then_kill_node
