@@ -303,7 +303,16 @@ class RunConfig(_Section):
         "seconds ago is taken over, on any host: a run killed outright (SIGKILL, a lost node) "
         "stops holding its folders after this long; on the machine that ran it, at once",
     )
-    progress: bool = Field(True, description="show progress bars on long stages")
+    progress: bool = Field(
+        True, description="show the progress of long steps: on a terminal a bar each (done "
+        "of the total, rate, ETA; its final state stays on screen), and a progress line every "
+        "progress_interval_s in the log (on the console off a terminal, and in "
+        "OUTPUT/logs/run.log); false: only each step's summary line",
+    )
+    progress_interval_s: float = Field(
+        30.0, ge=0, description="seconds between two progress lines of a long step in the log "
+        "(units and samples done of the total, rate, ETA); 0: a line whenever it advances",
+    )
     vector_cache_gb: float = Field(
         4.0, ge=0,
         description="keep the unit vectors read in memory up to this size, instead of reading "

@@ -19,6 +19,9 @@ from pipeline.interrupts import Interrupted
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 RUN_STARTED = "run started"  # the first line of every run in logs/run.log
 STATUS_CONFIG = "config.json"  # OUTPUT/logs/: the settings of the latest run, for `status`
+# a record's attribute: a progress line that a bar on the terminal shows already, so the
+# console leaves it out (the run's log file keeps it)
+SHOWN_ON_BAR = "shown_on_bar"
 
 
 def _not_library_chatter(record: logging.LogRecord) -> bool:
@@ -26,9 +29,14 @@ def _not_library_chatter(record: logging.LogRecord) -> bool:
     return record.name != "root" or record.levelno >= logging.WARNING
 
 
+def _not_on_a_bar(record: logging.LogRecord) -> bool:
+    return not getattr(record, SHOWN_ON_BAR, False)
+
+
 def setup_logging(verbose: bool) -> None:
     """Log to stderr; a run adds its own log file once it owns its output folder."""
     console = logging.StreamHandler(sys.stderr)
+    console.addFilter(_not_on_a_bar)
     if not verbose:
         console.addFilter(_not_library_chatter)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT,

@@ -30,6 +30,7 @@ from pipeline.io.embeddings import (
     local_path,
 )
 from pipeline.output_guard import user_file_in_output, written_by_runs
+from pipeline.progress import NO_PROGRESS, Samples, step_progress
 from pipeline.stages.embed_files import hold_moved, place_moved, remove_embed_files
 from pipeline.stages.ingest import IngestedPart, ingest_part
 from pipeline.units import Unit, run_unit
@@ -212,22 +213,27 @@ class InputSide:
         device is one), every shard marked done by its worker after its files."""
         from functools import partial
 
-        from pipeline.stages.embed import EmbedTask, embed_task, load_models
+        from pipeline.stages.embed import EmbedTask, embed_task, images_in, load_models
 
         cfg = self.cfg.embed
         local = self.engine.name == "local"
         # this process: one task keeps one decoding pipeline across all shards; a cluster:
         # a task per shard, spread over the workers
         groups = [todo] if local else [[shard] for shard in todo]
-        tasks = [EmbedTask(tuple(g), tuple(fps[i] for i, _, _ in g), str(out_dir),
-                           str(self.work.root), cfg.batch_size, cfg.workers,
-                           self.cfg.progress and local, cfg.decoding()) for g in groups]
         gpu = Resources(gpus=1.0) if embeds_on_gpu(cfg.device) else Resources()
-        log.info("embedding %d shards", len(todo))
-        for _ in self.engine.map(embed_task, tasks, desc="embed", total=len(tasks),
-                                 unit="shard" if not local else "run", resources=gpu,
-                                 setup=partial(load_models, cfg, self.cfg.seed)):
-            pass
+        images = Samples(images_in([url for _, url, _ in todo]), "images", "img")
+        log.info("embedding %d shards%s", len(todo),
+                 "" if images.total is None else f" ({images.total:,} images)")
+        # a task in this process counts its shards and images on the meter as it goes, one
+        # elsewhere returns its counts: the map itself counts no tasks
+        with step_progress(self.cfg, "embed", len(todo), "shard", images) as meter:
+            tasks = [EmbedTask(tuple(g), tuple(fps[i] for i, _, _ in g), str(out_dir),
+                               str(self.work.root), cfg.batch_size, cfg.workers, meter,
+                               cfg.decoding()) for g in groups]
+            for counts in self.engine.map(embed_task, tasks, desc="embed", total=len(tasks),
+                                          unit="shard", resources=gpu, progress=NO_PROGRESS,
+                                          setup=partial(load_models, cfg, self.cfg.seed)):
+                meter.add(counts)
 
     # -- read ----------------------------------------------------------------------------
     def ingest(self, parts: list[EmbeddingPart], fps: list[str]
@@ -249,15 +255,19 @@ class InputSide:
         # each part's marker is written by its worker (pipeline.units)
         units = [Unit(str(self.work.root), f"ingest-{part.index:05d}", fp,
                       IngestTask(part, str(out_dir), keep)) for part, fp in todo]
-        results = self.engine.map(partial(run_unit, run_ingest_task, ingest_stats), units,
-                                  desc="read", total=len(units), unit="part", concurrent=True)
-        for (part, _), (ingested_part, vectors) in zip(todo, results, strict=True):
-            if vectors is not None and vectors.nbytes <= budget:
-                cached[part.index] = vectors
-                budget -= vectors.nbytes
-            else:
-                budget = 0
-            done[part.index] = ingested_part
+        with step_progress(self.cfg, "read", len(units), "part",
+                           Samples(None, "samples", "samples")) as meter:
+            results = self.engine.map(partial(run_unit, run_ingest_task, ingest_stats), units,
+                                      desc="read", total=len(units), unit="part",
+                                      concurrent=True, progress=meter)
+            for (part, _), (ingested_part, vectors) in zip(todo, results, strict=True):
+                meter.advance(samples=ingested_part.rows)
+                if vectors is not None and vectors.nbytes <= budget:
+                    cached[part.index] = vectors
+                    budget -= vectors.nbytes
+                else:
+                    budget = 0
+                done[part.index] = ingested_part
         ingested = [done[part.index] for part in parts]
         dims = {p.dim for p in ingested}
         if len(dims) > 1:

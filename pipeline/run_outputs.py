@@ -13,6 +13,7 @@ from typing import Any
 from pipeline.config import RunConfig
 from pipeline.engines.base import Engine
 from pipeline.output_guard import own
+from pipeline.progress import Samples, step_progress
 from pipeline.run_inputs import Inputs
 from pipeline.stages import ledger_summary, subset
 from pipeline.stages.context import RunContext
@@ -52,11 +53,13 @@ class OutputSide:
             tasks = [LedgerTask(str(self.work.root), p.index, names, reasons, last,
                                 str(staging / f"part-{p.index:05d}.parquet"), str(subset_dir))
                      for p in ctx.parts]
-            for got in self.engine.map(write_ledger_part, tasks, desc="ledger",
-                                       total=len(tasks), unit="part", concurrent=True):
-                read_per_shard.update(got["read"])
-                kept.append(got["kept"])
-                summaries.append(got["summary"])
+            with step_progress(self.cfg, "ledger", len(tasks), "part") as meter:
+                for got in self.engine.map(write_ledger_part, tasks, desc="ledger",
+                                           total=len(tasks), unit="part", concurrent=True,
+                                           progress=meter):
+                    read_per_shard.update(got["read"])
+                    kept.append(got["kept"])
+                    summaries.append(got["summary"])
             shards = check_invariant(staging, read_per_shard)
             own(self.output, "ledger", staging)
         self.ledger_summary = ledger_summary.merge(summaries)
@@ -91,8 +94,14 @@ class OutputSide:
                 tuple(str(metadata / f"metadata_{i}.parquet") for i in range(a, b)),
                 str(staging / f".range-{r:05d}"), cfg.max_count, cfg.max_bytes)
                 for r, (a, b) in enumerate(ranges)]
-            results = list(self.engine.map(ws.write_range, tasks, desc="write shards",
-                                           total=len(tasks), unit="run", concurrent=True))
+            results = []
+            with step_progress(self.cfg, "write shards", len(tasks), "range",
+                               Samples(sum(kept), "samples", "samples")) as meter:
+                for got in self.engine.map(ws.write_range, tasks, desc="write shards",
+                                           total=len(tasks), unit="range", concurrent=True,
+                                           progress=meter):
+                    meter.advance(samples=sum(count for _, count, _ in got["shards"]))
+                    results.append(got)
             written = ws.number_shards(staging, results, cfg.shard_name)
             ws.write_indexes(staging, written)
             own(self.output, "shards", staging)

@@ -1,5 +1,5 @@
-"""What every engine offers the steps: an ordered map over small task descriptors, a global
-step on one worker, and progress bars.
+"""What every engine offers the steps: an ordered map over small task descriptors that
+advances its caller's progress meter as tasks finish, and a global step on one worker.
 
 Tasks and results are small (paths, row ranges, counts); data moves through the work folder.
 A ``setup`` runs once per worker (load a model, open a store) and its result is handed to
@@ -8,13 +8,14 @@ every task that worker runs, so costly state is never rebuilt per task.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from tqdm.auto import tqdm
-
 from pipeline.errors import ConceptpruneError
+from pipeline.progress import NO_PROGRESS, Meter, Progress
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -41,16 +42,15 @@ class Engine(Protocol):
 
     def map(self, fn: Callable[..., R], tasks: Iterable[Any], *, desc: str,
             total: int | None = None, unit: str = "task", resources: Resources = DEFAULT,
-            setup: Callable[[], Any] | None = None, concurrent: bool = False) -> Iterator[R]:
+            setup: Callable[[], Any] | None = None, concurrent: bool = False,
+            progress: Meter | None = None) -> Iterator[R]:
         """``fn(task)`` (or ``fn(state, task)`` with ``setup``) for every task, results in
-        task order. ``concurrent`` says ``fn`` may run several at once in one process."""
+        task order. ``concurrent`` says ``fn`` may run several at once in one process.
+        ``progress`` is advanced by one unit per finished task (``map_progress``)."""
         ...
 
     def run_one(self, fn: Callable[[T], R], task: T, *, resources: Resources = DEFAULT) -> R:
         """A global step (a k-means fit, say) on one worker."""
-        ...
-
-    def bar(self, desc: str, total: int, unit: str = "it") -> tqdm:
         ...
 
     def cancel(self) -> None:
@@ -63,11 +63,18 @@ class Engine(Protocol):
         ...
 
 
-def progress_bar(desc: str, total: int | None, unit: str, enabled: bool,
-                 scale: bool = False) -> tqdm:
-    """tqdm that hides itself off a terminal, and entirely when progress is off."""
-    return tqdm(desc=desc, total=total, unit=unit, disable=True if not enabled else None,
-                leave=False, unit_scale=scale, dynamic_ncols=True)
+@contextmanager
+def map_progress(progress: Meter | None, shown: bool, desc: str, total: int | None,
+                 unit: str) -> Iterator[Meter]:
+    """The meter a map advances: its caller's, or, given none, a bar of its own on a
+    terminal when the engine shows progress (``NO_PROGRESS`` silences a map)."""
+    if progress is not None:
+        yield progress
+    elif shown and sys.stderr.isatty():
+        with Progress(desc, total, unit, bar=True, summary=False) as meter:
+            yield meter
+    else:
+        yield NO_PROGRESS
 
 
 def pin_kernel_threads(threads: int) -> Callable[[], None]:

@@ -1,4 +1,4 @@
-"""The local engine: runs a stage's map on this machine, with a progress bar."""
+"""The local engine: runs a stage's map on this machine, advancing its progress meter."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from tqdm.auto import tqdm
-
-from pipeline.engines.base import DEFAULT, Resources, pin_kernel_threads, progress_bar
+from pipeline.engines.base import DEFAULT, Resources, map_progress, pin_kernel_threads
+from pipeline.progress import Meter
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -24,7 +23,8 @@ class LocalEngine:
 
     def __init__(self, progress: bool = True, threads: int | None = None) -> None:
         """``threads``: threads of the concurrent maps and of the numeric kernels (pinned
-        when given; else the kernels keep their default, this machine's cores)."""
+        when given; else the kernels keep their default, this machine's cores).
+        ``progress``: a bar for maps whose caller gives no meter (``map_progress``)."""
         self.progress = progress
         self.threads = max(1, threads if threads is not None else (os.cpu_count() or 1))
         self._pools: set[ThreadPoolExecutor] = set()  # of maps not finished yet
@@ -32,8 +32,8 @@ class LocalEngine:
 
     def map(self, fn: Callable[..., R], items: Iterable[Any], *, desc: str,
             total: int | None = None, unit: str = "it", resources: Resources = DEFAULT,
-            setup: Callable[[], Any] | None = None, concurrent: bool = False
-            ) -> Iterator[R]:
+            setup: Callable[[], Any] | None = None, concurrent: bool = False,
+            progress: Meter | None = None) -> Iterator[R]:
         """Apply ``fn`` to every item, yielding results in item order.
 
         With ``setup`` its result is built once and passed first to every call. With
@@ -45,26 +45,24 @@ class LocalEngine:
             call: Callable[[Any], R] = lambda item: fn(state, item)  # noqa: E731
         else:
             call = fn
-        with progress_bar(desc, total, unit, self.progress) as bar:
+        with map_progress(progress, self.progress, desc, total, unit) as meter:
             if not concurrent or self.threads == 1:
                 for item in items:
-                    yield call(item)
-                    bar.update(1)
+                    result = call(item)
+                    meter.advance(1)
+                    yield result
                 return
             with ThreadPoolExecutor(self.threads, thread_name_prefix=desc) as pool:
                 self._pools.add(pool)
                 try:
                     for result in pool.map(call, items):
+                        meter.advance(1)
                         yield result
-                        bar.update(1)
                 finally:
                     self._pools.discard(pool)
 
     def run_one(self, fn: Callable[[T], R], task: T, *, resources: Resources = DEFAULT) -> R:
         return fn(task)
-
-    def bar(self, desc: str, total: int, unit: str = "it") -> tqdm:
-        return progress_bar(desc, total, unit, self.progress, scale=True)
 
     def cancel(self) -> None:
         """Tasks of a map its caller stopped reading finish before this returns (a thread

@@ -16,11 +16,10 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tqdm.auto import tqdm
-
-from pipeline.engines.base import DEFAULT, EngineError, Resources, progress_bar
+from pipeline.engines.base import DEFAULT, EngineError, Resources, map_progress
 from pipeline.engines.task_errors import plain, result_of, run_task
 from pipeline.interrupts import STOPS
+from pipeline.progress import NO_PROGRESS, Meter
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -137,8 +136,8 @@ class RayEngine:
 
     def map(self, fn: Callable[..., R], tasks: Iterable[Any], *, desc: str,
             total: int | None = None, unit: str = "task", resources: Resources = DEFAULT,
-            setup: Callable[[], Any] | None = None, concurrent: bool = False
-            ) -> Iterator[R]:
+            setup: Callable[[], Any] | None = None, concurrent: bool = False,
+            progress: Meter | None = None) -> Iterator[R]:
         ray = self._ray
         actors = self._pool(resources)
         pool = self._actor_pool(actors)
@@ -151,27 +150,27 @@ class RayEngine:
 
         window = 2 * len(actors)  # tasks in flight: enough to keep every actor busy
         in_flight = 0
-        with progress_bar(desc, total, unit, self.progress) as bar:
+        with map_progress(progress, self.progress, desc, total, unit) as meter:
             try:
                 for task in tasks:
                     pool.submit(call, task)
                     in_flight += 1
                     if in_flight >= window:
-                        yield self._next(pool, desc)
+                        yield self._next(pool, desc, meter)
                         in_flight -= 1
-                        bar.update(1)
                 while pool.has_next():
-                    yield self._next(pool, desc)
-                    bar.update(1)
+                    yield self._next(pool, desc, meter)
             except STOPS:  # a stop (SIGTERM, Ctrl-C): the tasks in flight are dropped
                 self.cancel()
                 raise
 
-    def _next(self, pool: Any, desc: str) -> Any:
+    def _next(self, pool: Any, desc: str, meter: Meter) -> Any:
         """The next result; a task whose workers kept dying is a clear error, not a trace."""
         lost = (self._ray.exceptions.RayActorError, self._ray.exceptions.WorkerCrashedError)
         try:
-            return result_of(pool.get_next())
+            result = result_of(pool.get_next())
+            meter.advance(1)
+            return result
         except self._ray.exceptions.RayTaskError as err:  # a bug: its traceback, uncoloured
             raise RuntimeError(f"{desc}: a task failed on a Ray worker\n"
                                f"{plain(str(err))}") from None
@@ -184,10 +183,8 @@ class RayEngine:
             ) from err
 
     def run_one(self, fn: Callable[[T], R], task: T, *, resources: Resources = DEFAULT) -> R:
-        return next(iter(self.map(fn, [task], desc="run_one", resources=resources)))
-
-    def bar(self, desc: str, total: int, unit: str = "it") -> tqdm:
-        return progress_bar(desc, total, unit, self.progress, scale=True)
+        return next(iter(self.map(fn, [task], desc="run_one", resources=resources,
+                                  progress=NO_PROGRESS)))
 
     def _kill_pools(self, wait_s: float = 0.0) -> None:
         """Kill every actor; with ``wait_s``, wait up to that long until they are gone (a

@@ -20,16 +20,16 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tqdm.auto import tqdm
-
-from pipeline.engines.base import DEFAULT, EngineError, Resources, progress_bar
+from pipeline.engines.base import DEFAULT, EngineError, Resources, map_progress
 from pipeline.engines.task_errors import result_of, run_task
 from pipeline.interrupts import STOPS
+from pipeline.progress import NO_PROGRESS, Meter
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 _WORKER: dict[str, Any] = {}  # per Python worker process: the latest map's setup state
+POLL_S = 1.0  # how often a map asks Spark how many of its tasks finished
 
 
 def _run_partition(token: str, setup: Callable[[], Any] | None, fn: Callable[..., Any],
@@ -145,8 +145,8 @@ class SparkEngine:
 
     def map(self, fn: Callable[..., R], tasks: Iterable[Any], *, desc: str,
             total: int | None = None, unit: str = "task", resources: Resources = DEFAULT,
-            setup: Callable[[], Any] | None = None, concurrent: bool = False
-            ) -> Iterator[R]:
+            setup: Callable[[], Any] | None = None, concurrent: bool = False,
+            progress: Meter | None = None) -> Iterator[R]:
         items = list(enumerate(tasks))
         if not items:
             return
@@ -157,22 +157,34 @@ class SparkEngine:
         threads = self.threads
         job = rdd.mapPartitions(
             lambda part: _run_partition(token, setup, fn, threads, part))
-        with progress_bar(desc, total, unit, self.progress) as bar:
+        with map_progress(progress, self.progress, desc, total, unit) as meter:
             try:
-                results = dict(self._collect(job, token, desc))
+                results = dict(self._collect(job, token, desc, meter, len(items)))
             except Exception as err:  # a Py4J error holding the worker's traceback
                 raise EngineError(
                     f"{desc}: a Spark task failed, retries included (engine.max_retries, "
                     f"spark.task.maxFailures): {_python_error(err)}"
                 ) from err
-            bar.update(len(items))
         for index in range(len(items)):
             yield result_of(results[index])
 
-    def _collect(self, job: Any, token: str, desc: str) -> list[Any]:  # noqa: ANN401
+    def _finished_tasks(self, group: str) -> int:
+        """How many tasks of the job group's stages have finished, as Spark reports them."""
+        tracker = self.context.statusTracker()
+        done = 0
+        for job in tracker.getJobIdsForGroup(group):
+            info = tracker.getJobInfo(job)
+            for stage in info.stageIds if info is not None else ():
+                got = tracker.getStageInfo(stage)
+                done += got.numCompletedTasks if got is not None else 0
+        return done
+
+    def _collect(self, job: Any, token: str, desc: str, meter: Meter,  # noqa: ANN401
+                 tasks: int) -> list[Any]:
         """``job.collect()`` in a thread of its own, in a job group: a stop (SIGTERM,
         Ctrl-C) reaches this, the main, thread at once, which cancels the job's tasks on the
-        executors instead of leaving them running (and a Py4J call cut in the middle)."""
+        executors instead of leaving them running (and a Py4J call cut in the middle).
+        While it waits, ``meter`` follows the tasks Spark reports finished."""
         done: Future[list[Any]] = Future()
 
         def collect() -> None:
@@ -185,8 +197,19 @@ class SparkEngine:
         thread = threading.Thread(target=collect, name=f"spark {desc}", daemon=True)
         self._running[token] = thread
         thread.start()
+        counted = 0
         try:
-            return done.result()
+            while True:
+                try:
+                    results = done.result(timeout=POLL_S)
+                    break
+                except TimeoutError:
+                    finished = min(self._finished_tasks(token), tasks)
+                    if finished > counted:
+                        meter.advance(finished - counted)
+                        counted = finished
+            meter.advance(tasks - counted)
+            return results
         except STOPS:
             self.cancel()
             raise
@@ -201,10 +224,8 @@ class SparkEngine:
         self._running.clear()
 
     def run_one(self, fn: Callable[[T], R], task: T, *, resources: Resources = DEFAULT) -> R:
-        return next(iter(self.map(fn, [task], desc="run_one", resources=resources)))
-
-    def bar(self, desc: str, total: int, unit: str = "it") -> tqdm:
-        return progress_bar(desc, total, unit, self.progress, scale=True)
+        return next(iter(self.map(fn, [task], desc="run_one", resources=resources,
+                                  progress=NO_PROGRESS)))
 
     def close(self) -> None:
         self.cancel()

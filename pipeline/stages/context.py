@@ -8,7 +8,6 @@ the workers that need it; the vectors stay on disk behind the ``VectorStore``.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -21,6 +20,7 @@ import pyarrow.parquet as pq
 from pipeline.config import RunConfig
 from pipeline.engines.base import DEFAULT, Engine, Resources
 from pipeline.io.vector_store import VectorStore
+from pipeline.progress import step_progress
 from pipeline.stages.ingest import IngestedPart
 from pipeline.units import Unit, as_result, run_unit, run_unit_with
 from pipeline.workdir import WorkDir, fingerprint
@@ -117,15 +117,13 @@ class RunContext:
             log.info("%s: %d of %d %s units already done, reusing them", step,
                      len(tasks) - len(todo), len(tasks), kind)
         results: list[Any] = [None] * len(tasks)
-        started = time.perf_counter()
         worker = partial(run_unit if setup is None else run_unit_with, fn, as_result)
         units = [Unit(self.root, names[i], fp, tasks[i]) for i in todo]
-        for _ in self.engine.map(worker, units, desc=desc, total=len(todo), unit=unit,
-                                 resources=resources, setup=setup, concurrent=concurrent):
-            pass
-        if todo:
-            log.info("%s: %d %s units in %.1f s", desc, len(todo), kind,
-                     time.perf_counter() - started)
+        with step_progress(self.cfg, desc, len(todo), unit) as meter:  # and its summary line
+            for _ in self.engine.map(worker, units, desc=desc, total=len(todo), unit=unit,
+                                     resources=resources, setup=setup, concurrent=concurrent,
+                                     progress=meter):
+                pass
         for i, name in enumerate(names):
             results[i] = self.work.stats(name)["result"]
         return results

@@ -18,7 +18,8 @@ to the report.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from pipeline.io.shards import (
     span_columns,
     tar_identity,
 )
+from pipeline.progress import NO_PROGRESS, Meter, Tally, TaskCounts
 from pipeline.workdir import write_npy, write_parquet
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ class ShardEnd:
     expected: int | None = None
     identity: tuple[int, int] | None = None  # of the tar as read: its spans hold for it
     derived: int = 0  # samples whose uid was derived (no uid in their json)
+    in_tar: int = 0  # of the records, the samples read from the tar
 
 
 class ShardBatches(IterableDataset):
@@ -113,13 +116,14 @@ class ShardBatches(IterableDataset):
                 positions, prepared = [], []
         if prepared:
             yield ShardBatch(index, positions, collate(prepared))
+        in_tar = len(records)
         failures = download_failures(url, name, {r["key"] for r in records})
         derived += sum(r["uid_derived"] for r in failures)
         records += failures
         stats = read_stats(url) if stream.error is not None else None
         yield ShardEnd(index, records, None if stream.error is None else str(stream.error),
                        None if stats is None else stats.get("successes", stats.get("count")),
-                       identity, derived)
+                       identity, derived, in_tar)
 
 
 @dataclass
@@ -187,10 +191,11 @@ def write_shard_outputs(out_dir: Path, end: ShardEnd, pending: _Pending, clip_di
 
 def embed_shards(shards: list[tuple[int, str, str]], encoder: BatchEncoder, out_dir: Path,
                  batch_size: int, workers: int, on_done: Callable[[EmbeddedShard], None],
-                 progress: Callable[[int], None] | None = None,
-                 decoding: DecodeRules = DEFAULT_RULES) -> None:
+                 progress: Meter = NO_PROGRESS, decoding: DecodeRules = DEFAULT_RULES) -> None:
     """Embed ``shards`` ((index, url, name) triples; the name as ``shard_names`` gives it)
-    into ``out_dir``; ``on_done`` after each one."""
+    into ``out_dir``; ``on_done`` after each one. ``progress`` counts the samples read from
+    the tars as their batches are embedded (and those that failed when their shard ends),
+    and a unit per shard done."""
     if not shards:
         return
     dataset = ShardBatches(shards, encoder.preprocessor, batch_size, decoding)
@@ -202,6 +207,7 @@ def embed_shards(shards: list[tuple[int, str, str]], encoder: BatchEncoder, out_
     )
     urls = {index: url for index, url, _ in shards}
     pending: dict[int, _Pending] = {}
+    counted: dict[int, int] = {}  # samples of each shard counted so far
     clip_dim = encoder.clip.embed_dim
     cluster_dim = None if encoder.cluster is None else encoder.cluster.feature_dim
     with reuse_freed_memory():
@@ -211,8 +217,8 @@ def embed_shards(shards: list[tuple[int, str, str]], encoder: BatchEncoder, out_
                 slot = pending.setdefault(item.index, _Pending())
                 slot.positions.append(np.asarray(item.positions))
                 slot.outputs.append(out)
-                if progress is not None:
-                    progress(len(item.positions))
+                counted[item.index] = counted.get(item.index, 0) + len(item.positions)
+                progress.advance(samples=len(item.positions))
                 continue
             slot = pending.pop(item.index, _Pending())
             failed = write_shard_outputs(out_dir, item, slot, clip_dim, cluster_dim)
@@ -220,6 +226,7 @@ def embed_shards(shards: list[tuple[int, str, str]], encoder: BatchEncoder, out_
                 log.warning("shard %s is damaged: %s", urls[item.index], item.damage)
             on_done(EmbeddedShard(item.index, urls[item.index], len(item.records), failed,
                                   item.damage, item.expected, item.derived))
+            progress.advance(units=1, samples=item.in_tar - counted.pop(item.index, 0))
 
 
 @dataclass(frozen=True)
@@ -232,7 +239,7 @@ class EmbedTask:
     work: str
     batch_size: int
     workers: int
-    progress: bool
+    progress: Meter = NO_PROGRESS  # the driver's meter on the local engine
     decoding: DecodeRules = DEFAULT_RULES
 
 
@@ -263,22 +270,45 @@ def load_models(cfg: Any, seed: int) -> EmbedModels:  # noqa: ANN401 - EmbedConf
     return EmbedModels(BatchEncoder(clip, cluster, full_batch=cfg.batch_size), models)
 
 
-def embed_task(models: EmbedModels, task: EmbedTask) -> int:
-    """Embed a task's shards, marking each one done; returns the samples read."""
-    from pipeline.engines.base import progress_bar
+def embed_task(models: EmbedModels, task: EmbedTask) -> TaskCounts:
+    """Embed a task's shards, marking each one done; returns the shards and the samples
+    read from their tars, and whether the driver's meter counted them already."""
     from pipeline.workdir import WorkDir
 
     work = WorkDir(Path(task.work))
     fps = dict(zip((i for i, _, _ in task.shards), task.fingerprints, strict=True))
-    read = 0
+    tally = Tally(task.progress)
 
     def done(shard: EmbeddedShard) -> None:
-        nonlocal read
-        read += shard.samples
         work.mark(f"embed-{shard.index:05d}", fps[shard.index],
                   {**shard.to_json(), "models": models.describe})
 
-    with progress_bar("embed", None, "img", task.progress) as bar:
-        embed_shards(list(task.shards), models.encoder, Path(task.out_dir), task.batch_size,
-                     task.workers, done, progress=bar.update, decoding=task.decoding)
-    return read
+    embed_shards(list(task.shards), models.encoder, Path(task.out_dir), task.batch_size,
+                 task.workers, done, progress=tally, decoding=task.decoding)
+    return tally.counts()
+
+
+def images_in(urls: Sequence[str], budget_s: float = 5.0) -> int | None:
+    """The samples img2dataset wrote into these shards (``successes`` of their
+    ``_stats.json``), or None when a shard has none or reading them all takes longer than
+    ``budget_s`` (many shards in object storage): what the progress of embed counts up to."""
+    if not urls:
+        return 0
+
+    def successes(url: str) -> int | None:
+        try:
+            stats = read_stats(url)
+        except (OSError, ValueError):
+            return None
+        got = stats.get("successes") if isinstance(stats, dict) else None
+        return got if isinstance(got, int) else None
+
+    pool = ThreadPoolExecutor(min(16, len(urls)), thread_name_prefix="stats")
+    try:
+        counts = list(pool.map(successes, urls, timeout=budget_s))
+    except TimeoutError:
+        return None
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    known = [c for c in counts if c is not None]
+    return sum(known) if len(known) == len(counts) else None
