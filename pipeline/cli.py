@@ -15,15 +15,31 @@ from pipeline.interrupts import Interrupted, exit_code_of
 from pipeline.logs import setup_logging
 
 app = typer.Typer(
-    help=(
-        "Prune web-scale image-text datasets by concept complexity: semantic deduplication "
-        "(SemDeDup), a CLIP-score filter and density-based pruning (DBP), with a per-sample "
-        "ledger and a report of what was removed and why."
-    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain help: flags shown as flags (not "<bool>"), paragraphs wrapped as sentences
+    rich_markup_mode=None,
 )
+
+
+def _version(show: bool) -> None:
+    if show:
+        from importlib.metadata import version
+
+        typer.echo(f"conceptprune {version('conceptprune')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    _: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True,
+        help="print the version and exit")] = False,
+) -> None:
+    """Prune web-scale image-text datasets by concept complexity: semantic deduplication
+    (SemDeDup), a CLIP-score filter and density-based pruning (DBP), with a per-sample
+    ledger and a report of what was removed and why."""
 
 log = logging.getLogger("conceptprune")
 
@@ -31,16 +47,21 @@ log = logging.getLogger("conceptprune")
 @app.command()
 def run(
     config: Annotated[str | None, typer.Argument(
-        help="YAML config file (see README), or the URL of one (a run's report/config.yaml "
-        "in object storage); may be omitted when --set gives everything")] = None,
+        metavar="CONFIG", help="YAML config file (see README), or the URL of one (a run's "
+        "report/config.yaml in object storage); may be omitted when --set gives "
+        "everything")] = None,
     set_: Annotated[list[str] | None, typer.Option(
-        "--set", help="override a setting, e.g. --set dbp.k=200 --set output=out/")] = None,
+        "--set", metavar="KEY=VALUE",
+        help="override a setting, e.g. --set dbp.k=200 --set output=out/")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="hide progress bars")] = False,
+    no_progress: Annotated[bool, typer.Option(
+        "--no-progress", help="no progress bars or periodic progress lines (each step's "
+        "summary line stays); the same as --set progress=false")] = False,
     engine: Annotated[str | None, typer.Option(
-        "--engine", help="where the steps' maps run: local (this machine, the default), "
-        "ray (a Ray cluster: engine.address, or a Ray instance started here) or spark (the "
-        "session spark-submit made, or engine.master); the same as --set engine.name=...")
+        "--engine", metavar="local|ray|spark", help="where the steps' maps run: local (this "
+        "machine, the default), ray (a Ray cluster: engine.address, or a Ray instance "
+        "started here) or spark (the session spark-submit made, or engine.master); the same "
+        "as --set engine.name=...")
     ] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="take over an output or work folder that holds files no run "
@@ -51,6 +72,14 @@ def run(
 
     Re-running the same command resumes an interrupted run from its work folder, and does
     nothing more after a finished one. One run at a time may use an output folder.
+
+    Examples:
+
+    \b
+      conceptprune run config.yaml
+      conceptprune run config.yaml --set dbp.k=200 --set dbp.keep_fraction=0.3
+      conceptprune run --set input.shards='data/{00000..00099}.tar' --set output=out/
+      conceptprune run config.yaml --engine ray --set engine.address=HEAD:6379
     """
     from pipeline.runner import run as run_pipeline
 
@@ -89,9 +118,10 @@ def run(
 
 @app.command()
 def describe(
-    config: Annotated[Path, typer.Argument(help="YAML config of the run, as for `run`")],
+    config: Annotated[Path, typer.Argument(metavar="CONFIG",
+                                           help="YAML config of the run, as for `run`")],
     set_: Annotated[list[str] | None, typer.Option(
-        "--set", help="override a setting, as for `run`")] = None,
+        "--set", metavar="KEY=VALUE", help="override a setting, as for `run`")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the plan as JSON")] = False,
 ) -> None:
     """Print what `run` would do with CONFIG, without doing any of it.
@@ -131,7 +161,7 @@ def _refuse_a_folder_in_use(out: Path) -> None:
 
 @app.command()
 def status(
-    output: Annotated[Path, typer.Argument(help="the output folder of a run")],
+    output: Annotated[Path, typer.Argument(metavar="OUTPUT", help="the output folder of a run")],
     as_json: Annotated[bool, typer.Option("--json", help="print the status as JSON")] = False,
 ) -> None:
     """Where the latest run into OUTPUT stands: running (and on which host), finished,
@@ -147,12 +177,15 @@ def status(
 
 @app.command("synth-embeddings")
 def synth_embeddings_cmd(
-    out: Annotated[Path, typer.Argument(help="folder to create (clip-retrieval layout)")],
-    samples: Annotated[int, typer.Option(min=1, help="number of samples")] = 10000,
-    dim: Annotated[int, typer.Option(min=2, help="embedding dimension")] = 512,
-    concepts: Annotated[int, typer.Option(min=1, help="number of planted concepts")] = 100,
-    files: Annotated[int, typer.Option(min=1, help="number of img_emb_{i}.npy files")] = 1,
-    seed: Annotated[int, typer.Option(min=0, help="random seed")] = 0,
+    out: Annotated[Path, typer.Argument(metavar="OUT",
+                                        help="folder to create (clip-retrieval layout)")],
+    samples: Annotated[int, typer.Option(min=1, metavar="N", help="number of samples")] = 10000,
+    dim: Annotated[int, typer.Option(min=2, metavar="N", help="embedding dimension")] = 512,
+    concepts: Annotated[int, typer.Option(
+        min=1, metavar="N", help="number of planted concepts")] = 100,
+    files: Annotated[int, typer.Option(
+        min=1, metavar="N", help="number of img_emb_{i}.npy files")] = 1,
+    seed: Annotated[int, typer.Option(min=0, metavar="N", help="random seed")] = 0,
 ) -> None:
     """Generate clustered embeddings with planted duplicates and a ground-truth file."""
     from pipeline.synth.embeddings import SynthSpec, synth_embeddings
@@ -165,11 +198,14 @@ def synth_embeddings_cmd(
 
 @app.command()
 def synth(
-    out: Annotated[Path, typer.Argument(help="folder to create: webdataset shards NNNNN.tar")],
-    samples: Annotated[int, typer.Option(min=1, help="number of samples")] = 3000,
-    seed: Annotated[int, typer.Option(min=0, help="random seed")] = 0,
-    samples_per_shard: Annotated[int, typer.Option(min=1, help="samples per shard")] = 1000,
-    concepts: Annotated[int, typer.Option(min=1, help="number of visual concepts")] = 10,
+    out: Annotated[Path, typer.Argument(
+        metavar="OUT", help="folder to create: webdataset shards NNNNN.tar")],
+    samples: Annotated[int, typer.Option(min=1, metavar="N", help="number of samples")] = 3000,
+    seed: Annotated[int, typer.Option(min=0, metavar="N", help="random seed")] = 0,
+    samples_per_shard: Annotated[int, typer.Option(
+        min=1, metavar="N", help="samples per shard")] = 1000,
+    concepts: Annotated[int, typer.Option(
+        min=1, metavar="N", help="number of visual concepts")] = 10,
 ) -> None:
     """Generate a LAION-style dataset: procedural images, captions, json with uid, planted
     exact and near duplicates, img2dataset sidecars and ground_truth.parquet."""
@@ -184,7 +220,12 @@ def synth(
 @app.command()
 def plan(
     run_dir: Annotated[Path, typer.Argument(
-        help="output folder of a finished run with dbp (holds report/report.json)")],
+        help="output folder of a finished run (holds report/report.json)")],
+    eps: Annotated[str | None, typer.Option(
+        "--eps", metavar="EPS,...", help="comma list of semdedup.eps values, e.g. "
+        "0.02,0.05,0.1: semdedup's removals at each, in total and per semdedup cluster "
+        "(alone, plans semdedup only)")
+    ] = None,
     keep_fraction: Annotated[str | None, typer.Option(
         "--keep-fraction",
         help="comma list of dbp.keep_fraction values, e.g. 0.2,0.3,0.5 "
@@ -202,14 +243,16 @@ def plan(
         help="comma list of dbp.balance values, e.g. 0,0.5 (default: the run's own)")] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", help="where to write: OUT.parquet and OUT.csv (per concept), "
-        "OUT_totals.csv (per combination), OUT.svg (the plot); default RUN_DIR/report/plan")
+        "OUT_totals.csv (per combination), OUT.svg (the plot); for --eps OUT_eps.parquet, "
+        "OUT_eps.csv (per cluster), OUT_eps_totals.csv, OUT_eps.svg; default "
+        "RUN_DIR/report/plan")
     ] = None,
     concepts: Annotated[bool | None, typer.Option(
-        "--concepts/--no-concepts", help="print every concept's budget (default: when "
-        "there are at most 30 concepts)")] = None,
+        "--concepts/--no-concepts", help="print every concept's budget, and with --eps "
+        "every semdedup cluster's removals (default: when there are at most 30)")] = None,
 ) -> None:
-    """What-if dbp budgets of a finished run: other keep fractions,
-    temperatures and balances, in seconds.
+    """What-if dbp budgets and semdedup removals of a finished run: other
+    keep fractions, temperatures, balances and eps, in seconds.
 
     The concepts (sizes, complexities) do not depend on these settings,
     so each combination's budget per concept is computed from the run's
@@ -218,11 +261,20 @@ def plan(
     No embedding and no shard is read. Prints per combination how many
     concepts keep samples, the effective number of concepts and how far
     the allocation is from random pruning; writes the plan and a plot.
+
+    With --eps: semdedup's removals at each eps, exactly those of a full
+    run with it (each member's highest similarity to an earlier member,
+    recorded by the run, does not depend on eps). semdedup's alone: with
+    another eps, clip_filter and dbp would see other samples.
     """
     from pipeline.plan import make_plan
+    from pipeline.plan_eps import make_eps_plan
 
     try:
-        make_plan(run_dir, keep_fraction, keep_count, temperature, balance, out, concepts)
+        if eps is not None:  # alone, semdedup's plan only; with dbp lists too, both
+            make_eps_plan(run_dir, eps, out, concepts)
+        if eps is None or (keep_fraction, keep_count, temperature, balance) != (None,) * 4:
+            make_plan(run_dir, keep_fraction, keep_count, temperature, balance, out, concepts)
     except (ConceptpruneError, OSError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(EXIT_ERROR) from None
@@ -231,7 +283,7 @@ def plan(
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(
-        help="output folder of a finished run (holds report/report.json)")],
+        metavar="RUN_DIR", help="output folder of a finished run (holds report/report.json)")],
 ) -> None:
     """Render report/index.html of a finished run again from its report.json.
 

@@ -3,13 +3,14 @@
 The concepts (sizes and complexities) of a run do not depend on those three settings, so the
 budgets a full run with other values would give are computed from the run's concept table
 alone, with the run's own functions (SPEC §4), in well under a second: no embedding and no
-shard is read.
+shard is read. semdedup's removals at other eps are planned by ``plan_eps.py``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,7 +69,7 @@ TOTALS = pa.schema([PLAN.field(name) for name in SETTING] + [
 # reading a run
 
 
-def _read_report(run_dir: Path) -> dict[str, Any]:
+def read_report(run_dir: Path) -> dict[str, Any]:
     """report/report.json of a finished run (written last by a run), or a PlanError."""
     if not run_dir.is_dir():
         raise PlanError(f"{run_dir} is not a folder; give the output folder of a finished "
@@ -103,7 +104,7 @@ def load_run(run_dir: str | Path) -> tuple[pa.Table, dict[str, Any]]:
     the report, so a work folder a later run rewrote is refused rather than planned.
     """
     run_dir = Path(run_dir)
-    report = _read_report(run_dir)
+    report = read_report(run_dir)
     params = report["parameters"]
     report_path = run_dir / "report" / "report.json"
     dbp = params.get("dbp") or {}
@@ -305,6 +306,13 @@ def _range(low: Any, high: Any, fmt: str) -> str:  # noqa: ANN401 - numbers or N
     return "-" if low is None else f"{low:{fmt}}–{high:{fmt}}"
 
 
+def _legend(rows: list[dict[str, Any]]) -> str:
+    """The marks' explanations, only of the marks some row carries."""
+    marks = [("*: the run's own setting", any(r["run_setting"] for r in rows)),
+             ("✗: impossible (below)", any(r["status"] != "ok" for r in rows))]
+    return "".join(f"{text}; " for text, shown in marks if shown)
+
+
 def print_plan(console: Console, plan: pa.Table, totals: pa.Table,
                concepts: bool | None = None) -> None:
     """The totals per combination, the impossible ones' reasons, and (for few concepts, or
@@ -314,7 +322,7 @@ def print_plan(console: Console, plan: pa.Table, totals: pa.Table,
     table = Table(title=f"dbp budgets: M={first['reaching']} samples reach dbp in "
                         f"{first['concepts']} concepts "
                         f"({first['effective_concepts_data']:.1f} effective)",
-                  caption="*: the run's own setting; ✗: impossible (below). ≥1: concepts "
+                  caption=_legend(rows) + "≥1: concepts "
                           "keeping a sample; full: kept whole; floor: held at the lower "
                           "bound; kept: fraction of a concept kept, min-max; eff.: "
                           "effective number of concepts, exp(entropy) of the budget "
@@ -471,11 +479,11 @@ def write_plan(plan: pa.Table, totals: pa.Table, paths: dict[str, Path]) -> list
 
 
 def parse_numbers(text: str | None, kind: type, option: str) -> list[Any]:
-    """'0.2,0.3' as [0.2, 0.3]; None (option not given) as []."""
+    """'0.2,0.3' (or '0.2 0.3') as [0.2, 0.3]; None (option not given) as []."""
     if text is None:
         return []
     try:
-        return [kind(item) for item in text.split(",") if item.strip()]
+        return [kind(item) for item in re.split(r"[,\s]+", text) if item]
     except ValueError:
         example = "100,200" if kind is int else "0.2,0.5"
         raise PlanError(f"{option} takes a comma list of numbers, e.g. {option} {example}; "
@@ -486,7 +494,8 @@ def make_plan(run_dir: str | Path, keep_fraction: str | None = None,
               keep_count: str | None = None, temperature: str | None = None,
               balance: str | None = None, out: Path | None = None,
               concepts: bool | None = None, console: Console | None = None) -> list[Path]:
-    """`conceptprune plan`: comma lists in, the tables printed and the files written."""
+    """`conceptprune plan` of dbp: comma lists in, the tables printed and the files written
+    (semdedup's eps: ``plan_eps.make_eps_plan``)."""
     start = time.perf_counter()
     console = console or Console()
     run_dir = Path(run_dir)

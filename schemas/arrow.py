@@ -26,6 +26,8 @@ SEMDEDUP = pa.schema([
     pa.field("dup_of_lo", pa.uint64()),
     pa.field("dup_similarity", pa.float32()),
     pa.field("removed", pa.bool_(), nullable=False),
+    # m_j itself (float64, as decided): the removals at any eps (`plan --eps`); not in the ledger
+    pa.field("dup_similarity_exact", pa.float64()),
 ])
 
 CLIP_FILTER = pa.schema([

@@ -86,6 +86,17 @@ def farthest_first(members: list[int], distance: list[float], uid: list[str]) ->
     return sorted(members, key=lambda i: (-distance[i], uid[i]))
 
 
+def _check_eps_curve(curve: dict[str, Any], checked: Checked, eps: float,
+                     stage: dict[str, Any]) -> None:
+    """SPEC §3: the report's removals at other eps are those the oracle's m_j give (up to
+    members within TOL of 1 - eps), and at the run's eps exactly the run's."""
+    assert curve["exact"] and curve["reaching"] == stage["in"]
+    assert curve["removed"][curve["eps"].index(eps)] == stage["removed"]
+    m = np.array(list(checked.similarity.values()), dtype=np.float64)
+    for e, got in zip(curve["eps"], curve["removed"], strict=True):
+        assert int((m > 1 - e + TOL).sum()) <= got <= int((m > 1 - e - TOL).sum()), e
+
+
 def max_earlier(vectors: np.ndarray, order: list[int]) -> list[tuple[float, list[int]]]:
     """Per position j of ``order``: (m_j, every earlier member within TOL of m_j)."""
     out: list[tuple[float, list[int]]] = [(-math.inf, [])]
@@ -334,7 +345,9 @@ def check_run(out: Path, cfg: dict[str, Any], image: np.ndarray, uids: list[str]
         counts[row["status"]] += 1
     assert report["shards"] == per_shard
     if sd["enabled"]:
-        assert report["semdedup"] == {"k": k_dedup, "eps": sd["eps"]}
+        section = report["semdedup"]
+        assert {key: section[key] for key in ("k", "eps")} == {"k": k_dedup, "eps": sd["eps"]}
+        _check_eps_curve(section["curve"], checked, sd["eps"], stages[1])
     if db["enabled"]:
         assert report["dbp"] == {"k": db["k"], "target": checked.dbp_inputs["target"],
                                  "reaching": len(checked.dbp_reaching), "keep": db["keep"]}

@@ -145,12 +145,31 @@ def test_cli_prints_and_writes_the_plan(base: Path, tmp_path: Path) -> None:
     assert sum(r["run_setting"] for r in totals) == 1
     assert "<svg" in (report / "plan.svg").read_text()
 
+    assert "*: the run's own setting" in res.output and "✗: impossible" in res.output
+
     out = tmp_path / "elsewhere" / "what-if.csv"
     res = plan_cli(base, "--temperature", "0.3", "--out", out, "--no-concepts")
     assert res.exit_code == 0, res.output
     assert "budget per concept" not in res.output
+    # no row is the run's own or impossible: the legend explains neither mark
+    assert "*: the run's own" not in res.output and "✗" not in res.output
     for name in ("what-if.parquet", "what-if.csv", "what-if_totals.csv", "what-if.svg"):
         assert (out.parent / name).is_file()
+
+
+def test_plan_files_of_an_earlier_run_go_when_the_run_is_done_again(data: Path,
+                                                                    tmp_path: Path) -> None:
+    """A rerun with another dbp.k would leave report/plan.* describing budgets that no
+    longer hold: the run removes them (and only them)."""
+    out = run_once(data, tmp_path / "out", **BASE)
+    assert plan_cli(out, "--keep-fraction", "0.2").exit_code == 0
+    assert plan_cli(out, "--eps", "0.05").exit_code == 0
+    report = out / "report"
+    planned = {p.name for p in report.glob("plan*")}
+    assert {"plan.csv", "plan.svg", "plan_totals.csv", "plan_eps.csv"} <= planned
+    (report / "plan-notes.txt").write_text("mine")
+    run_once(data, out, **{**BASE, "keep_fraction": 0.3})
+    assert {p.name for p in report.glob("plan*")} == {"plan-notes.txt"}
 
 
 def test_cli_refuses_what_is_not_a_finished_dbp_run(data: Path, tmp_path: Path) -> None:

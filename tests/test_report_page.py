@@ -99,7 +99,7 @@ def test_the_page_in_a_browser(finished: Path) -> None:
         2 for _ in report["examples"]["duplicate_pairs"]) > 0
     assert all(done and w > 0 and h > 0 for done, w, h in v["images"]), "a thumbnail not shown"
     assert sorted(v["plots"]) == ["plot-clip:1", "plot-complexity:1", "plot-duplicates:1",
-                                  "plot-sizes:1"]
+                                  "plot-eps:1", "plot-sizes:1"]
     # markup from captions and keys is text: one script (the page's own), no handlers
     assert v["scripts"] == 1 and v["handlers"] == 0 and v["bold"] == 0
     assert SCRIPT in v["text"] and IMG in v["text"] and HOSTILE_KEY in v["text"]

@@ -171,15 +171,29 @@ def best_per_row(row: np.ndarray, col: np.ndarray, value: np.ndarray, rows: int
     return best, arg
 
 
+def cut(threshold: Fraction) -> tuple[float, bool]:
+    """The double ``b`` and strictness of ``v > threshold`` for doubles v: (b, True) means
+    v > b, (b, False) means v >= b."""
+    near = float(threshold)  # correctly rounded
+    if Fraction(near) == threshold:
+        return near, True
+    # the threshold lies strictly between two adjacent doubles: v > t iff v >= the upper one
+    return (near if Fraction(near) > threshold else float(np.nextafter(near, np.inf))), False
+
+
 def above(values: np.ndarray, threshold: Fraction) -> np.ndarray:
     """values > threshold, exactly: float64 ``values`` against a rational ``threshold`` (the
     decimal a user wrote, say 1 - 0.07), not against its nearest double."""
-    near = float(threshold)  # correctly rounded
-    if Fraction(near) == threshold:
-        return np.asarray(values) > near
-    # the threshold lies strictly between two adjacent doubles: v > t iff v >= the upper one
-    upper = near if Fraction(near) > threshold else float(np.nextafter(near, np.inf))
-    return np.asarray(values) >= upper
+    bound, strict = cut(threshold)
+    return np.asarray(values) > bound if strict else np.asarray(values) >= bound
+
+
+def count_above(ascending: np.ndarray, threshold: Fraction) -> int:
+    """``above(ascending, threshold).sum()`` for float64 values sorted ascending, none NaN,
+    by one binary search."""
+    bound, strict = cut(threshold)
+    return len(ascending) - int(np.searchsorted(ascending, bound,
+                                                side="right" if strict else "left"))
 
 
 def round_once(values: np.ndarray) -> np.ndarray:

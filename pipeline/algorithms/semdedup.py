@@ -88,6 +88,28 @@ def max_earlier_similarity(vectors: np.ndarray, block_rows: int = 256,
     return best, arg
 
 
+def removed_at(similarity: np.ndarray, eps: float) -> np.ndarray:
+    """semdedup's decision: m_j > 1 - eps, eps the decimal as written, on float64 m_j (the
+    comparison is exact; NaN, no earlier member, is never removed)."""
+    return exact.above(similarity, 1 - decimal(eps))
+
+
+def removed_count(ascending: np.ndarray, eps: float) -> int:
+    """``removed_at(values, eps).sum()`` for m_j sorted ascending, none NaN (the same cut)."""
+    return exact.count_above(ascending, 1 - decimal(eps))
+
+
+def decide_cluster(vectors: np.ndarray, eps: float, block_rows: int = 256,
+                   proposer: Proposer | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``dedup_cluster``'s three arrays and m_j itself (float64, NaN for the first member)."""
+    best, arg = max_earlier_similarity(vectors, block_rows, proposer)
+    removed = removed_at(best, eps)
+    m = np.where(arg >= 0, best, np.nan)
+    similarity = np.where(arg >= 0, exact.round_once(np.where(arg >= 0, best, 0.0)), np.nan)
+    return removed, arg, similarity.astype(np.float32), m
+
+
 def dedup_cluster(vectors: np.ndarray, eps: float, block_rows: int = 256,
                   proposer: Proposer | None = None
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -98,7 +120,4 @@ def dedup_cluster(vectors: np.ndarray, eps: float, block_rows: int = 256,
     removed when its exact m_j (float64) exceeds 1 - eps, eps the decimal as written (the
     comparison is exact); the similarity is m_j rounded once to float32.
     """
-    best, arg = max_earlier_similarity(vectors, block_rows, proposer)
-    removed = exact.above(best, 1 - decimal(eps))
-    similarity = np.where(arg >= 0, exact.round_once(np.where(arg >= 0, best, 0.0)), np.nan)
-    return removed, arg, similarity.astype(np.float32)
+    return decide_cluster(vectors, eps, block_rows, proposer)[:3]

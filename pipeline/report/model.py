@@ -116,12 +116,26 @@ class Concept(Section):
     kept: NonNegativeInt
 
 
+class EpsCurve(Section):
+    """What semdedup would remove at other eps, from this run's m_j (which do not depend on
+    eps): semdedup's removals alone (later steps would see other samples)."""
+
+    eps: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+        min_length=1, description="ascending; the run's own among them")
+    removed: list[NonNegativeInt] = Field(description="samples removed at each eps")
+    reaching: NonNegativeInt = Field(description="samples that reached semdedup")
+    exact: bool = Field(description="false: from m_j rounded to float32 (a work folder of an "
+                        "older version), so counts may be off by members near 1 - eps")
+
+
 class Semdedup(Section):
     """semdedup's settings, as it ran."""
 
     k: NonNegativeInt = Field(description="the clusters semdedup used")
     eps: float = Field(gt=0, lt=1, description="a member whose cosine to an earlier one in "
                        "its cluster exceeds 1 - eps is removed")
+    curve: EpsCurve = Field(None, description="removals at other eps (absent in reports of "
+                            "older versions)")
 
 
 class Dbp(Section):

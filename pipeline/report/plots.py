@@ -1,7 +1,7 @@
 """The report's plots, drawn by matplotlib as SVG text to inline in the page (no files to
 lose, no network): complexity against kept fraction per concept, cluster sizes before and
-after dbp, the CLIP-score histogram before and after the filter, and the duplicate-similarity
-histogram with semdedup's 1 − eps line."""
+after dbp, the CLIP-score histogram before and after the filter, the duplicate-similarity
+histogram with semdedup's 1 − eps line, and semdedup's removals against eps."""
 
 from __future__ import annotations
 
@@ -99,14 +99,40 @@ def duplicate_similarity(histograms: dict[str, Any], eps: float | None) -> str |
                       "" if eps is None else f"1 − eps = {1 - eps:.3f}: removed right of it")
 
 
+def eps_curve(curve: dict[str, Any], run_eps: float) -> str | None:
+    """semdedup's removed fraction against eps, the run's eps marked."""
+    reaching = curve["reaching"]
+    if not reaching:
+        return None
+    eps = np.asarray(curve["eps"], dtype=float)
+    fraction = np.asarray(curve["removed"], dtype=float) / reaching
+    at = int(np.argmin(np.abs(eps - run_eps)))
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(5.2, 3.4))
+        ax.plot(eps, fraction, marker="o", markersize=3, color="#3b6db3",
+                label="removed at this eps" + ("" if curve["exact"] else " (float32: ≈)"))
+        ax.axvline(run_eps, color="#c0392b", linestyle="--", linewidth=1)
+        ax.plot([eps[at]], [fraction[at]], marker="o", markersize=7, color="#c0392b",
+                linestyle="none", label=f"this run: eps {run_eps:g}, removed "
+                f"{curve['removed'][at]} ({fraction[at]:.1%})")
+        ax.set_xlabel("eps (removed when similarity > 1 − eps)")
+        ax.set_ylabel(f"removed fraction (of {reaching})")
+        ax.set_ylim(0, max(0.05, float(fraction.max()) * 1.1))
+        ax.set_title("semdedup removals by eps (this run's data)")
+        ax.legend(frameon=False, loc="upper left")
+        return _svg(fig)
+
+
 def all_plots(report: dict[str, Any]) -> dict[str, str]:
     """Every plot the report's data allows, by name, as inline SVG."""
     clusters = report.get("clusters") or []
     hist = report.get("histograms")
     eps = (report.get("semdedup") or {}).get("eps")
+    curve = (report.get("semdedup") or {}).get("curve")
     made = {"complexity": complexity_vs_kept(clusters), "sizes": cluster_sizes(clusters),
             "clip": clip_scores(hist, any(s["name"] == "clip_filter"
                                           for s in report.get("stages", []))) if hist else None,
             "duplicates": duplicate_similarity(hist, eps) if hist and "semdedup" in report
-            else None}
+            else None,
+            "eps": eps_curve(curve, eps) if curve and eps is not None else None}
     return {name: svg for name, svg in made.items() if svg}

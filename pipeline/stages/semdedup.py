@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.algorithms.proposers import Proposer
-from pipeline.algorithms.semdedup import auto_block_rows, dedup_cluster
+from pipeline.algorithms.semdedup import auto_block_rows, decide_cluster
 from pipeline.config import RunConfig
 from pipeline.engines.base import Resources
 from pipeline.io.tables import masked
@@ -29,7 +29,8 @@ from pipeline.stages.clusters import (
     bucket_state,
     fit_and_assign,
 )
-from pipeline.stages.context import RunContext, StepResult
+from pipeline.stages.context import RunContext, StepResult, step_part_path
+from pipeline.stages.semdedup_eps import eps_grid, removal_curve
 from pipeline.stages.shuffle import (
     DECISIONS,
     ApplyTask,
@@ -48,7 +49,8 @@ MAX_BLOCK_ELEMENTS = 1 << 26
 GROUP_BYTES = 128 << 20  # float32 vectors of the clusters read together
 
 DECISION_DTYPE = np.dtype([("row", "<i8"), ("removed", "?"), ("has_dup", "?"),
-                           ("dup_hi", "<u8"), ("dup_lo", "<u8"), ("similarity", "<f4")])
+                           ("dup_hi", "<u8"), ("dup_lo", "<u8"), ("similarity", "<f4"),
+                           ("exact", "<f8")])
 
 
 def choose_k(setting: int | str, n: int) -> int:
@@ -97,11 +99,13 @@ def dedup_bucket(state: tuple[VectorStore, Proposer], task: DedupTask) -> int:
     out["row"] = m.row
     for a, b, vectors in _clusters_read_in_groups(store, rows, m.cluster_bounds()):
         cap = max(1, min(task.block_rows, MAX_BLOCK_ELEMENTS // max(1, b - a)))
-        rem, arg, sim = dedup_cluster(vectors, task.eps, auto_block_rows(b - a, cap), proposer)
+        rem, arg, sim, best = decide_cluster(vectors, task.eps, auto_block_rows(b - a, cap),
+                                             proposer)
         has = arg >= 0
         at = a + np.maximum(arg, 0)
         piece = out[a:b]
         piece["removed"], piece["has_dup"], piece["similarity"] = rem, has, sim
+        piece["exact"] = best
         piece["dup_hi"] = np.where(has, m.uid_hi[at], 0)
         piece["dup_lo"] = np.where(has, m.uid_lo[at], 0)
     task.write(m.part, out)
@@ -118,10 +122,13 @@ def apply_part(task: ApplyTask) -> list[int]:
     dup_hi = np.zeros(n, dtype=np.uint64)
     dup_lo = np.zeros(n, dtype=np.uint64)
     sim = np.full(n, np.nan, dtype=np.float32)
+    m = np.full(n, np.nan, dtype=np.float64)
     if got is not None:
         r = got["row"]
         removed[r], has[r], sim[r] = got["removed"], got["has_dup"], got["similarity"]
         dup_hi[r], dup_lo[r] = got["dup_hi"], got["dup_lo"]
+        if "exact" in got.dtype.names:  # not in decisions an older version left to resume
+            m[r] = got["exact"]
     write_parquet(Path(task.out), pa.table({
         "dedup_cluster": masked(cluster, cluster < 0, pa.int32()),
         "dedup_distance": masked(distance, np.isnan(distance), pa.float32()),
@@ -129,6 +136,7 @@ def apply_part(task: ApplyTask) -> list[int]:
         "dup_of_lo": masked(dup_lo, ~has, pa.uint64()),
         "dup_similarity": masked(sim, np.isnan(sim), pa.float32()),
         "removed": pa.array(removed),
+        "dup_similarity_exact": masked(m, np.isnan(m), pa.float64()),
     }, schema=schemas.SEMDEDUP))
     return [part.alive, int(removed.sum())]
 
@@ -171,4 +179,9 @@ class SemDedup(Step):
         return reason(cfg.semdedup.eps)
 
     def report(self, cfg: RunConfig, result: StepResult, ctx: RunContext) -> dict[str, Any]:
-        return {"semdedup": {"k": result.extra["k"], "eps": cfg.semdedup.eps}}
+        eps = eps_grid(cfg.semdedup.eps)
+        removed, exact = removal_curve(
+            (step_part_path(ctx.work.root, self.name, p.index) for p in ctx.parts), eps)
+        curve = {"eps": eps, "removed": removed, "reaching": sum(result.alive_in),
+                 "exact": exact}
+        return {"semdedup": {"k": result.extra["k"], "eps": cfg.semdedup.eps, "curve": curve}}

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numpy.lib.recfunctions import repack_fields
 
 from pipeline.algorithms.ordering import member_order
 from pipeline.io import npy
@@ -188,6 +189,9 @@ def read_results(folder: Path, buckets: int, part: int) -> np.ndarray | None:
         lo, hi = int(off[part]), int(off[part + 1])
         if hi > lo:
             pieces.append(np.array(npy.load(data, mmap=True)[lo:hi]))
+    if len({p.dtype for p in pieces}) > 1:  # buckets decided by two versions (a resumed run)
+        shared = [n for n in pieces[0].dtype.names if all(n in p.dtype.names for p in pieces)]
+        pieces = [repack_fields(p[shared]) for p in pieces]
     return np.concatenate(pieces) if pieces else None
 
 
