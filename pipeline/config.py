@@ -188,6 +188,11 @@ class ClipFilterConfig(_Section):
     keep_fraction: float | None = Field(
         None, description="keep the top round(q x M) samples by clip score, q in (0, 1]"
     )
+    allow_random_weights: bool = Field(
+        False, description="for tests and trials only: filter on the image path although "
+        "embed.pretrained is null (a CLIP model with random weights, whose scores mean "
+        "nothing); every removal's reason then says so. Off, such a run is refused",
+    )
 
     @model_validator(mode="after")
     def _one_rule(self) -> ClipFilterConfig:
@@ -330,6 +335,24 @@ class RunConfig(_Section):
     def work_dir(self) -> Path:
         return Path(self.work) if self.work else Path(self.output) / "_work"
 
+    @property
+    def clip_scores_random(self) -> bool:
+        """Whether the CLIP scores come from a model with random weights (the image path
+        with no embed.pretrained); given embeddings are the user's own."""
+        return self.input.shards is not None and self.embed.pretrained is None
+
+    @model_validator(mode="after")
+    def _honest_clip_filter(self) -> RunConfig:
+        if self.clip_filter.enabled and self.clip_scores_random \
+                and not self.clip_filter.allow_random_weights:
+            raise ValueError(
+                "clip_filter is enabled but embed.pretrained is null: the CLIP model would "
+                "have random weights, and its scores mean nothing. Give real weights "
+                "(embed.pretrained: an open_clip pretrained tag or a checkpoint file), or set "
+                "clip_filter.enabled: false (clip_filter.allow_random_weights: true runs it "
+                "anyway, for tests)")
+        return self
+
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
@@ -465,6 +488,14 @@ def _explain(error: dict[str, Any], loc: str) -> str:
         return (f"unknown setting; remove it or correct its name{where}; "
                 "`conceptprune config-schema` lists every setting")
     if kind == "missing":
+        if loc == "input":  # `--set input=...` would not work: name the settings that do
+            return ("required: what to prune; set input.shards (webdataset tars, e.g. --set "
+                    "input.shards='data/{00000..00099}.tar'), input.embeddings (a "
+                    "clip-retrieval folder: --set input.embeddings=FOLDER) or input.datacomp")
+        fields = _section_fields(tuple(error["loc"]))
+        if fields:  # a whole section: name its settings
+            return (f"required; set one of its settings in the config file or with --set, "
+                    f"e.g. --set {loc}.{fields[0]}=VALUE (settings: {', '.join(fields)})")
         return f"required; set it in the config file or with --set {loc}=VALUE"
     return msg.removeprefix("Value error, ")
 

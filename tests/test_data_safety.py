@@ -400,9 +400,9 @@ def test_turning_the_clustering_encoder_on_reuses_no_file_of_the_old_settings(
     embed = {"model": "conceptprune-tiny-vit", "pretrained": None, "batch_size": 16,
              "workers": 0}
     out = tmp_path / "out"
-    run(image_config(str(images), out, clip_filter={"enabled": True, "keep_fraction": 0.8}))
-    on = image_config(str(images), out, embed={**embed, **lite0},
-                      clip_filter={"enabled": True, "keep_fraction": 0.8})
+    clip = {"enabled": True, "keep_fraction": 0.8, "allow_random_weights": True}
+    run(image_config(str(images), out, clip_filter=clip))
+    on = image_config(str(images), out, embed={**embed, **lite0}, clip_filter=clip)
     run(on)
     run(on.model_copy(update={"output": str(tmp_path / "fresh")}))
     assert_same_file(out / "subset.npy", tmp_path / "fresh" / "subset.npy")
@@ -633,8 +633,8 @@ def test_every_file_a_run_writes_in_its_work_folder_is_known_as_its_own(
     writes (the image path, every step on)."""
     from pipeline.workdir import foreign_files
 
-    run(image_config(str(images), tmp_path / "img",
-                     clip_filter={"enabled": True, "keep_fraction": 0.8}))
+    run(image_config(str(images), tmp_path / "img", clip_filter={
+        "enabled": True, "keep_fraction": 0.8, "allow_random_weights": True}))
     work = tmp_path / "img" / "_work"
     steps = [p for p in work.iterdir() if p.is_dir() and p.name != "markers"]
     steps += [p for p in (work / "markers").iterdir() if p.is_dir()]

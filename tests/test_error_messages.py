@@ -130,6 +130,25 @@ def test_missing_required_setting_says_how_to_set_it(tmp_path: Path) -> None:
     assert "output: required; set it in the config file or with --set output=VALUE" in out
 
 
+def test_a_missing_input_names_settings_that_work_when_pasted(tmp_path: Path) -> None:
+    """`--set input=VALUE` is no setting: the hint names input.shards and input.embeddings,
+    and each --set it shows is accepted as shown."""
+    import shlex
+
+    from pipeline.config import load_config
+
+    res = cli("--set", f"output={tmp_path / 'o'}")
+    assert res.exit_code == 2
+    said = one_line(res.output)
+    assert "input: required" in said and "--set input=" not in said
+    shown_all = re.findall(r"--set (input\.\S+?)(?=\)|,|$)", said)
+    assert len(shown_all) == 2, said
+    for shown in shown_all:
+        (item,) = shlex.split(shown)
+        cfg = load_config(None, [item, f"output={tmp_path / 'o'}"])
+        assert cfg.input.shards or cfg.input.embeddings, item
+
+
 @pytest.mark.parametrize("item, expected", [
     ("dbp.k", ["--set expects key=value, got 'dbp.k'", "example: --set dbp.k=200"]),
     ("=3", ["--set '=3' has no key before '='", "write --set section.setting=value"]),

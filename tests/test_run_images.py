@@ -290,3 +290,37 @@ def test_output_sidecars_keep_img2dataset_columns_order_and_types(shards: Path,
         assert "uid" in schema.names[len(order):]  # its own, after img2dataset's
         table = pq.read_table(sidecar)
         assert table.column("status").to_pylist() == ["success"] * table.num_rows
+
+
+def test_a_clip_filter_on_random_weights_is_refused_unless_allowed_and_then_said(
+        shards: Path, tmp_path: Path) -> None:
+    """Scores of a CLIP model with random weights mean nothing: such a filter is a config
+    error naming both fixes, before any work; the switch for tests runs it, and every
+    removal's reason says the scores are random."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+    from pipeline.config import ConfigError
+
+    filter_on = {"clip_filter__enabled": True, "clip_filter__keep_fraction": 0.8}
+    with pytest.raises(ConfigError) as refused:
+        config(f"{shards}/00000.tar", tmp_path / "refused", **filter_on)
+    said = " ".join(str(refused.value).split())
+    assert "embed.pretrained is null" in said and "clip_filter.enabled: false" in said
+    assert "clip_filter.allow_random_weights: true" in said
+    res = CliRunner().invoke(app, [
+        "run", "--set", f"input.shards={shards}/00000.tar", "--set",
+        f"output={tmp_path / 'cli'}", "--set", "clip_filter.enabled=true", "--set",
+        "clip_filter.keep_fraction=0.8", "--set", "embed.model=conceptprune-tiny-vit",
+        "--set", "embed.pretrained=null"])
+    assert res.exit_code == 2 and "random weights" in res.output
+    assert not (tmp_path / "cli").exists()  # refused before any work
+    out = tmp_path / "allowed"
+    run(config(f"{shards}/00000.tar", out, embed__cluster_model=None,
+               embed__cluster_weights=None, clip_filter__allow_random_weights=True,
+               **filter_on))
+    rows = pq.read_table(out / "ledger").to_pylist()
+    removed = [r for r in rows if r["stage"] == "clip_filter"]
+    assert removed and all("RANDOM weights" in r["reason"] for r in removed)
+    assert all("RANDOM" not in (r["reason"] or "") for r in rows
+               if r["stage"] != "clip_filter")

@@ -19,6 +19,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from pipeline.errors import ConceptpruneError
+
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
 END_OF_ARCHIVE = bytes(2 * BLOCK)
@@ -30,8 +32,9 @@ _BIG_MEMBER = 64 << 20
 _CHKSUM = slice(148, 156)
 
 
-class TarDamage(Exception):
-    """The tar stream cannot be read further (truncated, or a header is corrupt)."""
+class TarDamage(ConceptpruneError):
+    """The tar stream cannot be read further (truncated, or a header is corrupt); the
+    shard reader turns it into a ``CorruptShardError`` naming the shard."""
 
 
 def padding(size: int) -> int:

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 THUMBS = "thumbs"
 _THUMB_NAME = re.compile(r"\d{4}\.jpg")
+# what `conceptprune plan` writes into report/ by default: an earlier run's, once the run
+# is done again with other settings, would describe budgets that no longer hold
+_PLAN_NAME = re.compile(r"plan(_eps)?(\.parquet|\.csv|_totals\.csv|\.svg)")
 
 
 class ReportError(ConceptpruneError, ValueError):
@@ -46,6 +49,18 @@ def validate_report(report: dict[str, Any]) -> None:
                           f"{where}: {error.message}")
 
 
+def clear_plans(folder: Path) -> None:
+    """Remove the plan files `conceptprune plan` wrote here for an earlier run (only files
+    named as it names them); the log says so."""
+    if folder.is_dir():
+        stale = sorted(p for p in folder.iterdir() if _PLAN_NAME.fullmatch(p.name))
+        for path in stale:
+            path.unlink()
+        if stale:
+            log.info("removed %d plan files of the earlier run from %s (run `conceptprune "
+                     "plan` again for this one)", len(stale), folder)
+
+
 def clear_thumbnails(folder: Path) -> None:
     """Remove the thumbnails an earlier run made (only files named as this code names them)."""
     if folder.is_dir():
@@ -63,6 +78,7 @@ def publish(report: dict[str, Any], folder: Path, parameters: dict[str, Any],
     atomic_write(config, lambda tmp: tmp.write_text(
         yaml.safe_dump(parameters, sort_keys=False)))
     report["command"] = f"conceptprune run {config.resolve()}"
+    clear_plans(folder)
     if examples is not None:
         clear_thumbnails(folder / THUMBS)
         report["examples"] = examples(folder / THUMBS)

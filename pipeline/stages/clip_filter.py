@@ -155,6 +155,8 @@ def run_clip_filter(ctx: RunContext, earlier: tuple[str, ...], alive: list[int]
         cut = _cut(ctx, keys, cfg.keep_fraction)
     why = (f"clip score below threshold {cfg.threshold:g}" if cfg.threshold is not None
            else f"clip score not in the top {cfg.keep_fraction:g} fraction")
+    if ctx.cfg.clip_scores_random:
+        why += " (scores of a CLIP model with RANDOM weights: they mean nothing)"
     tasks = [ApplyTask(k, p.rows, cfg.threshold, cut, why,
                        str(step_part_path(ctx.work.root, "clip_filter", p.index)))
              for k, p in zip(keys, ctx.parts, strict=True)]
