@@ -29,7 +29,19 @@ class RayHead:
         return f"127.0.0.1:{self.port}"
 
 
-def _free_ports(n: int) -> list[int]:
+def stop_group(proc: subprocess.Popen, wait_s: float = 60) -> None:
+    """SIGTERM the process group ``proc`` leads (started with start_new_session), then
+    SIGKILL it if it has not ended after ``wait_s``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def free_ports(n: int) -> list[int]:
     sockets = [socket.socket() for _ in range(n)]
     try:
         for s in sockets:
@@ -47,7 +59,7 @@ def ray_head(dashboard: bool = False, cpus: int = 2) -> Iterator[RayHead]:
     ray_bin = Path(sys.executable).with_name("ray")
     temp = tempfile.mkdtemp(prefix="cp-head-", dir="/tmp")
     # the job agent's own port too: the default one may be taken by another Ray
-    port, dash, agent = _free_ports(3)
+    port, dash, agent = free_ports(3)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
            "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
     web = (["--include-dashboard=true", "--dashboard-host=127.0.0.1",
@@ -69,12 +81,7 @@ def ray_head(dashboard: bool = False, cpus: int = 2) -> Iterator[RayHead]:
                 time.sleep(0.5)
         yield RayHead(port, dash, env)
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
+        stop_group(head)
         shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -104,7 +111,7 @@ def ray_node(head: RayHead, cpus: int = 2, env: dict[str, str] | None = None
     """A second node of ``cpus`` CPUs on this machine, on free ports of its own, with
     ``env`` added to its processes' environment (its workers inherit it)."""
     ray_bin = Path(sys.executable).with_name("ray")
-    ports = _free_ports(6)
+    ports = free_ports(6)
     names = ("node-manager-port", "object-manager-port", "metrics-export-port",
              "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
              "runtime-env-agent-port")

@@ -5,11 +5,9 @@ JVM, its executor JVM and the executor's Python workers) and stop the rest clean
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -20,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyspark
-from ray_head import _free_ports
+from ray_head import free_ports, stop_group
 
 
 @dataclass(frozen=True)
@@ -46,7 +44,7 @@ def spark_standalone(worker_envs: list[dict[str, str]], cores: int = 2,
     spark_class = Path(pyspark.__file__).parent / "bin" / "spark-class"
     base = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", **(env or {})}
     temp = tempfile.mkdtemp(prefix="cp-spark-", dir="/tmp")
-    port, ui, *worker_ports = _free_ports(2 + 2 * len(worker_envs))
+    port, ui, *worker_ports = free_ports(2 + 2 * len(worker_envs))
     started: list[subprocess.Popen] = []
 
     def start(args: list[str], extra: dict[str, str]) -> subprocess.Popen:
@@ -73,12 +71,5 @@ def spark_standalone(worker_envs: list[dict[str, str]], cores: int = 2,
         yield SparkCluster(f"spark://127.0.0.1:{port}", workers)
     finally:
         for proc in reversed(started):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in reversed(started):
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_group(proc, wait_s=30)
         shutil.rmtree(temp, ignore_errors=True)

@@ -31,7 +31,7 @@ from PIL import Image, ImageOps
 
 from pipeline.errors import ConceptpruneError
 
-DECODE_VERSION = 1
+DECODE_VERSION = 2  # 2: an unreadable EXIF block no longer fails the picture
 DEFAULT_MAX_PIXELS = 40_000_000  # SPEC §5b; PIL's own limit warns at 89M and stops at 179M
 DEFAULT_BACKGROUND = "white"
 BACKGROUNDS: dict[str, tuple[int, int, int] | None] = {
@@ -127,8 +127,13 @@ def _bomb_message(err: Exception, where: str, max_pixels: int) -> str:
 
 
 def _upright(img: Image.Image) -> Image.Image:
-    """The image turned as its EXIF orientation says; itself when no turn is needed."""
-    orientation = img.getexif().get(_ORIENTATION, 1)
+    """The image turned as its EXIF orientation says; itself when no turn is needed or the
+    EXIF block cannot be read (a PNG eXIf chunk that is no TIFF): viewers show such a
+    picture as stored."""
+    try:
+        orientation = img.getexif().get(_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - PIL raises SyntaxError, ValueError, struct.error...
+        return img
     if orientation in (2, 3, 4, 5, 6, 7, 8):
         return ImageOps.exif_transpose(img)
     return img

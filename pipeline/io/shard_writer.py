@@ -71,13 +71,26 @@ def sample_record(sample: Sample) -> dict[str, Any]:
     return {**sample.meta, "key": sample.key, "uid": sample.uid, "caption": sample.caption}
 
 
+def _parquet_holds(kind: pa.DataType) -> bool:
+    """Whether parquet can store the type: it has no struct without fields (json ``{}``)."""
+    if pa.types.is_struct(kind):
+        return kind.num_fields > 0 and all(_parquet_holds(f.type) for f in kind)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return _parquet_holds(kind.value_type)
+    return True
+
+
 def _column(values: list[Any]) -> pa.Array:
     try:
-        return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        # mixed types across samples: keep them readable as json text
-        return pa.array([None if v is None else json.dumps(v, sort_keys=True, default=str)
-                         for v in values], pa.string())
+        column = pa.array(values)
+        if _parquet_holds(column.type):
+            return column
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
+        pass
+    # mixed types across samples, integers past 64 bits, empty objects: kept readable as
+    # json text
+    return pa.array([None if v is None else json.dumps(v, sort_keys=True, default=str)
+                     for v in values], pa.string())
 
 
 def _typed(values: list[Any], kind: pa.DataType) -> pa.Array:

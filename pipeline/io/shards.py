@@ -324,6 +324,9 @@ def make_sample(shard: str, key: str, members: list[tuple[str, bytes]]) -> Sampl
             except ValueError as err:
                 problems.append(f"undecodable json {name}: {err}")
                 continue
+            except RecursionError:  # arrays or objects nested a thousand deep
+                problems.append(f"undecodable json {name}: nested too deep")
+                continue
             if isinstance(meta, dict):
                 sample.meta = meta
             else:
