@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -26,8 +26,25 @@ class ConfigError(ConceptpruneError, ValueError):
     """A configuration that cannot run; the message names the setting and the fix."""
 
 
+def _accepts_bool(annotation: Any) -> bool:  # noqa: ANN401 - any type annotation
+    return annotation is bool or any(_accepts_bool(a) for a in get_args(annotation))
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and infinity are no setting's value (a NaN threshold would remove everything)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, data: Any) -> Any:  # noqa: ANN401 - raw settings
+        """``k: true`` is a slip, not 1: a number setting refuses true/false."""
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name)
+                if isinstance(value, bool) and field is not None \
+                        and not _accepts_bool(field.annotation):
+                    raise ValueError(f"{name} takes a number or a name, not {value}")
+        return data
 
 
 class InputConfig(_Section):
@@ -141,7 +158,8 @@ class WriteConfig(_Section):
 class KMeansConfig(_Section):
     """Spherical k-means shared by semdedup and dbp (SPEC section 2)."""
 
-    niter: int = Field(20, ge=1, description="k-means iterations")
+    niter: int = Field(20, ge=1, le=1000, description="k-means iterations (the papers use "
+                       "20 to 100; at most 1000)")
     max_points_per_centroid: int = Field(
         256, ge=1, description="the fit uses a seeded sample of at most this many points x k"
     )

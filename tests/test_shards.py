@@ -489,3 +489,21 @@ def test_member_names_that_climb_out_or_are_absolute_fail_the_sample(tmp_path: P
     bad, good = iter_samples(url)
     assert bad.failed and "is absolute or climbs out of the tar" in bad.failed_reason
     assert good.key == "next" and not good.failed
+
+
+def test_json_nesting_has_one_limit_on_every_engine(tmp_path: Path) -> None:
+    """json.loads fails near the interpreter's stack limit, which differs by engine and
+    thread; a fixed depth decides the same everywhere: 100 levels read, 101 a failed sample;
+    brackets inside strings do not count."""
+    from pipeline.io.shards import MAX_JSON_DEPTH
+
+    def nested(depth: int, extra: str = "") -> bytes:
+        return ('{"a": ' + "[" * (depth - 1) + "]" * (depth - 1) + extra + "}").encode()
+
+    members = [("ok.jpg", b"x"), ("ok.txt", b"c"), ("ok.json", nested(MAX_JSON_DEPTH)),
+               ("deep.jpg", b"x"), ("deep.txt", b"c"), ("deep.json", nested(MAX_JSON_DEPTH + 1)),
+               ("str.jpg", b"x"), ("str.txt", b"c"),
+               ("str.json", nested(3, ', "b": "' + "[{" * 500 + '"'))]
+    ok, deep, strings = iter_samples(write_tar(tmp_path / "00000.tar", members))
+    assert not ok.failed and not strings.failed
+    assert deep.failed_reason == "undecodable json deep.json: nested too deep (over 100 levels)"

@@ -301,6 +301,36 @@ def split_member_name(name: str) -> tuple[str, str] | None:
     return name[:dot], name[dot + 1 :]
 
 
+MAX_JSON_DEPTH = 100  # json.loads fails near the interpreter's stack limit, which differs
+_OPENERS = re.compile(rb"[\[{]")  # by engine and thread: a fixed limit decides the same
+
+
+def json_too_deep(data: bytes) -> bool:
+    """Whether arrays and objects nest more than MAX_JSON_DEPTH levels (brackets inside
+    strings do not count). Cheap for the usual json: fewer openers than the limit, at all,
+    settle it without a scan."""
+    if len(_OPENERS.findall(data, 0)) <= MAX_JSON_DEPTH:
+        return False
+    depth, in_string, escaped = 0, False, False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
 def make_sample(shard: str, key: str, members: list[tuple[str, bytes]]) -> Sample:
     """Build a Sample from one key's members; problems go into ``failed_reason``."""
     sample = Sample(key=key, uid="", shard=shard, members=members)
@@ -319,13 +349,14 @@ def make_sample(shard: str, key: str, members: list[tuple[str, bytes]]) -> Sampl
         if ext == CAPTION_EXT:
             caption = data
         elif ext == JSON_EXT:
+            if json_too_deep(data):
+                problems.append(f"undecodable json {name}: nested too deep (over "
+                                f"{MAX_JSON_DEPTH} levels)")
+                continue
             try:
                 meta = json.loads(data)
             except ValueError as err:
                 problems.append(f"undecodable json {name}: {err}")
-                continue
-            except RecursionError:  # arrays or objects nested a thousand deep
-                problems.append(f"undecodable json {name}: nested too deep")
                 continue
             if isinstance(meta, dict):
                 sample.meta = meta
