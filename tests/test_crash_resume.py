@@ -66,8 +66,17 @@ STEPS = [
 ]
 
 
+# points in the driver's own code (a marker, a folder swap, the report): the same on every
+# engine, so the Ray chain takes them only when CONCEPTPRUNE_FULL_MATRIX=1 (the local chain
+# always does); the Ray chain keeps every point where a map's results arrive from workers
+DRIVER_ONLY = ("pipeline.workdir:WorkDir.mark", "pathlib:Path.rename",
+               "pipeline.report.publish:write_json")
+
+
 def kill_points(engine: str) -> list[tuple[str, int, str]]:
     points = (EMBED_LOCAL if engine == "local" else EMBED_RAY) + STEPS
+    if engine == "ray" and os.environ.get("CONCEPTPRUNE_FULL_MATRIX") != "1":
+        points = [p for p in points if p[0] not in DRIVER_ONLY]
     return [("map", 1, "run_one") if target == "kmeans" and engine == "ray" else
             ("pipeline.engines.local:LocalEngine.run_one", 1, "") if target == "kmeans" else
             (target, nth, match) for target, nth, match in points]
@@ -127,13 +136,13 @@ def test_a_local_run_killed_at_22_points_ends_with_the_unbroken_bytes(
     check_the_same_as_an_unbroken_run(tmp_path / "out", clean)
 
 
-def test_a_ray_run_killed_at_21_points_ends_with_the_unbroken_bytes(
+def test_a_ray_run_killed_at_every_map_ends_with_the_unbroken_bytes(
         data: Path, clean: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("ray")
     from ray_head import ray_head
 
     points = kill_points("ray")
-    assert len(points) >= 20
+    assert len(points) >= 15  # 21 with CONCEPTPRUNE_FULL_MATRIX=1
     # four of the points stop the driver by a signal instead, while the map's other tasks
     # are in flight on the workers (ray.init takes SIGTERM for itself; the run takes it back)
     at = {match: i for i, (_, _, match) in enumerate(points)}
