@@ -381,13 +381,22 @@ def _concept_table(plan: pa.Table, combos: list[int]) -> Table:
 
 
 def plot_plan(plan: pa.Table, path: Path) -> None:
-    """One panel per (target, balance): budget share of each concept, concepts sorted by
-    complexity, one line per temperature, against the data's own shares (random pruning).
+    """``plan_figure`` written to ``path``; the format follows the suffix (.svg or .png)."""
+    fig = plan_figure(plan)
+    suffix = path.suffix.lstrip(".").lower() or "svg"
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=suffix))
 
-    Uses matplotlib's Figure directly (no pyplot, no global backend); the format follows
-    the suffix (.svg or .png).
+
+def plan_figure(plan: pa.Table) -> Any:  # noqa: ANN401 - a matplotlib Figure
+    """One panel per (target, balance): budget share of each concept, concepts sorted by
+    complexity and named by their ids (the report's), one line per temperature, against the
+    data's own shares (random pruning).
+
+    Uses matplotlib's Figure directly (no pyplot, no global backend).
     """
     from matplotlib.figure import Figure
+
+    from pipeline.report.concept_ids import id_ticks
 
     combos = plan_totals(plan).to_pylist()
     targets = _unique([(r["keep_fraction"], r["keep_count"]) for r in combos])
@@ -398,6 +407,8 @@ def plot_plan(plan: pa.Table, path: Path) -> None:
     complexity = pc.fill_null(first.column("complexity"), math.nan).to_numpy()
     order = [i for i in np.argsort(complexity, kind="stable") if size[i] > 0]
     x = np.arange(1, len(order) + 1)
+    ids = first.column("id").to_numpy()[order]
+    ticks = id_ticks(len(order))
     data_share = first.column("data_share").to_numpy()[order]
     shares = {r["combination"]: plan.filter(pc.equal(plan.column("combination"),
                                                      r["combination"])).column("share")
@@ -435,14 +446,15 @@ def plot_plan(plan: pa.Table, path: Path) -> None:
                 ax.set_yscale("log")
             ax.set_title(f"keep {_target_label(keep_fraction, keep_count)}, balance {balance:g}",
                          fontsize=10)
+            ax.set_xticks(x[ticks], [str(ids[i]) for i in ticks],
+                          rotation=90 if len(order) > 12 else 0, fontsize=7)
             if row == len(balances) - 1:
-                ax.set_xlabel("concepts, least → most complex")
+                ax.set_xlabel("concept id, least → most complex")
             if col == 0:
                 ax.set_ylabel("share of kept samples")
     axes[0][0].legend(fontsize=8, markerscale=3 if dots else 1)
     fig.suptitle("dbp budget per concept by temperature τ")
-    suffix = path.suffix.lstrip(".").lower() or "svg"
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format=suffix))
+    return fig
 
 
 def _colours(n: int) -> list[Any]:

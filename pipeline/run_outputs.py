@@ -22,6 +22,7 @@ from pipeline.stages.step import Step
 from pipeline.workdir import WorkDir, staged_dir
 
 log = logging.getLogger(__name__)
+LISTED_SHARDS = 20  # output shards the report names one by one (all are in shards/sizes.json)
 
 
 class OutputSide:
@@ -62,7 +63,8 @@ class OutputSide:
                     summaries.append(got["summary"])
             shards = check_invariant(staging, read_per_shard)
             own(self.output, "ledger", staging)
-        self.ledger_summary = ledger_summary.merge(summaries)
+        self.ledger_summary = {**ledger_summary.merge(summaries), "ledger": {
+            "folder": "ledger", "parts": len(tasks), "rows": sum(read_per_shard.values())}}
         bounds = subset.range_bounds(sum(kept))
         ranges = [subset.RangeTask(str(subset_dir), len(ctx.parts), i, bounds[i], bounds[i + 1])
                   for i in range(len(bounds) - 1)]
@@ -115,7 +117,9 @@ class OutputSide:
                 "sizes": str(self.output / "shards" / ws.SIZES),
                 "samples": sum(w[1] for w in written), "bytes": sum(w[2] for w in written),
                 "copied_by_span": by_span, "copied_by_parsing": by_parsing,
-                "kept_not_copied": not_copied}
+                "kept_not_copied": not_copied,
+                "listed": [{"file": f"{name}.tar", "samples": count, "bytes": size}
+                           for name, count, size in written[:LISTED_SHARDS]]}
 
     def examples(self, inputs: Inputs, report: dict[str, Any]
                  ) -> Callable[[Path], dict] | None:
@@ -126,9 +130,11 @@ class OutputSide:
         from pipeline.report.examples import collect_examples
 
         urls = dict(zip(shard_names(inputs.shard_urls), inputs.shard_urls, strict=True))
+        clip_filter = any(s["name"] == "clip_filter" for s in report["stages"])
         return lambda folder: collect_examples(
             self.output / "ledger", report["clusters"], urls, folder,
-            self.cfg.embed.decoding(), "semdedup" in report)
+            self.cfg.embed.decoding(), "semdedup" in report, seed=self.cfg.seed,
+            metadata=self.work.step_dir("embed") / "metadata", clip_filter=clip_filter)
 
     @staticmethod
     def subset_report(inputs: Inputs, embed: dict[str, Any] | None, kept: int,

@@ -1,6 +1,6 @@
 """Headless Chromium driven over the DevTools protocol, for tests of the report page: what the
 page logged, which requests it made, which dialogs it opened, values computed in the page,
-and a screenshot. Needs Debian's `chromium` (`.ci/run` installs it)."""
+and a screenshot of the whole page. Needs Debian's `chromium` (`.ci/run` installs it)."""
 
 from __future__ import annotations
 
@@ -102,7 +102,10 @@ async def _visit(ws_url: str, page: str, probes: dict[str, str], visit: PageVisi
             if "exceptionDetails" in got:
                 raise AssertionError(f"probe {name} failed: {got['exceptionDetails']}")
             visit.values[name] = got["result"].get("value")
-        shot = await s.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        size = (await s.send("Page.getLayoutMetrics"))["cssContentSize"]  # the whole page
+        shot = await s.send("Page.captureScreenshot", format="png", captureBeyondViewport=True,
+                            clip={"x": 0, "y": 0, "width": size["width"],
+                                  "height": size["height"], "scale": 1})
         visit.screenshot = base64.b64decode(shot["data"])
         listener.cancel()
 

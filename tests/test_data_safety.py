@@ -478,7 +478,7 @@ def test_the_commonest_reasons_are_counted_by_kind_not_by_sample(tmp_path: Path)
     with pytest.raises(ValueError) as caught:
         run(image_config(str(shard), tmp_path / "out"))
     assert "all 30 samples read from the 1 input shards failed (commonest reasons: 30 x " \
-           "undecodable caption <key>.txt (not utf-N))" in str(caught.value)
+           "undecodable caption <key>.txt (not utf-8))" in str(caught.value)
 
 
 def test_every_uid_once_later_copies_are_read_failures(tmp_path: Path) -> None:

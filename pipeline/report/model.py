@@ -196,6 +196,14 @@ class Embed(Section):
     derived_uids: NonNegativeInt = Field(description="samples whose json held no uid")
 
 
+class ListedShard(Section):
+    """An output shard."""
+
+    file: str = Field(description="its name in the shards folder")
+    samples: NonNegativeInt
+    bytes: NonNegativeInt
+
+
 class OutputShards(Section):
     """The kept samples copied into new shards."""
 
@@ -207,6 +215,16 @@ class OutputShards(Section):
     copied_by_span: NonNegativeInt
     copied_by_parsing: NonNegativeInt
     kept_not_copied: NonNegativeInt
+    listed: list[ListedShard] = Field(None, description="the first shards, each with its "
+                                      "counts (absent in reports of older versions)")
+
+
+class Ledger(Section):
+    """The per-sample ledger: why each input sample was kept, removed or failed."""
+
+    folder: str = Field(description="relative to the output folder")
+    parts: NonNegativeInt = Field(description="parquet files in it")
+    rows: NonNegativeInt = Field(description="one per input sample")
 
 
 class Report(BaseModel):
@@ -233,6 +251,7 @@ class Report(BaseModel):
     embed: Embed = Field(None, description="the image path's")
     subset: Subset
     output_shards: OutputShards = Field(None, description="when write.enabled")
+    ledger: Ledger = Field(None, description="absent in reports of older versions")
     engine: Literal["local", "ray", "spark"]
     inputs: list[ShardInput | PartInput] = Field(description="every input file, pinned")
     failures_by_kind: list[FailureKind] = Field(description="most frequent first")

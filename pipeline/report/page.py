@@ -15,6 +15,7 @@ from typing import Any
 
 import jinja2
 
+from pipeline.report.explain import explain, explain_kept_for
 from pipeline.report.plots import all_plots
 from pipeline.workdir import atomic_write
 
@@ -47,6 +48,8 @@ def render_page(report: dict[str, Any], folder: Path, command: str) -> Path:
     """Write ``folder/index.html`` for ``report`` (the content of report.json)."""
     html = _ENV.get_template("index.html.j2").render(
         r=report, plots=all_plots(report), fmt=_fmt, command=command,
+        explain=explain, explain_kept_for=explain_kept_for,
+        concepts_by_id={c["id"]: c for c in report.get("clusters") or []},
         random_weights=_random_weights(report),
         parameters=json.dumps(report.get("parameters", {}), indent=2, sort_keys=True),
         inputs=json.dumps(report.get("inputs", []), indent=1))

@@ -15,6 +15,8 @@ matplotlib.use("Agg")  # no display: render to files only
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pipeline.report.concept_ids import LABELLED, id_ticks  # noqa: E402
+
 _STYLE = {"svg.hashsalt": "conceptprune", "svg.fonttype": "none", "font.size": 9}
 
 
@@ -37,6 +39,11 @@ def complexity_vs_kept(clusters: list[dict[str, Any]]) -> str | None:
         y = [c["kept"] / c["size"] for c in rows]
         ax.scatter(x, y, s=[12 + 60 * c["size"] / max(r["size"] for r in rows) for c in rows],
                    alpha=0.7)
+        named = rows if len(rows) <= LABELLED else \
+            sorted(rows, key=lambda c: (c["complexity"], c["id"]))[:: len(rows) // 10 or 1]
+        for c in named:  # the concept ids of the table
+            ax.annotate(str(c["id"]), (c["complexity"], c["kept"] / c["size"]),
+                        xytext=(3, 3), textcoords="offset points", fontsize=7, color="#34495e")
         ax.set_xlabel("concept complexity (d_intra × d_inter)")
         ax.set_ylabel("kept fraction")
         ax.set_ylim(0, 1.05)
@@ -53,8 +60,10 @@ def cluster_sizes(clusters: list[dict[str, Any]]) -> str | None:
         at = np.arange(len(rows))
         ax.bar(at, [c["size"] for c in rows], color="#c9d4e5", label="before dbp")
         ax.bar(at, [c["kept"] for c in rows], color="#3b6db3", label="kept")
-        ax.set_xticks([])
-        ax.set_xlabel(f"{len(rows)} concepts, largest first")
+        ticks = id_ticks(len(rows))
+        ax.set_xticks(ticks, [str(rows[i]["id"]) for i in ticks],
+                      rotation=90 if len(rows) > 12 else 0, fontsize=7)
+        ax.set_xlabel(f"concept id ({len(rows)} concepts, largest first)")
         ax.set_ylabel("samples")
         ax.set_title("cluster sizes before and after dbp")
         ax.legend(frameon=False)

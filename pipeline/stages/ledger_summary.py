@@ -2,9 +2,12 @@
 fixed-size pieces: failures by kind (with a few examples), and histograms of the CLIP score
 before and after the CLIP-score filter and of each sample's nearest-duplicate similarity.
 
-A failure's kind is its stage and its reason with the sample's own key, shard and uids taken
-out and everything after the first ': ' dropped (what varies from sample to sample), so
-'cannot decode image k1.jpg in shard 00003.tar: ...' and '... k2.jpg ...' count as one kind.
+A failure's kind is its stage and its reason with what names the sample taken out (its key,
+shard, uids and URLs become <key>, <shard>, <uid>, <url>) and everything after the first ': '
+dropped, so 'cannot decode image k1.jpg in shard 00003.tar: ...' and '... k2.jpg ...' count as
+one kind. Its other digits stay as they are ('img2dataset could not get <url>'); failures are
+counted together where their kinds differ only in numbers standing alone (a picture's width and
+height), and such a group is shown by the kind of its first sample.
 """
 
 from __future__ import annotations
@@ -20,17 +23,23 @@ SCORE_BINS = np.linspace(-1.0, 1.0, 201)  # CLIP score and similarity: cosines, 
 MAX_KINDS = 50  # per part; more kinds are counted as one 'other' kind
 EXAMPLES = 3  # per kind
 _UID = re.compile(r"\b[0-9a-fA-F]{32}\b")
-_NUMBER = re.compile(r"\d+")
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://\S*[^\s:,;.)'\"]")  # a URL, not the ':' after it
+_LONE_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?!\w|\.\w)")  # not part of a word
 
 
 def failure_kind(stage: str, reason: str, key: str, shard: str) -> str:
-    """The kind a failure is counted under (see the module docstring)."""
-    text = reason
+    """The kind a failure is shown as (see the module docstring)."""
+    text = _URL.sub("<url>", reason)
     for own, mark in ((key, "<key>"), (shard, "<shard>")):
-        if own:
-            text = text.replace(own, mark)
+        if own:  # the name itself, not the same characters inside a word
+            text = re.sub(rf"(?<!\w){re.escape(own)}(?!\w)", mark, text)
     text = _UID.sub("<uid>", text).split(": ", 1)[0]
-    return f"{stage}: {_NUMBER.sub('N', text)}"[:160]
+    return f"{stage}: {text}"[:160]
+
+
+def kind_group(kind: str) -> str:
+    """What failures are counted together by: the kind with its lone numbers as '#'."""
+    return _LONE_NUMBER.sub("#", kind)
 
 
 def histogram(values: np.ndarray) -> list[int]:
@@ -44,16 +53,19 @@ def part_summary(table: pa.Table) -> dict[str, Any]:
     status = np.asarray(table.column("status").to_pylist(), dtype=object)
     stage = np.asarray(table.column("stage").to_pylist(), dtype=object)
     failed = np.flatnonzero(status == "failed")
-    kinds: Counter = Counter()
+    kinds: Counter = Counter()  # by group (``kind_group``)
+    labels: dict[str, str] = {}  # each group's kind, as its first sample's
     examples: dict[str, list[dict[str, str]]] = {}
     if len(failed):
         cols = {c: table.column(c).take(pa.array(failed)).to_pylist()
                 for c in ("key", "shard", "reason")}
         for i, row in enumerate(failed):
-            kind = failure_kind(stage[row], cols["reason"][i] or "", cols["key"][i],
-                                cols["shard"][i])
+            label = failure_kind(stage[row], cols["reason"][i] or "", cols["key"][i],
+                                 cols["shard"][i])
+            kind = kind_group(label)
             if kind not in kinds and len(kinds) >= MAX_KINDS:
-                kind = "other"
+                kind = label = "other"
+            labels.setdefault(kind, label)
             kinds[kind] += 1
             if len(examples.setdefault(kind, [])) < EXAMPLES:
                 examples[kind].append({"key": cols["key"][i], "shard": cols["shard"][i],
@@ -63,7 +75,7 @@ def part_summary(table: pa.Table) -> dict[str, Any]:
     before = usable & ~((status == "removed") & (stage == "semdedup"))
     after = before & ~((status == "removed") & (stage == "clip_filter"))
     similarity = table.column("dup_similarity").to_numpy(zero_copy_only=False)
-    return {"failures": dict(kinds), "examples": examples,
+    return {"failures": dict(kinds), "labels": labels, "examples": examples,
             "clip_before": histogram(clip[before]), "clip_after": histogram(clip[after]),
             "dup_similarity": histogram(similarity.astype(np.float64))}
 
@@ -71,17 +83,21 @@ def part_summary(table: pa.Table) -> dict[str, Any]:
 def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """The parts' summaries added up, in part order (examples from the first parts)."""
     kinds: Counter = Counter()
+    labels: dict[str, str] = {}
     examples: dict[str, list[dict[str, str]]] = {}
     sums = {name: np.zeros(len(SCORE_BINS) - 1, dtype=np.int64)
             for name in ("clip_before", "clip_after", "dup_similarity")}
     for part in parts:
         kinds.update(part["failures"])
+        for kind, label in part.get("labels", {}).items():
+            labels.setdefault(kind, label)
         for kind, rows in part["examples"].items():
             slot = examples.setdefault(kind, [])
             slot.extend(rows[: EXAMPLES - len(slot)])
         for name in sums:
             sums[name] += np.asarray(part[name], dtype=np.int64)
-    failures = [{"kind": kind, "count": count, "examples": examples.get(kind, [])}
+    failures = [{"kind": labels.get(kind, kind), "count": count,
+                 "examples": examples.get(kind, [])}
                 for kind, count in sorted(kinds.items(), key=lambda kc: (-kc[1], kc[0]))]
     return {"failures_by_kind": failures,
             "histograms": {"bins": SCORE_BINS.round(4).tolist(),
