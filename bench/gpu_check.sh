@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # GPU check for a machine with one CUDA GPU and no network: installs the wheels in .whl/
-# (what that machine lacks: open_clip, faiss-cpu, pydantic, ...) into a --target folder, then
-# runs bench/gpu_check.py's env, encode, kmeans and runs steps under one time budget.
+# (what that machine lacks: open_clip, faiss-cpu, pydantic, ...; bench/gpu_wheels.sh fetches
+# them) into a --target folder, then runs bench/gpu_check.py's env, embed, encode, kmeans and
+# runs steps under one time budget.
 #
 #   bash bench/gpu_check.sh          # from anywhere; it works in the repo root
+#   GPU_CHECK_STEPS="env embed" bash bench/gpu_check.sh      # issue 22's checks alone
+#   GPU_CHECK_SKIP_INSTALL=1 GPU_CHECK_STEPS=embed GPU_CHECK_EMBED_ARGS="--device cpu --small" \
+#     bash bench/gpu_check.sh        # a smoke run of the embed step on a machine without GPU
 #
 # Settings (environment):
 #   OUT                      small results and the log (default /tmp/gpu_check_out)
@@ -17,6 +21,9 @@
 #   GPU_CHECK_ENCODE_S       seconds each device is timed in the encode step (default 8)
 #   GPU_CHECK_SKIP_INSTALL=1 use the packages already importable (local dry run)
 #   GPU_CHECK_SITE           install target (default /tmp/site)
+#   GPU_CHECK_STEPS          steps run, in this order (default "env embed encode kmeans runs")
+#   GPU_CHECK_EMBED_ARGS     arguments of the embed step (default: ViT-B-32 and ViT-L-14 on
+#                            cuda, 1536 generated images of 256-640 px; see gpu_check.py embed -h)
 set -u
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export PIP_ROOT_USER_ACTION=ignore PIP_BREAK_SYSTEM_PACKAGES=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -32,10 +39,13 @@ SAMPLES=${GPU_CHECK_SAMPLES:-2000}
 MODEL=${GPU_CHECK_MODEL:-ViT-B-32}
 KM=${GPU_CHECK_KM:---n 500000 --k 1000 --niter 10}
 ENCODE_S=${GPU_CHECK_ENCODE_S:-8}
+STEPS=" ${GPU_CHECK_STEPS:-env embed encode kmeans runs} "
+EMBED_ARGS=${GPU_CHECK_EMBED_ARGS:---device cuda}
 T0=$SECONDS
 
 step() { echo; echo "=== [$((SECONDS - T0)) s] $*"; }
 left() { echo $((BUDGET - (SECONDS - T0))); }
+wanted() { [[ $STEPS == *" $1 "* ]]; }
 # run_for CAP CMD...: CMD under a timeout of min(CAP, budget left - RESERVE); never fails
 run_for() {
   local cap=$1; shift
@@ -72,6 +82,7 @@ main() {
     export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
   fi
 
+  if wanted env; then
   step "nvidia-smi"
   nvidia-smi -L || echo "(no nvidia-smi)"
   nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version,power.limit \
@@ -79,14 +90,27 @@ main() {
 
   step "env: torch.cuda and package versions"
   run_for 60 $PY bench/gpu_check.py env
+  fi
 
+  if wanted embed; then
+  step "embed: JPEGs decoded on the GPU vs PIL, both paths on a hostile shard, bench_embed per model"
+  # shellcheck disable=SC2086 # EMBED_ARGS holds several arguments
+  RESERVE=${GPU_CHECK_EMBED_RESERVE:-0} run_for 420 $PY bench/gpu_check.py embed $EMBED_ARGS \
+    --out "$WORK/embed" --json "$OUT/embed.json"
+  fi
+
+  if wanted encode; then
   step "encode: load_clip + BatchEncoder.encode_batch ($MODEL random weights + tf_efficientnet_lite0)"
   RESERVE=200 run_for 90 $PY bench/gpu_check.py encode --devices $DEVICES --model "$MODEL" \
     --seconds "$ENCODE_S"
+  fi
 
+  if wanted kmeans; then
   step "kmeans: faiss-cpu (pipeline.algorithms.kmeans) vs torch matmul"
   RESERVE=170 run_for 60 $PY bench/gpu_check.py kmeans $KM
+  fi
 
+  if wanted runs; then
   step "runs: conceptprune synth ($SAMPLES images), then conceptprune run per device"
   rm -rf "$WORK/runs"
   run_for 300 $PY bench/gpu_check.py runs --devices $DEVICES --model "$MODEL" \
@@ -101,6 +125,7 @@ main() {
       cp "$r/subset.npy" "$r/report/report.json" "$r/logs/run.log" "$OUT/runs/$r/" 2>/dev/null
     done
   ) fi
+  fi
 
   step "done in $((SECONDS - T0)) s; log: $OUT/gpu_check.log"
 }

@@ -166,14 +166,20 @@ class InputSide:
     def embed_plan(self) -> EmbedPlan:
         """The input shards, their names, identities and embed fingerprints; reads nothing
         but the shards' sizes and times."""
+        from pipeline.embed.tensor_path import TENSOR_PATH_VERSION, decode_on_gpu
         from pipeline.io.decode import DECODE_VERSION
         from pipeline.io.shards import expand_shards, shard_names
 
         cfg = self.cfg
+        on_gpu = decode_on_gpu(cfg.embed.decode, cfg.embed.device)  # gpu without one: error
         urls = self._outside_output(once_each(expand_shards(cfg.input.shards)))
         names = shard_names(urls)  # their derived uids depend on the whole list
-        settings = {**cfg.embed.model_dump(exclude={"workers"}), "decode": DECODE_VERSION,
-                    "exact": EXACT_VERSION}
+        # embed.decode is left out (its key holds DECODE_VERSION here): the path it picks
+        # enters below, and only when it is the GPU
+        settings = {**cfg.embed.model_dump(exclude={"workers", "decode"}),
+                    "decode": DECODE_VERSION, "exact": EXACT_VERSION}
+        if on_gpu:  # only then: CPU-decoded work folders keep their fingerprints
+            settings["tensor_decode"] = TENSOR_PATH_VERSION
         pinned = [{"shard": name, "file": file_identity(url)}
                   for url, name in zip(urls, names, strict=True)]
         fps = {i: fingerprint("embed", pin, settings) for i, pin in enumerate(pinned)}

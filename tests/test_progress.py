@@ -4,6 +4,7 @@ step; the reporter itself with a fake clock."""
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import re
@@ -167,11 +168,22 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         samples_per_shard=PER_SHARD, concepts=3)
 
 
-def test_the_image_total_comes_from_img2datasets_stats(shards: Path, tmp_path: Path) -> None:
+def test_the_image_total_comes_from_img2datasets_stats_or_a_header_scan(
+        shards: Path, tmp_path: Path) -> None:
+    import gzip
+
     tars = sorted(str(p) for p in shards.glob("*.tar"))
     assert images_in(tars) == SAMPLES
+    stats = json.loads(Path(tars[0]).with_name("00000_stats.json").read_text())
+    stats["successes"] += 1000  # img2dataset's own figure wins where there is one
+    (tmp_path / "stats").mkdir()
+    (tmp_path / "stats" / "00000.tar").write_bytes(Path(tars[0]).read_bytes())
+    (tmp_path / "stats" / "00000_stats.json").write_text(json.dumps(stats))
+    assert images_in([str(tmp_path / "stats" / "00000.tar")]) == PER_SHARD + 1000
     (tmp_path / "00000.tar").write_bytes(Path(tars[0]).read_bytes())  # no stats beside it
-    assert images_in([*tars, str(tmp_path / "00000.tar")]) is None
+    assert images_in([*tars, str(tmp_path / "00000.tar")]) == SAMPLES + PER_SHARD  # scanned
+    (tmp_path / "00000.tar.gz").write_bytes(gzip.compress(Path(tars[0]).read_bytes()))
+    assert images_in([*tars, str(tmp_path / "00000.tar.gz")]) is None  # neither: no total
     assert images_in([]) == 0
 
 

@@ -193,3 +193,30 @@ def test_recorded_spans_hold_until_the_tar_changes() -> None:
     changed = bytearray(raw)
     changed[spans[2][0] + 120] ^= 1  # inside k2's header (its mode field)
     assert not spans_hold(bytes(changed), starts, ends, *keys)
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=["ustar", "gnu", "pax"])
+def test_a_header_scan_names_the_members_tarfile_does(fmt: int) -> None:
+    from pipeline.io.tar import iter_member_names
+
+    raw = every_kind_archive(fmt)
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        files = [m.name for m in tar if m.isfile()]
+    assert list(iter_member_names(io.BytesIO(raw))) == files
+    cut = raw[: len(raw) // 2]  # damaged: stops quietly, a prefix of the names
+    assert files[: len(list(iter_member_names(io.BytesIO(cut))))] == \
+        list(iter_member_names(io.BytesIO(cut)))
+
+
+def test_samples_counted_from_headers_equal_the_samples_read(tmp_path) -> None:  # noqa: ANN001
+    from pipeline.io.shards import count_samples, iter_samples
+
+    members = [(f"k{i // 3}.{ext}", b"x" * (i * 100)) for i, ext in
+               zip(range(30), ["jpg", "txt", "json"] * 10, strict=True)]
+    members.insert(4, ("README", b"no sample"))
+    raw = b"".join(header_block(n, len(d)) + d + bytes(padded(len(d)) - len(d))
+                   for n, d in members) + bytes(2 * BLOCK)
+    (tmp_path / "00000.tar").write_bytes(raw)
+    url = str(tmp_path / "00000.tar")
+    assert count_samples(url) == len(list(iter_samples(url))) == 10
+    assert count_samples(f"{url}.gz") is None

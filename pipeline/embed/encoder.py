@@ -78,10 +78,15 @@ class Preprocessor:
         self.tokenizer = tokenizer
         self.cluster_transform = cluster_transform
 
-    def __call__(self, image: Image.Image, caption: str | None) -> PreparedSample:
-        """A missing or blank caption gives ``has_text=False`` (tokens of the empty string)."""
+    def text(self, caption: str | None) -> tuple[torch.Tensor, bool]:
+        """The caption's tokens and whether it has text: a missing or blank caption gives
+        ``has_text=False`` (tokens of the empty string)."""
         has_text = caption is not None and bool(caption.strip())
-        tokens = self.tokenizer([caption if has_text else ""])[0]
+        return self.tokenizer([caption if has_text else ""])[0], has_text
+
+    def __call__(self, image: Image.Image, caption: str | None) -> PreparedSample:
+        """The image's model inputs and the caption's (``text``)."""
+        tokens, has_text = self.text(caption)
         cluster = None if self.cluster_transform is None else self.cluster_transform(image)
         return PreparedSample(self.image_transform(image), tokens, has_text, cluster)
 

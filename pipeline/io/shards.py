@@ -46,7 +46,7 @@ from PIL import Image
 from pipeline.errors import ConceptpruneError
 from pipeline.ids import derive_uid, is_valid_uid
 from pipeline.io.decode import DEFAULT_RULES, DecodeRules, ImageDecodeError, decode_picture
-from pipeline.io.tar import TarDamage, iter_member_spans, padded
+from pipeline.io.tar import TarDamage, iter_member_names, iter_member_spans, padded
 
 log = logging.getLogger(__name__)
 
@@ -329,6 +329,22 @@ def json_too_deep(data: bytes) -> bool:
         elif byte in (0x5D, 0x7D):
             depth -= 1
     return False
+
+
+def count_samples(url: str) -> int | None:
+    """The samples of a local uncompressed shard, counted from its tar headers alone (runs
+    of members sharing a key, as ``iter_samples`` groups them); None for any other shard.
+    For progress totals where img2dataset left no stats: it reads 512 bytes a member."""
+    path = local_tar_path(url)
+    if path is None:
+        return None
+    count, key = 0, None
+    with open(path, "rb") as f:
+        for name in iter_member_names(f):
+            parts = split_member_name(name)
+            if parts is not None and parts[0] != key:
+                count, key = count + 1, parts[0]
+    return count
 
 
 def make_sample(shard: str, key: str, members: list[tuple[str, bytes]]) -> Sample:

@@ -208,6 +208,40 @@ def iter_member_spans(f: BinaryIO) -> Iterator[tuple[str, bytes, int, int]]:
         start = offset
 
 
+def iter_member_names(f: BinaryIO) -> Iterator[str]:
+    """The names of the regular-file members of a seekable tar, read from the headers
+    alone: member data is skipped with ``seek`` (a header scan reads 512 bytes a member).
+    Stops quietly where the tar ends or is damaged: what it gives is a count to show, not
+    a reading of the shard."""
+    long_name: str | None = None
+    pax: dict[str, str] = {}
+    while True:
+        block = f.read(BLOCK)
+        if len(block) != BLOCK or block == ZERO_BLOCK or not checksum_ok(block):
+            return
+        try:
+            size = int(pax["size"]) if "size" in pax else header_size(block)
+        except ValueError:
+            return
+        kind = block[156]
+        if kind in (PAX, GNU_LONGNAME):
+            data = f.read(size)
+            f.seek(padding(size), 1)
+            if kind == PAX:
+                try:
+                    pax = pax_records(data)
+                except ValueError:
+                    return
+            else:
+                long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            continue
+        f.seek(padded(size), 1)
+        if kind in REGULAR_KINDS:
+            yield pax.get("path") or long_name or _ustar_name(block)
+        if kind not in NO_SAMPLE_KINDS:
+            long_name, pax = None, {}
+
+
 def iter_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
     """(name, bytes) of every regular-file member of a tar stream, in order."""
     for name, data, _, _ in iter_member_spans(f):

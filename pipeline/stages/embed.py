@@ -9,6 +9,12 @@ its json lie in the tar, so the write step can copy it without parsing), then it
 a killed run redoes only unfinished shards, and since batches depend only on their shard,
 the vectors do not depend on how many workers ran.
 
+With ``embed.decode`` on the GPU (``pipeline.embed.tensor_path``), workers leave the JPEGs
+the device decodes as bytes in their batches; the main process decodes and preprocesses them
+on the device and puts them back in order before the models. A JPEG the device refuses
+goes through the CPU path there; should that fail too, the sample fails with the CPU path's
+reason when its shard ends.
+
 Every sample read gets a row: one that failed to read (missing image or caption, bad json)
 or to decode keeps a zero vector and its reason, so nothing disappears unaccounted. A damaged
 tar ends its shard early; how many samples were read, and what img2dataset's stats said, go
@@ -30,9 +36,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.embed.encoder import BatchEncoder, PreparedBatch, Preprocessor, collate
 from pipeline.embed.memory import reuse_freed_memory
+from pipeline.embed.tensor_path import MixedBatch, TensorPath, collate_mixed, pending_jpeg
 from pipeline.io.decode import DEFAULT_RULES, DecodeRules, ImageDecodeError
 from pipeline.io.shards import (
     ShardStream,
+    count_samples,
     decode_image,
     download_failures,
     identity_metadata,
@@ -52,7 +60,7 @@ class ShardBatch:
 
     index: int
     positions: list[int]
-    batch: PreparedBatch
+    batch: PreparedBatch | MixedBatch
 
     def pin_memory(self) -> ShardBatch:
         """Called by DataLoader(pin_memory=True) so the batch copies to the GPU async."""
@@ -76,11 +84,15 @@ class ShardBatches(IterableDataset):
     """Whole shards per worker, turned into per-shard batches of prepared samples."""
 
     def __init__(self, shards: list[tuple[int, str, str]], preprocessor: Preprocessor,
-                 batch_size: int, decoding: DecodeRules = DEFAULT_RULES) -> None:
+                 batch_size: int, decoding: DecodeRules = DEFAULT_RULES,
+                 tensor: bool = False) -> None:
+        """``tensor``: JPEGs the tensor path takes stay bytes, for the main process."""
         self.shards = shards
         self.preprocessor = preprocessor
         self.batch_size = batch_size
         self.decoding = decoding
+        self.tensor = tensor
+        self.collate = collate_mixed if tensor else collate
 
     def __iter__(self) -> Iterator[ShardBatch | ShardEnd]:
         info = get_worker_info()
@@ -104,18 +116,25 @@ class ShardBatches(IterableDataset):
             records.append(record)
             if sample.failed:
                 continue
-            try:
-                image = decode_image(sample, self.decoding)
-                prepared.append(self.preprocessor(image, sample.caption))
-            except ImageDecodeError as err:
-                record["failed_reason"], record["failed_stage"] = str(err), "embed"
-                continue
+            pending = None
+            if self.tensor:
+                pending = pending_jpeg(sample, self.decoding.max_pixels,
+                                       *self.preprocessor.text(sample.caption))
+            if pending is not None:
+                prepared.append(pending)
+            else:
+                try:
+                    image = decode_image(sample, self.decoding)
+                    prepared.append(self.preprocessor(image, sample.caption))
+                except ImageDecodeError as err:
+                    record["failed_reason"], record["failed_stage"] = str(err), "embed"
+                    continue
             positions.append(pos)
             if len(prepared) == self.batch_size:
-                yield ShardBatch(index, positions, collate(prepared))
+                yield ShardBatch(index, positions, self.collate(prepared))
                 positions, prepared = [], []
         if prepared:
-            yield ShardBatch(index, positions, collate(prepared))
+            yield ShardBatch(index, positions, self.collate(prepared))
         in_tar = len(records)
         failures = download_failures(url, name, {r["key"] for r in records})
         derived += sum(r["uid_derived"] for r in failures)
@@ -191,14 +210,16 @@ def write_shard_outputs(out_dir: Path, end: ShardEnd, pending: _Pending, clip_di
 
 def embed_shards(shards: list[tuple[int, str, str]], encoder: BatchEncoder, out_dir: Path,
                  batch_size: int, workers: int, on_done: Callable[[EmbeddedShard], None],
-                 progress: Meter = NO_PROGRESS, decoding: DecodeRules = DEFAULT_RULES) -> None:
+                 progress: Meter = NO_PROGRESS, decoding: DecodeRules = DEFAULT_RULES,
+                 tensor: TensorPath | None = None) -> None:
     """Embed ``shards`` ((index, url, name) triples; the name as ``shard_names`` gives it)
     into ``out_dir``; ``on_done`` after each one. ``progress`` counts the samples read from
     the tars as their batches are embedded (and those that failed when their shard ends),
-    and a unit per shard done."""
+    and a unit per shard done. ``tensor``: JPEGs decoded and preprocessed by it."""
     if not shards:
         return
-    dataset = ShardBatches(shards, encoder.preprocessor, batch_size, decoding)
+    dataset = ShardBatches(shards, encoder.preprocessor, batch_size, decoding,
+                           tensor=tensor is not None)
     loader = DataLoader(
         dataset, batch_size=None, num_workers=min(workers, len(shards)),
         pin_memory=encoder.device.type == "cuda",
@@ -208,18 +229,32 @@ def embed_shards(shards: list[tuple[int, str, str]], encoder: BatchEncoder, out_
     urls = {index: url for index, url, _ in shards}
     pending: dict[int, _Pending] = {}
     counted: dict[int, int] = {}  # samples of each shard counted so far
+    late: dict[int, dict[int, str]] = {}  # shard -> position -> reason: failed here
     clip_dim = encoder.clip.embed_dim
     cluster_dim = None if encoder.cluster is None else encoder.cluster.feature_dim
     with reuse_freed_memory():
         for item in loader:
             if isinstance(item, ShardBatch):
-                out = encoder.encode_prepared(item.batch)
+                batch, positions = item.batch, item.positions
+                if isinstance(batch, MixedBatch):
+                    assert tensor is not None  # only its workers leave JPEGs as bytes
+                    batch, failed = tensor.prepare(batch, decoding)
+                    if failed:
+                        late.setdefault(item.index, {}).update(
+                            {positions[row]: reason for row, reason in failed.items()})
+                        positions = [p for row, p in enumerate(positions) if row not in failed]
+                if not positions:
+                    continue
+                out = encoder.encode_prepared(batch)
                 slot = pending.setdefault(item.index, _Pending())
-                slot.positions.append(np.asarray(item.positions))
+                slot.positions.append(np.asarray(positions))
                 slot.outputs.append(out)
-                counted[item.index] = counted.get(item.index, 0) + len(item.positions)
-                progress.advance(samples=len(item.positions))
+                counted[item.index] = counted.get(item.index, 0) + len(positions)
+                progress.advance(samples=len(positions))
                 continue
+            for pos, reason in late.pop(item.index, {}).items():
+                item.records[pos]["failed_reason"] = reason
+                item.records[pos]["failed_stage"] = "embed"
             slot = pending.pop(item.index, _Pending())
             failed = write_shard_outputs(out_dir, item, slot, clip_dim, cluster_dim)
             if item.damage:
@@ -249,11 +284,13 @@ class EmbedModels:
 
     encoder: BatchEncoder
     describe: dict[str, Any]
+    tensor: TensorPath | None = None  # JPEGs decoded on the GPU (embed.decode)
 
 
 def load_models(cfg: Any, seed: int) -> EmbedModels:  # noqa: ANN401 - EmbedConfig
     """Once per worker: the CLIP model and the optional clustering encoder."""
     from pipeline.embed.models import load_clip, load_cluster_encoder, resolve_device
+    from pipeline.embed.tensor_path import build_tensor_path
     from pipeline.engines.gpu import task_gpu
 
     device = resolve_device(cfg.device, task_gpu())  # the GPU the engine gave this task
@@ -267,7 +304,11 @@ def load_models(cfg: Any, seed: int) -> EmbedModels:  # noqa: ANN401 - EmbedConf
               "cluster_random_weights": None if cluster is None else cluster.random_weights}
     log.info("embedding with %s%s", models["clip"],
              f"; clustering on {models['cluster']}" if cluster else "")
-    return EmbedModels(BatchEncoder(clip, cluster, full_batch=cfg.batch_size), models)
+    encoder = BatchEncoder(clip, cluster, full_batch=cfg.batch_size)
+    tensor = build_tensor_path(cfg.decode, encoder)
+    if tensor is not None:  # only then: the markers of CPU-decoded runs stay as they were
+        models["decode"] = tensor.describe()
+    return EmbedModels(encoder, models, tensor)
 
 
 def embed_task(models: EmbedModels, task: EmbedTask) -> TaskCounts:
@@ -284,14 +325,16 @@ def embed_task(models: EmbedModels, task: EmbedTask) -> TaskCounts:
                   {**shard.to_json(), "models": models.describe})
 
     embed_shards(list(task.shards), models.encoder, Path(task.out_dir), task.batch_size,
-                 task.workers, done, progress=tally, decoding=task.decoding)
+                 task.workers, done, progress=tally, decoding=task.decoding,
+                 tensor=models.tensor)
     return tally.counts()
 
 
 def images_in(urls: Sequence[str], budget_s: float = 5.0) -> int | None:
-    """The samples img2dataset wrote into these shards (``successes`` of their
-    ``_stats.json``), or None when a shard has none or reading them all takes longer than
-    ``budget_s`` (many shards in object storage): what the progress of embed counts up to."""
+    """The samples in these shards, what the progress of embed counts up to: img2dataset's
+    count (``successes`` of a shard's ``_stats.json``), else a scan of a local tar's
+    headers; None when a shard has neither or it all takes longer than ``budget_s`` (many
+    shards in object storage)."""
     if not urls:
         return 0
 
@@ -299,9 +342,14 @@ def images_in(urls: Sequence[str], budget_s: float = 5.0) -> int | None:
         try:
             stats = read_stats(url)
         except (OSError, ValueError):
-            return None
+            stats = None
         got = stats.get("successes") if isinstance(stats, dict) else None
-        return got if isinstance(got, int) else None
+        if isinstance(got, int):
+            return got
+        try:
+            return count_samples(url)
+        except OSError:
+            return None
 
     pool = ThreadPoolExecutor(min(16, len(urls)), thread_name_prefix="stats")
     try:
