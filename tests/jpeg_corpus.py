@@ -118,6 +118,7 @@ REFUSED = {
     "cmyk": (lambda: jpeg(photo(64, 48, 23).convert("CMYK")), "4 colour components"),
     "12bit": (lambda: patched(jpeg(photo(64, 48, 24)), b"\xff\xc0", 4, 12), "12-bit"),
     "garbled": (lambda: b"\xff\xd8\xff" + bytes(range(256)) * 4, "garbled"),
+    "strip": (lambda: jpeg(photo(400, 12, 25)), "longer than MAX_ASPECT"),  # the CPU crops it
     "truncated": (lambda: jpeg(photo(300, 200, 25))[:3000], "truncated"),
     "adobe_rgb": (lambda: with_segment(jpeg(photo(64, 48, 26)), ADOBE_RGB), "RGB-coded"),
     "big": (lambda: jpeg(photo(400, 300, 27)), "max_pixels"),

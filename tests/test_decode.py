@@ -282,3 +282,27 @@ def test_parse_background_refuses(text: str) -> None:
 
 def test_decode_version_is_an_int() -> None:
     assert isinstance(DECODE_VERSION, int) and DECODE_VERSION >= 1
+
+
+@pytest.mark.parametrize("size", [(40_000, 2), (3, 9_000), (200, 10), (2, 40)])
+def test_a_strip_is_cut_to_its_middle_not_blown_up_by_the_models(size: tuple[int, int]
+                                                                 ) -> None:
+    """A model resizes the short side up and keeps the centre: a 40,000 x 2 strip would
+    become millions of pixels long. Longer than MAX_ASPECT x its short side, a picture keeps
+    its middle; up to it, the picture is untouched."""
+    from pipeline.io.decode import MAX_ASPECT
+
+    w, h = size
+    ramp = (np.arange(max(w, h)) % 251).astype(np.uint8)
+    pixels = np.repeat((ramp[None, :] if w > h else ramp[:, None])[..., None], 3, axis=2)
+    pixels = np.broadcast_to(pixels, (h, w, 3)).copy()
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    got = np.asarray(decode_picture(buf.getvalue(), where="x", max_pixels=10**9,
+                                    background=(255, 255, 255)))
+    short, long = min(w, h), max(w, h)
+    kept = min(long, MAX_ASPECT * short)
+    assert got.shape[:2] == ((h, kept) if w > h else (kept, w))
+    start = (long - kept) // 2
+    want = pixels[:, start:start + kept] if w > h else pixels[start:start + kept]
+    assert np.array_equal(got, want)

@@ -305,3 +305,35 @@ def test_engine_threads_pin_the_kernels_of_every_worker(engine: RayEngine, threa
         assert set(joined.map(kernel_threads, range(4), desc="t")) == {(threads, threads)}
     finally:
         joined.close()
+
+
+def test_a_task_whose_actor_is_unavailable_runs_again(engine: RayEngine,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node lost: its actors are unreachable while Ray restarts them elsewhere, and Ray
+    does not retry the task then (ActorUnavailableError, seen in CI); the engine runs it
+    again, up to engine.max_retries times, and then says a worker died."""
+    from pipeline.engines.base import EngineError
+    from pipeline.progress import NO_PROGRESS
+
+    monkeypatch.setattr("pipeline.engines.ray_engine.time.sleep", lambda _: None)
+    unavailable = ray.exceptions.ActorUnavailableError("node lost", b"\0" * 16)
+
+    class Pool:
+        def get_next(self) -> Any:  # noqa: ANN401
+            raise unavailable
+
+    tries: list[int] = []
+
+    def again(task: int) -> int:
+        tries.append(task)
+        if len(tries) < 2:
+            raise unavailable
+        return task * 10
+
+    assert engine._next(Pool(), "t", NO_PROGRESS, 7, again) == 70 and tries == [7, 7]
+
+    def never(task: int) -> int:
+        raise unavailable
+
+    with pytest.raises(EngineError, match="a Ray worker died"):
+        engine._next(Pool(), "t", NO_PROGRESS, 7, never)

@@ -190,7 +190,7 @@ def write_config(path: Path, data: Path, out: Path, raw: dict[str, Any]) -> Path
 
 
 KILLS = [
-    ("pipeline.stages.semdedup:dedup_cluster", 3, ""),  # inside semdedup, between clusters
+    ("pipeline.stages.semdedup:decide_cluster", 3, ""),  # inside semdedup, between clusters
     ("pipeline.workdir:WorkDir.mark", 1, "'dbp'"),  # dbp written, its marker not yet
     ("pipeline.stages.ledger:write_parquet", 2, ".ledger.staging"),  # inside the ledger write
     ("pipeline.workdir:WorkDir.mark", 1, "dbp/assign-00001"),  # dbp: a unit done, one not

@@ -507,3 +507,21 @@ def test_json_nesting_has_one_limit_on_every_engine(tmp_path: Path) -> None:
     ok, deep, strings = iter_samples(write_tar(tmp_path / "00000.tar", members))
     assert not ok.failed and not strings.failed
     assert deep.failed_reason == "undecodable json deep.json: nested too deep (over 100 levels)"
+
+
+def test_tars_joined_with_cat_are_reported_and_junk_after_the_marker_is_not(
+        tmp_path: Path) -> None:
+    """`cat a.tar b.tar`: tar and webdataset stop at a's end marker, so b's samples would be
+    lost without a word. a's samples are read whole (its last one too) and the shard is
+    reported damaged, naming the cause and the fix; junk that is no tar is left alone."""
+    a = tar_bytes(sample_members("a1") + sample_members("a2"))
+    b = tar_bytes(sample_members("b1"))
+    (tmp_path / "00000.tar").write_bytes(a + b)
+    stream = ShardStream(str(tmp_path / "00000.tar"))
+    got = list(stream)
+    assert [s.key for s in got] == ["a1", "a2"] and not any(s.failed for s in got)
+    assert stream.error is not None and stream.error.samples_read == 2
+    assert "tars joined with `cat`" in str(stream.error)
+    (tmp_path / "00001.tar").write_bytes(a + b"junk" * 600)
+    stream = ShardStream(str(tmp_path / "00001.tar"))
+    assert [s.key for s in stream] == ["a1", "a2"] and stream.error is None

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.errors import ConceptpruneError
+from pipeline.io.decode import MAX_ASPECT
+
 SOI, EOI, SOS = 0xD8, 0xD9, 0xDA
 # SOF0 baseline and SOF1 extended sequential (Huffman), SOF2 progressive (Huffman)
 TAKEN_SOF = frozenset({0xC0, 0xC1, 0xC2})
@@ -28,7 +31,7 @@ XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"
 EOI_SEARCH = 256  # an EOI this near the end, after the scan header: the file is complete
 
 
-class NotForTensorPath(ValueError):
+class NotForTensorPath(ConceptpruneError, ValueError):
     """This member goes through the CPU path; the message says why (for counts and logs)."""
 
 
@@ -100,6 +103,8 @@ def read_jpeg_header(data: bytes, max_pixels: int) -> JpegHeader:
     header = _frame(*frame, adobe_transform)
     if header.width * header.height > max_pixels:
         raise NotForTensorPath("more pixels than embed.max_pixels")
+    if max(header.width, header.height) > MAX_ASPECT * min(header.width, header.height):
+        raise NotForTensorPath("longer than MAX_ASPECT times its short side")  # CPU crops it
     orientation = _orientation(exif)
     return JpegHeader(header.width, header.height, header.components, orientation,
                       header.progressive)

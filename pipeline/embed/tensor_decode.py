@@ -32,12 +32,14 @@ import torchvision.transforms.functional as TF
 from open_clip.transform import MaybeConvertMode
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from pipeline.errors import ConceptpruneError
+
 # resampling that torch's antialiased interpolation computes as PIL does
 MIRRORED_INTERPOLATION = frozenset({TF.InterpolationMode.BICUBIC,
                                     TF.InterpolationMode.BILINEAR})
 
 
-class UnsupportedTransform(ValueError):
+class UnsupportedTransform(ConceptpruneError, ValueError):
     """A model transform the tensor path does not mirror; the message names the step."""
 
 

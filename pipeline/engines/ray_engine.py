@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -148,30 +150,43 @@ class RayEngine:
         def call(actor: Any, task: Any) -> Any:
             return actor.run.remote(token, setup_ref, fn_ref, task)
 
+        turns = itertools.count()
+
+        def again(task: Any) -> Any:  # the task once more, on the next actor in turn
+            return ray.get(call(actors[next(turns) % len(actors)], task))
+
         window = 2 * len(actors)  # tasks in flight: enough to keep every actor busy
-        in_flight = 0
+        submitted: deque[Any] = deque()  # in flight, in order: results come in this order
         with map_progress(progress, self.progress, desc, total, unit) as meter:
             try:
                 for task in tasks:
                     pool.submit(call, task)
-                    in_flight += 1
-                    if in_flight >= window:
-                        yield self._next(pool, desc, meter)
-                        in_flight -= 1
+                    submitted.append(task)
+                    if len(submitted) >= window:
+                        yield self._next(pool, desc, meter, submitted.popleft(), again)
                 while pool.has_next():
-                    yield self._next(pool, desc, meter)
+                    yield self._next(pool, desc, meter, submitted.popleft(), again)
             except STOPS:  # a stop (SIGTERM, Ctrl-C): the tasks in flight are dropped
                 self.cancel()
                 raise
 
-    def _next(self, pool: Any, desc: str, meter: Meter) -> Any:
-        """The next result; a task whose workers kept dying is a clear error, not a trace."""
-        lost = (self._ray.exceptions.RayActorError, self._ray.exceptions.WorkerCrashedError)
+    def _next(self, pool: Any, desc: str, meter: Meter, task: Any,
+              again: Callable[[Any], Any]) -> Any:
+        """The next result (of ``task``); a task whose workers kept dying is a clear error,
+        not a trace. An actor unreachable for a while (its node lost, the actor restarting
+        elsewhere) is a failure Ray does not retry: the task is run again, up to
+        ``max_retries`` times."""
+        errors = self._ray.exceptions
+        lost = (errors.RayActorError, errors.WorkerCrashedError)
+        unavailable = getattr(errors, "ActorUnavailableError", ())
         try:
-            result = result_of(pool.get_next())
+            try:
+                result = result_of(pool.get_next())
+            except unavailable as first:
+                result = self._again(task, again, first)
             meter.advance(1)
             return result
-        except self._ray.exceptions.RayTaskError as err:  # a bug: its traceback, uncoloured
+        except errors.RayTaskError as err:  # a bug: its traceback, uncoloured
             raise RuntimeError(f"{desc}: a task failed on a Ray worker\n"
                                f"{plain(str(err))}") from None
         except lost as err:
@@ -181,6 +196,18 @@ class RayEngine:
                 "now and then, or read the worker logs under Ray's session folder "
                 "(engine.temp_dir, default /tmp/ray)"
             ) from err
+
+    def _again(self, task: Any, again: Callable[[Any], Any], err: Exception) -> Any:
+        """``task`` run again while its actor is unavailable, waiting 1, 2, 4 ... s between
+        tries; the last error once ``max_retries`` tries failed."""
+        unavailable = self._ray.exceptions.ActorUnavailableError
+        for attempt in range(self.max_retries):
+            time.sleep(min(2.0**attempt, 16.0))
+            try:
+                return result_of(again(task))
+            except unavailable as later:
+                err = later
+        raise err
 
     def run_one(self, fn: Callable[[T], R], task: T, *, resources: Resources = DEFAULT) -> R:
         return next(iter(self.map(fn, [task], desc="run_one", resources=resources,

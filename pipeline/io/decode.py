@@ -13,7 +13,10 @@ the same way. In SPEC 5b's order it:
    colour key) over a background colour, white by default as img2dataset does: the RGB
    under transparent pixels is whatever the encoder left (mostly black, sometimes noise),
    which nobody sees. ``background=None`` drops alpha instead, as open_clip's
-   ``convert("RGB")`` does.
+   ``convert("RGB")`` does;
+6. crops a picture longer than ``MAX_ASPECT`` times its short side to its middle
+   ``MAX_ASPECT`` x short side: models resize the short side up to theirs and keep only the
+   centre, so a 40,000 x 1 strip would become 9M x 224 pixels (8 GB) for a square's worth.
 
 Any failure is an ``ImageDecodeError`` whose text is the same on every run (no addresses).
 ``DECODE_VERSION`` goes into the embed step's fingerprint: bump it when these rules change, so
@@ -32,6 +35,7 @@ from PIL import Image, ImageOps
 from pipeline.errors import ConceptpruneError
 
 DECODE_VERSION = 2  # 2: an unreadable EXIF block no longer fails the picture
+MAX_ASPECT = 20  # longest side / shortest side kept (step 6)
 DEFAULT_MAX_PIXELS = 40_000_000  # SPEC §5b; PIL's own limit warns at 89M and stops at 179M
 DEFAULT_BACKGROUND = "white"
 BACKGROUNDS: dict[str, tuple[int, int, int] | None] = {
@@ -96,7 +100,7 @@ def decode_picture(data: bytes, *, where: str, max_pixels: int,
         with Image.open(io.BytesIO(data)) as img:
             _check_size(img.size, where, max_pixels)
             img.load()
-            return _to_rgb(_upright(img), background)
+            return _middle(_to_rgb(_upright(img), background))
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -104,6 +108,19 @@ def decode_picture(data: bytes, *, where: str, max_pixels: int,
     except Exception as err:  # PIL raises many types for bad bytes
         reason = _ADDRESS.sub("", str(err)) or type(err).__name__
         raise ImageDecodeError(f"cannot decode image {where}: {reason}") from err
+
+
+def _middle(img: Image.Image) -> Image.Image:
+    """The picture, or its middle MAX_ASPECT x short side where it is longer (step 6)."""
+    w, h = img.size
+    short = max(1, min(w, h))
+    if max(w, h) <= MAX_ASPECT * short:
+        return img
+    if w > h:
+        left = (w - MAX_ASPECT * short) // 2
+        return img.crop((left, 0, left + MAX_ASPECT * short, h))
+    top = (h - MAX_ASPECT * short) // 2
+    return img.crop((0, top, w, top + MAX_ASPECT * short))
 
 
 def _check_size(size: tuple[int, int], where: str, max_pixels: int) -> None:

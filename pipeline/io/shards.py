@@ -46,7 +46,7 @@ from PIL import Image
 from pipeline.errors import ConceptpruneError
 from pipeline.ids import derive_uid, is_valid_uid
 from pipeline.io.decode import DEFAULT_RULES, DecodeRules, ImageDecodeError, decode_picture
-from pipeline.io.tar import TarDamage, iter_member_names, iter_member_spans, padded
+from pipeline.io.tar import JoinedTars, TarDamage, iter_member_names, iter_member_spans, padded
 
 log = logging.getLogger(__name__)
 
@@ -519,7 +519,10 @@ def iter_samples(url: str, name: str | None = None) -> Iterator[Sample]:
                 item = next(stream, None)
             except _READ_ERRORS as err:
                 reason = str(err) or type(err).__name__
-                if key is not None:  # the sample being read: a ledger row, failed
+                if isinstance(err, JoinedTars) and key is not None:  # its members all read
+                    count += 1
+                    yield _with_span(make_sample(shard, key, members), offsets)
+                elif key is not None:  # the sample being read: a ledger row, failed
                     broken = make_sample(shard, key, members)
                     broken.failed_reason = f"the shard breaks off while this sample is read " \
                                            f"({reason})"

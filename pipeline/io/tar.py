@@ -29,12 +29,18 @@ PAX, GNU_LONGNAME = ord("x"), ord("L")
 NO_SAMPLE_KINDS = (ord("g"), ord("K"))  # global pax header, GNU long link name
 MAX_USTAR_SIZE = 8**11 - 1
 _BIG_MEMBER = 64 << 20
+_AFTER_END = 10240 + BLOCK  # what follows an end marker: the marker's second block and the
+# zeros up to tar's 10 KiB record, then, where two tars were joined with `cat`, a header
 _CHKSUM = slice(148, 156)
 
 
 class TarDamage(ConceptpruneError):
     """The tar stream cannot be read further (truncated, or a header is corrupt); the
     shard reader turns it into a ``CorruptShardError`` naming the shard."""
+
+
+class JoinedTars(TarDamage):
+    """The tar ended soundly, every member before complete, but another tar follows it."""
 
 
 def padding(size: int) -> int:
@@ -167,6 +173,7 @@ def iter_member_spans(f: BinaryIO) -> Iterator[tuple[str, bytes, int, int]]:
     while True:
         block = read(BLOCK)
         if block == ZERO_BLOCK:
+            _check_after_end(read(_AFTER_END), offset)
             return
         if len(block) != BLOCK:
             raise TarDamage(f"truncated header at byte {offset}" if block else
@@ -206,6 +213,20 @@ def iter_member_spans(f: BinaryIO) -> Iterator[tuple[str, bytes, int, int]]:
             continue
         long_name, pax = None, {}
         start = offset
+
+
+def _check_after_end(after: bytes, offset: int) -> None:
+    """``TarDamage`` where a sound header follows the end marker at ``offset``: two tars
+    joined with `cat`, whose second part tar and webdataset never read. Junk that is no
+    header is left alone, as tar leaves it."""
+    for at in range(0, len(after) - BLOCK + 1, BLOCK):
+        block = after[at : at + BLOCK]
+        if block != ZERO_BLOCK and checksum_ok(block):
+            raise JoinedTars(
+                f"another tar starts at byte {offset + BLOCK + at}, after this one's "
+                f"end-of-archive marker at byte {offset} (tars joined with `cat`?): its "
+                "samples are not read; give the tars as separate shards, or join them with "
+                "`tar --concatenate`")
 
 
 def iter_member_names(f: BinaryIO) -> Iterator[str]:
