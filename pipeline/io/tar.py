@@ -12,6 +12,7 @@ headers, so the written bytes are the ones ``tarfile`` would write.
 
 from __future__ import annotations
 
+import lzma
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -173,7 +174,11 @@ def iter_member_spans(f: BinaryIO) -> Iterator[tuple[str, bytes, int, int]]:
     while True:
         block = read(BLOCK)
         if block == ZERO_BLOCK:
-            _check_after_end(read(_AFTER_END), offset)
+            try:
+                after = read(_AFTER_END)
+            except (OSError, EOFError, zlib.error, lzma.LZMAError):
+                return  # a compressed stream's trailing garbage, past the tar's end: no tar
+            _check_after_end(after, offset)
             return
         if len(block) != BLOCK:
             raise TarDamage(f"truncated header at byte {offset}" if block else
