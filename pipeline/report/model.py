@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 
+from pipeline.evaluate.model import Evaluation
 from pipeline.report.model_examples import Examples
 
 Fraction = Annotated[float, Field(ge=0, le=1)]
@@ -259,6 +260,7 @@ class Report(BaseModel):
     command: str = Field(description="a command that reproduces the run")
     examples: Examples = Field(None, description="the page's pictures (image path with dbp)")
     clusters: list[Concept] = Field(None, description="dbp's concepts, by id (when dbp ran)")
+    evaluate: Evaluation = Field(None, description="added by `conceptprune evaluate`")
 
 
 class _NoDefaults(GenerateJsonSchema):

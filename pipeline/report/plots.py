@@ -132,6 +132,25 @@ def eps_curve(curve: dict[str, Any], run_eps: float) -> str | None:
         return _svg(fig)
 
 
+def evaluation(section: dict[str, Any]) -> str | None:
+    """Each arm's zero-shot accuracy: one dot per seed, its mean as a bar."""
+    arms = section.get("arms") or []
+    if not arms:
+        return None
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(5.2, 3.4))
+        for i, arm in enumerate(arms):
+            ax.bar(i, arm["mean"], width=0.6, color="#3b6db3" if arm["name"] != "random"
+                   else "#999999", alpha=0.5)
+            ax.plot([i] * len(arm["top1"]), arm["top1"], marker="o", markersize=4,
+                    linestyle="none", color="#1d3557")
+        ax.set_xticks(range(len(arms)), [f"{a['name']}\n{a['subset_size']}" for a in arms])
+        ax.set_ylabel("zero-shot top-1 (dots: seeds)")
+        ax.set_ylim(0, min(1.0, max(max(a["top1"]) for a in arms) * 1.25 + 0.02))
+        ax.set_title(f"{section['model']}, {section['samples_seen']} samples seen per arm")
+        return _svg(fig)
+
+
 def all_plots(report: dict[str, Any]) -> dict[str, str]:
     """Every plot the report's data allows, by name, as inline SVG."""
     clusters = report.get("clusters") or []
@@ -143,5 +162,6 @@ def all_plots(report: dict[str, Any]) -> dict[str, str]:
                                           for s in report.get("stages", []))) if hist else None,
             "duplicates": duplicate_similarity(hist, eps) if hist and "semdedup" in report
             else None,
-            "eps": eps_curve(curve, eps) if curve and eps is not None else None}
+            "eps": eps_curve(curve, eps) if curve and eps is not None else None,
+            "evaluate": evaluation(report["evaluate"]) if report.get("evaluate") else None}
     return {name: svg for name, svg in made.items() if svg}
