@@ -27,3 +27,27 @@ def tie_local(tie_input: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     out = tmp_path_factory.mktemp("tie-local") / "local"
     run(validate_config(settings(tie_input, out)))
     return out
+
+
+@pytest.fixture(scope="session")
+def chain_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """72 synthetic images in three shards: the input of the kill and signal chains (local,
+    Ray and Spark; ``test_crash_resume.SAMPLES``). Read only."""
+    from pipeline.synth.images import synth_images
+
+    return synth_images(tmp_path_factory.mktemp("chain") / "data", 72, seed=9,
+                        samples_per_shard=24, concepts=3)
+
+
+@pytest.fixture(scope="session")
+def chain_clean(chain_images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The local engine's unbroken run of ``chain_images`` (``test_resume_images.raw_config``):
+    the bytes every stopped and resumed chain must end with."""
+    from test_resume_images import raw_config
+
+    from pipeline.config import validate_config
+    from pipeline.runner import run
+
+    out = tmp_path_factory.mktemp("chainclean") / "out"
+    run(validate_config(raw_config(chain_images, out)))
+    return out

@@ -1,5 +1,6 @@
-"""An image run SIGKILLed again and again, at more than 20 points across every step, on the
-local engine and on a Ray cluster: after each kill the next run resumes from what the last
+"""An image run SIGKILLed again and again, at more than 20 points across every step
+(``CONCEPTPRUNE_FULL_MATRIX=1``; make test takes a sample), on the local engine and on a Ray
+cluster: after each kill the next run resumes from what the last
 one left (and is itself killed further on); the run that finally finishes has the bytes of an
 unbroken run, every input sample has its ledger row, and nothing is left behind.
 
@@ -16,7 +17,6 @@ run with this machine's: decisions are exact, so the bytes agree (SPEC §2).
 
 from __future__ import annotations
 
-import importlib
 import os
 import signal
 from pathlib import Path
@@ -24,13 +24,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from signal_points import stop_again_and_again
 from test_resume_fingerprints import run_killed
 from test_resume_images import assert_same_result, raw_config
 
-from pipeline.config import validate_config
 from pipeline.output_guard import MANIFEST, WORK_MANIFEST
-from pipeline.runner import run
-from pipeline.synth.images import synth_images
 
 SAMPLES = 72
 
@@ -66,35 +64,38 @@ STEPS = [
 ]
 
 
-# On Ray, make test kills one point per step where results arrive from workers (the four
-# signals among them); CONCEPTPRUNE_FULL_MATRIX=1 kills at all 21. The local chain always
-# takes every point, the driver's own ones (markers, folder swaps, the report) included:
-# they are the same code on every engine.
-RAY_SAMPLE = ("embed", "read", "uids: find", "run_one", "semdedup: clusters", "dbp: select",
-              "ledger", "write shards")
+# make test kills at a sample of the points, CONCEPTPRUNE_FULL_MATRIX=1 at every one. Locally
+# the sample keeps every point of the driver's own (markers, folder swaps, the report: the same
+# code on every engine) and one map per step; on Ray, where results arrive from workers, the
+# four signal points and one SIGKILL between them.
+LOCAL_SKIPPED = ("uids: scatter", "uids: find", "semdedup: assign", "semdedup: decisions",
+                 "dbp: assign", "dbp: select", "subset")
+RAY_SAMPLE = ("embed", "uids: find", "semdedup: clusters", "ledger", "write shards")
+
+
+def full_matrix() -> bool:
+    return os.environ.get("CONCEPTPRUNE_FULL_MATRIX") == "1"
 
 
 def kill_points(engine: str) -> list[tuple[str, int, str]]:
     points = (EMBED_LOCAL if engine == "local" else EMBED_RAY) + STEPS
-    if engine == "ray" and os.environ.get("CONCEPTPRUNE_FULL_MATRIX") != "1":
-        points = [p for p in points if p[0] == "map" and p[2] in RAY_SAMPLE or
-                  p[0] == "kmeans"]
+    if engine == "ray" and not full_matrix():
+        points = [p for p in points if p[0] == "map" and p[2] in RAY_SAMPLE]
+    elif not full_matrix():
+        points = [p for p in points if p[0] != "map" or p[2] not in LOCAL_SKIPPED]
     return [("map", 1, "run_one") if target == "kmeans" and engine == "ray" else
             ("pipeline.engines.local:LocalEngine.run_one", 1, "") if target == "kmeans" else
             (target, nth, match) for target, nth, match in points]
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synth_images(tmp_path_factory.mktemp("chain") / "data", SAMPLES, seed=9,
-                        samples_per_shard=24, concepts=3)
+def data(chain_images: Path) -> Path:
+    return chain_images  # SAMPLES images (conftest: the Spark chain reads them too)
 
 
 @pytest.fixture(scope="module")
-def clean(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("chainclean") / "out"
-    run(validate_config(raw_config(data, out)))
-    return out
+def clean(chain_clean: Path) -> Path:
+    return chain_clean
 
 
 def kill_again_and_again(data: Path, out: Path, cfg_file: Path, engine: dict,
@@ -129,10 +130,10 @@ def check_the_same_as_an_unbroken_run(out: Path, clean: Path) -> None:
     assert not left, f"staging, temp files or a lock left behind: {left}"
 
 
-def test_a_local_run_killed_at_22_points_ends_with_the_unbroken_bytes(
+def test_a_local_run_killed_again_and_again_ends_with_the_unbroken_bytes(
         data: Path, clean: Path, tmp_path: Path) -> None:
     points = kill_points("local")
-    assert len(points) >= 20
+    assert len(points) >= (22 if full_matrix() else 15)
     kill_again_and_again(data, tmp_path / "out", tmp_path / "c.yaml", {"name": "local"},
                          points)
     check_the_same_as_an_unbroken_run(tmp_path / "out", clean)
@@ -144,7 +145,7 @@ def test_a_ray_run_killed_at_every_map_ends_with_the_unbroken_bytes(
     from ray_head import ray_head
 
     points = kill_points("ray")
-    assert len(points) >= 8  # 21 with CONCEPTPRUNE_FULL_MATRIX=1
+    assert len(points) >= (21 if full_matrix() else 5)
     # four of the points stop the driver by a signal instead, while the map's other tasks
     # are in flight on the workers (ray.init takes SIGTERM for itself; the run takes it back)
     at = {match: i for i, (_, _, match) in enumerate(points)}
@@ -179,80 +180,6 @@ SIGNAL_POINTS = [
     ("pathlib:Path.rename", 1, ".shards.staging", signal.SIGINT, "write shards"),
     ("pipeline.report.publish:write_json", 1, "report.json", signal.SIGTERM, "report"),
 ]
-
-
-def signal_after(monkeypatch: pytest.MonkeyPatch, target: str, nth: int, match: str,
-                 signum: int) -> None:
-    """Send ``signum`` to this process just after the NTH call of ``MODULE:ATTR`` whose
-    arguments contain ``match``, or (``map``) as the NTH result of the map named ``match``
-    reaches the driver, as Kubernetes or Slurm would at that moment."""
-    seen = 0
-
-    def due() -> bool:
-        nonlocal seen
-        seen += 1
-        return seen == nth
-
-    if target == "map":
-        from pipeline.engines.local import LocalEngine
-
-        real_map = LocalEngine.map
-
-        def map_then_signal(self, fn, tasks, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-            for result in real_map(self, fn, tasks, *args, **kwargs):
-                if kwargs["desc"] == match and due():
-                    os.kill(os.getpid(), signum)
-                yield result
-
-        monkeypatch.setattr(LocalEngine, "map", map_then_signal)
-        return
-    module_name, attr_path = target.split(":")
-    owner = importlib.import_module(module_name)
-    *parents, name = attr_path.split(".")
-    for part in parents:
-        owner = getattr(owner, part)
-    real = getattr(owner, name)
-
-    def call_then_signal(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        hit = match in repr(args) + repr(kwargs) and due()
-        if hit and name == "rename":
-            os.kill(os.getpid(), signum)
-        result = real(*args, **kwargs)
-        if hit and name != "rename":
-            os.kill(os.getpid(), signum)
-        return result
-
-    monkeypatch.setattr(owner, name, call_then_signal)
-
-
-def stop_again_and_again(data: Path, out: Path, cfg_file: Path, engine: dict,
-                         points: list[tuple[str, int, str, int, str]]) -> None:
-    """Run the command line in this process, as ``conceptprune run``, stopped by a signal at
-    each point in turn: each stop exits 128 + the signal's number, says where it stopped and
-    how to resume, and leaves no lock and no staging folder; then the run that finishes."""
-    from typer.testing import CliRunner
-
-    from pipeline.cli import app
-    from pipeline.run_lock import LOCK_NAME
-
-    cfg_file.write_text(yaml.safe_dump({**raw_config(data, out), "engine": engine}))
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
-    for target, nth, match, signum, where in points:
-        with pytest.MonkeyPatch.context() as patch:
-            signal_after(patch, target, nth, match, signum)
-            result = CliRunner().invoke(app, ["run", str(cfg_file), "--no-progress"])
-        name = signal.Signals(signum).name
-        point = f"{name} after {target} {nth} {match!r}"
-        assert result.exit_code == 128 + signum, f"{point}: exit {result.exit_code}"
-        said = (out / "logs" / "run.log").read_text().splitlines()[-1]
-        assert said.endswith(f"stopped by {name} at {where}; run the same command to resume"), \
-            f"{point}: {said}"
-        left = [p.name for p in out.rglob(".*")
-                if p.name == LOCK_NAME or ".staging-" in p.name or ".old-" in p.name]
-        assert not left, f"{point}: left behind {left}"
-        assert {s: signal.getsignal(s) for s in handlers} == handlers  # given back
-    result = CliRunner().invoke(app, ["run", str(cfg_file), "--no-progress"])
-    assert result.exit_code == 0, result.output
 
 
 def test_a_run_stopped_by_sigterm_sighup_and_sigint_at_13_points_resumes_to_the_same_bytes(

@@ -1,5 +1,6 @@
 """The spark engine (pyspark local[2]) gives the local engine's bytes: the embeddings run, the
-image run, a Python worker killed in the middle of a job, and the CLI's --engine spark."""
+image run, a Python worker killed in the middle of a job, the CLI's --engine spark, and an
+image run stopped by SIGTERM, SIGHUP and SIGINT again and again (its jobs cancelled)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
-from functools import partial
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,11 @@ import yaml
 
 pytest.importorskip("pyspark")
 
+import signal_points  # noqa: E402
 from same_bytes import assert_same_file  # noqa: E402
+from signal_points import stop_again_and_again  # noqa: E402
 from spark_cluster import spark_standalone  # noqa: E402
+from test_crash_resume import check_the_same_as_an_unbroken_run, full_matrix  # noqa: E402
 from test_engine_ray import assert_same_outputs, engine_of  # noqa: E402
 from tie_data import settings  # noqa: E402
 
@@ -44,7 +48,8 @@ def engine() -> Iterator[SparkEngine]:
 
     for key, value in SPARK_ENV.items():
         os.environ.setdefault(key, value)
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers lack tests/
+    for module in (sys.modules[__name__], signal_points):  # workers lack tests/
+        cloudpickle.register_pickle_by_value(module)
     spark = SparkEngine(master="local[2]", progress=False, max_retries=RETRIES)
     yield spark
     spark.close()
@@ -309,48 +314,88 @@ def test_a_task_hands_the_gpu_spark_gave_it_to_the_stages(monkeypatch: pytest.Mo
         set_task_gpu(None)
 
 
-def stop_the_driver_then(sentinel: str, driver: int, signum: int, real: Callable[..., Any],
-                         *args: Any) -> Any:  # noqa: ANN401
-    """A unit that, the first time any task runs it, sends ``signum`` to the driver (as a
-    scheduler stopping the job would) and goes on working for a long while (a minute); else
-    it works as ``real``."""
-    try:
-        os.close(os.open(sentinel, os.O_CREAT | os.O_EXCL))
-    except FileExistsError:
-        return real(*args)
-    os.kill(driver, signum)
-    time.sleep(60)
-    return real(*args)
-
-
-def test_sigterm_cancels_the_spark_job_and_the_rerun_gives_the_local_bytes(
-        engine: SparkEngine, data: Path, local: Path, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """SIGTERM arrives while a Spark job deduplicates clusters: the run stops at once with
-    its lock released, the job's tasks are cancelled, and the rerun on the same Spark
-    context has the bytes of a local run."""
-    import pipeline.stages.semdedup as sem
-    from pipeline.interrupts import Interrupted
-    from pipeline.run_lock import LOCK_NAME
-
-    cfg = validate_config({**settings(data, tmp_path / "spark"),
-                           "engine": {"bucket_rows": 2500}})
-    sentinel = tmp_path / "signalled"
-    monkeypatch.setattr(sem, "dedup_bucket", partial(
-        stop_the_driver_then, str(sentinel), os.getpid(), signal.SIGTERM, sem.dedup_bucket))
-    started = time.monotonic()
-    with pytest.raises(Interrupted, match="stopped by SIGTERM"):
-        run(cfg, engine=engine)
-    assert time.monotonic() - started < 45, "the stop waited for the long task"
-    assert sentinel.exists()
-    assert not (tmp_path / "spark" / LOCK_NAME).exists()
-    assert "stopped by SIGTERM at semdedup; run the same command to resume" in \
-        (tmp_path / "spark" / "logs" / "run.log").read_text()
+def no_job_left(engine: SparkEngine) -> bool:
+    """No Spark job runs, or none within 10 s: Spark's listeners learn of a cancel in a
+    moment."""
     tracker = engine.context.statusTracker()
     deadline = time.monotonic() + 10
     while tracker.getActiveJobsIds() and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not tracker.getActiveJobsIds(), "the stopped run's job still runs"
+    return not tracker.getActiveJobsIds()
+
+
+# (target, nth, match, signal, where the log says it stopped), as tests/signal_points.py takes
+# them, each point past the last, the three signals in turn. At a map point that map's NTH
+# task sends the signal and holds its job until the stop cancels it.
+SIGNAL_POINTS = [
+    ("map", 2, "embed", signal.SIGTERM, "embed"),  # a shard embedded, the second in flight
+    ("map", 1, "read", signal.SIGHUP, "read"),
+    ("map", 2, "uids: apply", signal.SIGINT, "uids"),
+    ("map", 1, "run_one", signal.SIGTERM, "semdedup"),  # the semdedup k-means in flight
+    ("map", 1, "semdedup: clusters", signal.SIGHUP, "semdedup"),
+    ("pipeline.workdir:WorkDir.mark", 1, "'semdedup'", signal.SIGINT, "semdedup"),
+    ("map", 1, "dbp: select", signal.SIGTERM, "dbp"),
+    ("map", 2, "dbp: decisions", signal.SIGHUP, "dbp"),
+    ("map", 2, "ledger", signal.SIGINT, "ledger"),
+    ("pathlib:Path.rename", 1, ".ledger.staging", signal.SIGTERM, "ledger"),  # mid-swap
+    ("map", 1, "write shards", signal.SIGHUP, "write shards"),
+    ("pathlib:Path.rename", 1, ".shards.staging", signal.SIGINT, "write shards"),  # mid-swap
+    ("pipeline.report.publish:write_json", 1, "report.json", signal.SIGTERM, "report"),
+]
+# make test stops the run at one point per signal, embed's and semdedup's maps and the swap
+# of shards/ (the driver's own points are the local chain's code too); with
+# CONCEPTPRUNE_FULL_MATRIX=1 at all 13
+SIGNAL_SAMPLE = ("embed", "semdedup: clusters", ".shards.staging")
+
+
+def test_a_spark_run_stopped_by_sigterm_sighup_and_sigint_again_and_again_gives_the_local_bytes(
+        engine: SparkEngine, chain_images: Path, chain_clean: Path, tmp_path: Path) -> None:
+    """``conceptprune run`` with engine spark (in this process: it joins the module's Spark
+    context) stopped by SIGTERM, SIGHUP and SIGINT in turn, from embed to the report, each
+    stop resuming what the last left: every stop exits 128 + the signal, says where it
+    stopped, releases the lock, leaves no staging folder and cancels its job at once (the
+    task that sent the signal holds it a minute); the run that finishes has the local run's
+    bytes."""
+    points = [p for p in SIGNAL_POINTS if full_matrix() or p[2] in SIGNAL_SAMPLE]
+    assert len(points) >= (13 if full_matrix() else 3)
+
+    def stopped_at_once(point: str, took: float) -> None:
+        assert took < 45, f"{point}: the stop waited for the held task ({took:.0f} s)"
+        assert no_job_left(engine), f"{point}: the stopped run's job still runs"
+
+    out = tmp_path / "out"
+    stop_again_and_again(chain_images, out, tmp_path / "c.yaml", {"name": "spark"}, points,
+                         stopped_at_once)
+    assert engine_of(out) == "spark"
+    check_the_same_as_an_unbroken_run(out, chain_clean)
+
+
+def sleeps(x: int) -> int:
+    time.sleep(60)
+    return x
+
+
+def test_a_stop_while_the_driver_asks_spark_takes_effect_once_the_answer_is_in(
+        engine: SparkEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM arrives while the driver waits for a Py4J call's answer (a status call that
+    takes a second): the map stops once the answer is in, its job cancelled, and later calls
+    get their own answers. Cut in the middle, the call left its answer on the connection, to
+    be read as the next call's (cancelJobGroup's, then every later one's)."""
+    from pipeline.interrupts import Interrupted, stop_on_signals
+
+    real = SparkEngine._finished_tasks
+
+    def slow(self: SparkEngine, group: str) -> int:
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        self.context._jvm.java.lang.Thread.sleep(1000)  # a busy driver JVM
+        return real(self, group)
+
+    monkeypatch.setattr(SparkEngine, "_finished_tasks", slow)
+    started = time.monotonic()
+    with pytest.raises(Interrupted, match="stopped by SIGTERM"), stop_on_signals():
+        list(engine.map(sleeps, [1, 2], desc="t"))
+    assert time.monotonic() - started < 45, "the stop waited for the tasks"
     monkeypatch.undo()
-    run(cfg, engine=engine)
-    assert_same_outputs(tmp_path / "spark", local)
+    assert no_job_left(engine), "the stopped map's job still runs"
+    assert engine.run_one(square, 7) == 49
+    assert engine.context._jvm.java.lang.Math.abs(-3) == 3

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from pipeline.engines.base import DEFAULT, EngineError, Resources, map_progress
 from pipeline.engines.task_errors import result_of, run_task
-from pipeline.interrupts import STOPS
+from pipeline.interrupts import STOPS, deferred
 from pipeline.progress import NO_PROGRESS, Meter
 
 T = TypeVar("T")
@@ -151,9 +151,10 @@ class SparkEngine:
         if not items:
             return
         token = f"{os.getpid()}-{next(self._tokens)}"
-        rdd = self.context.parallelize(items, numSlices=len(items))
-        if resources.gpus and not self.local:  # stage-level scheduling needs a cluster
-            rdd = rdd.withResources(self._profile(resources))
+        with deferred():  # Py4J calls: a stop waits for their answers (see _collect)
+            rdd = self.context.parallelize(items, numSlices=len(items))
+            if resources.gpus and not self.local:  # stage-level scheduling needs a cluster
+                rdd = rdd.withResources(self._profile(resources))
         threads = self.threads
         job = rdd.mapPartitions(
             lambda part: _run_partition(token, setup, fn, threads, part))
@@ -184,7 +185,11 @@ class SparkEngine:
         """``job.collect()`` in a thread of its own, in a job group: a stop (SIGTERM,
         Ctrl-C) reaches this, the main, thread at once, which cancels the job's tasks on the
         executors instead of leaving them running (and a Py4J call cut in the middle).
-        While it waits, ``meter`` follows the tasks Spark reports finished."""
+        While it waits, ``meter`` follows the tasks Spark reports finished; a stop that
+        arrives while this thread asks Spark (a Py4J call) takes effect once the answer is
+        read: cut in the middle, the call would leave its answer on the thread's Py4J
+        connection, to be read as the answer of the next call (``cancelJobGroup``'s, then
+        every later one's)."""
         done: Future[list[Any]] = Future()
 
         def collect() -> None:
@@ -204,7 +209,8 @@ class SparkEngine:
                     results = done.result(timeout=POLL_S)
                     break
                 except TimeoutError:
-                    finished = min(self._finished_tasks(token), tasks)
+                    with deferred():
+                        finished = min(self._finished_tasks(token), tasks)
                     if finished > counted:
                         meter.advance(finished - counted)
                         counted = finished
