@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
 from pathlib import Path
 
 import jsonschema
@@ -121,8 +123,6 @@ def test_three_arms_train_score_resume_and_rerun_to_the_same_figures(
 
     # a fresh rerun of the random arm (its shards drawn and copied again, trained, scored)
     # gives the same weights and figures: seeded draws, seeded trainer, seeded shuffle
-    import shutil
-
     before = {r["label"]: r for r in result["runs"]}
     shutil.rmtree(runs / "random-s0")
     shutil.rmtree(finished / "evaluate" / "arms" / "random-s0")
@@ -153,6 +153,36 @@ def test_three_arms_train_score_resume_and_rerun_to_the_same_figures(
     assert f"{rescored['arms'][0]['probe_mean']:.4f}</td></tr>" in page
     assert json.loads((finished / "evaluate" / "evaluate.json").read_text())["templates"] == \
         ["{}"]
+
+
+def test_a_recorded_command_pasted_into_a_shell_trains_the_same_weights(
+        finished: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command evaluate.json keeps for a training run, run by bash as a person would
+    (with a PYTHONPATH of their own set), writes the checkpoint the run scored."""
+    from pipeline.evaluate.labelled import load_labelled
+    from pipeline.evaluate.scoring import score_checkpoint
+
+    evaluation = finished / "evaluate" / "evaluate.json"
+    if not evaluation.exists():
+        pytest.skip("needs the evaluate test's runs")
+    recorded = next(r for r in json.loads(evaluation.read_text())["runs"]
+                    if r["label"] == "pruned-s0")
+    folder = Path(recorded["checkpoint"]).parents[1]
+    kept = folder.with_name("pruned-s0.kept")
+    folder.rename(kept)
+    try:
+        (tmp_path / "mine").mkdir()
+        monkeypatch.setenv("PYTHONPATH", str(tmp_path / "mine"))
+        proc = subprocess.run(["bash", "-c", recorded["command"]], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        again = score_checkpoint(Path(recorded["checkpoint"]), "conceptprune-tiny-vit",
+                                 load_labelled(str(finished.parent / "evalset")),
+                                 ["a photo of a {}."], 64, 1)
+        assert again["weights_sha256"] == recorded["weights_sha256"]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        kept.rename(folder)
 
 
 def test_the_arms_hold_what_they_say(finished: Path) -> None:

@@ -72,9 +72,20 @@ class TrainingRun:
     def epochs(self) -> int:
         return int(self.argv[self.argv.index("--epochs") + 1])
 
+    def environment(self) -> dict[str, str]:
+        """This process's environment with the run's on top; PYTHONPATH goes before the one
+        already set (where a --target install of the packages may be)."""
+        env = {**os.environ, **self.env}
+        if os.environ.get("PYTHONPATH") and "PYTHONPATH" in self.env:
+            env["PYTHONPATH"] = os.pathsep.join([self.env["PYTHONPATH"],
+                                                 os.environ["PYTHONPATH"]])
+        return env
+
     def shell(self) -> str:
-        """The command as one would paste it into a shell."""
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
+        """The command as one would paste it into a shell (PYTHONPATH put before yours)."""
+        env = " ".join(f"{k}={shlex.quote(v)}" + ("${PYTHONPATH:+:$PYTHONPATH}"
+                                                  if k == "PYTHONPATH" else "")
+                       for k, v in sorted(self.env.items()))
         return f"{env} {shlex.join(self.argv)}".strip()
 
 
@@ -119,7 +130,8 @@ def training_run(settings: EvaluateSettings, shards: list[Path], logs: Path, nam
 def check_trainer(settings: EvaluateSettings) -> str:
     """The trainer environment's webdataset version, or an EvaluateError with the fix."""
     run = training_run(settings, [Path("x.tar")], Path("."), "check", 0)
-    return _probe(settings.trainer_python or sys.executable, run.env["PYTHONPATH"])
+    return _probe(settings.trainer_python or sys.executable,
+                  run.environment()["PYTHONPATH"])
 
 
 @functools.cache  # an environment is looked at once in a process
@@ -147,7 +159,7 @@ def train(run: TrainingRun, log_file: Path) -> float:
     EvaluateError with its last lines. A stop (a signal, Ctrl-C) stops the trainer too."""
     started = time.monotonic()
     with open(log_file, "w") as out:
-        proc = subprocess.Popen(run.argv, env={**os.environ, **run.env}, stdout=out,
+        proc = subprocess.Popen(run.argv, env=run.environment(), stdout=out,
                                 stderr=subprocess.STDOUT)
         try:
             code = proc.wait()
