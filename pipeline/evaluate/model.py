@@ -41,7 +41,7 @@ class RunResult(_Section):
     mean_per_class: Fraction
     eval_samples: NonNegativeInt = Field(description="labelled pictures scored")
     weights_sha256: str = Field(pattern="^[0-9a-f]{64}$", description="of the trained weights")
-    probe_top1: Fraction | None = Field(description="linear probe (with --probe-train)")
+    probe_top1: Fraction | None = Field(None, description="linear probe (--probe-train)")
     train_s: NonNegativeFloat
     score_s: NonNegativeFloat
     command: str = Field(description="repeats the training run (from the run's folder)")
@@ -58,7 +58,8 @@ class ArmSummary(_Section):
     top1: list[Fraction] = Field(description="per seed, in seed order")
     mean: Fraction
     spread: NonNegativeFloat | None
-    probe_mean: Fraction | None = Field(description="linear probe top-1, mean over seeds")
+    probe_mean: Fraction | None = Field(None, description="linear probe top-1, mean over "
+                                        "seeds")
     difference_to_random: float | None = Field(description="mean - random's mean")
     exceeds_spread: bool | None
 
