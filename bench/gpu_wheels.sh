@@ -41,5 +41,7 @@ echo "fetching ${specs[*]}"
 fetch .whl "${specs[@]}"
 # gpu_check.sh installs this timm only where the machine's is missing or too old for open_clip
 fetch .whl/fallback "$(pinned timm)"
+# the evaluate step's trainer: open_clip's training extra pins webdataset <= 0.2.86
+[ "${GPU_WHEELS:-all}" = embed ] || fetch .whl/trainer webdataset==0.2.86
 du -sh .whl
-ls .whl .whl/fallback
+ls .whl .whl/fallback .whl/trainer 2>/dev/null
