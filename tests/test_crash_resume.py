@@ -98,6 +98,20 @@ def clean(chain_clean: Path) -> Path:
     return chain_clean
 
 
+def step_of(point: tuple[str, int, str]) -> str:
+    """The step a stop at ``point`` is reported at (``stopped by ... at <step>``)."""
+    target, _, match = point
+    if target == "map":
+        head = match.split(":")[0]
+        return {"run_one": "semdedup", "subset": "ledger"}.get(head, head)
+    for needle, step in (("'embed-", "embed"), ("'uids'", "uids"), ("'semdedup'", "semdedup"),
+                         ("'dbp'", "dbp"), (".ledger.staging", "ledger"),
+                         (".shards.staging", "write shards"), ("report.json", "report")):
+        if needle in match:
+            return step
+    raise AssertionError(f"no step known for {point}")
+
+
 def kill_again_and_again(data: Path, out: Path, cfg_file: Path, engine: dict,
                          points: list[tuple[str, int, str]],
                          signals: dict[int, tuple[int, str]] | None = None) -> None:
@@ -146,13 +160,21 @@ def test_a_ray_run_killed_at_every_map_ends_with_the_unbroken_bytes(
 
     points = kill_points("ray")
     assert len(points) >= (21 if full_matrix() else 5)
-    # four of the points stop the driver by a signal instead, while the map's other tasks
-    # are in flight on the workers (ray.init takes SIGTERM for itself; the run takes it back)
-    at = {match: i for i, (_, _, match) in enumerate(points)}
-    signals = {at["embed"]: (signal.SIGTERM, "embed"),
-               at["semdedup: clusters"]: (signal.SIGHUP, "semdedup"),
-               at["ledger"]: (signal.SIGINT, "ledger"),
-               at["write shards"]: (signal.SIGTERM, "write shards")}
+    # some points stop the driver by a signal instead, while the map's other tasks are in
+    # flight on the workers (ray.init takes SIGTERM for itself; the run takes it back): in
+    # make test's sample four; in the full matrix SIGTERM, SIGHUP, SIGINT and SIGKILL in turn
+    # (16 points stopped by a signal, 5 killed)
+    if full_matrix():
+        cycle = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGKILL)
+        signals = {i: (cycle[i % 4], step_of(point)) for i, point in enumerate(points)
+                   if cycle[i % 4] != signal.SIGKILL}
+        assert len(signals) >= 10
+    else:
+        at = {match: i for i, (_, _, match) in enumerate(points)}
+        signals = {at["embed"]: (signal.SIGTERM, "embed"),
+                   at["semdedup: clusters"]: (signal.SIGHUP, "semdedup"),
+                   at["ledger"]: (signal.SIGINT, "ledger"),
+                   at["write shards"]: (signal.SIGTERM, "write shards")}
     with ray_head() as head:
         for name, value in head.env.items():
             if name.startswith("RAY_") and os.environ.get(name) != value:

@@ -28,6 +28,7 @@ from typing import Any
 from pipeline.evaluate.arms import (
     FinishedRun,
     arm_fingerprint,
+    arm_label,
     arm_shards,
     check_arms,
     load_run,
@@ -72,6 +73,9 @@ def _one(run: FinishedRun, settings: EvaluateSettings, labelled: LabelledSet,
     """Train and score one arm and seed, or take what an earlier call finished."""
     label = f"{arm}-s{seed}"
     shards, size = arm_shards(run, arm, seed, root / "arms", max_count)
+    if not size:
+        raise EvaluateError(f"arm {arm_label(arm, seed)} holds no samples (the run kept none?): "
+                            "there is nothing to train on; run with settings that keep some")
     training = training_run(settings, shards, root / "runs", label, seed)
     folder = training.folder
     trained = fingerprint(arm_fingerprint(run, arm, seed), settings.training(), seed, size)
