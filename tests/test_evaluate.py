@@ -193,7 +193,7 @@ def test_the_arms_hold_what_they_say(finished: Path) -> None:
     usable = status != "failed"
 
     def held(arm: str, seed: int = 0) -> np.ndarray:
-        return np.concatenate(members(run_, arm, seed, parts)[0])
+        return np.concatenate(members(run_, arm, seed))
 
     random0, random1 = held("random", 0), held("random", 1)
     assert random0.sum() == random1.sum() == (status == "kept").sum()

@@ -115,39 +115,56 @@ def arm_label(arm: str, seed: int) -> str:
     return f"{arm}-s{seed}" if arm == RANDOM else arm
 
 
-def _statuses(run: FinishedRun) -> list[pa.Table]:
-    return [pq.read_table(run.ledger_part(i), columns=["key", "uid", "shard", "status",
-                                                        "stage", "reason"])
+def _column(run: FinishedRun, index: int, name: str) -> np.ndarray:
+    return pq.read_table(run.ledger_part(index), columns=[name])[name].to_numpy(
+        zero_copy_only=False)
+
+
+class Membership:
+    """Which rows of each ledger part an arm holds, part by part: only one part's columns
+    are in memory at a time (a random arm keeps one bit per usable sample besides)."""
+
+    def __init__(self, run: FinishedRun, arm: str, seed: int) -> None:
+        self.run, self.arm, self.seed = run, arm, seed
+        self.reason = ""  # why a usable row is left out
+        self._drawn: np.ndarray | None = None
+        self._starts: list[int] = []
+        self._removed_by: list[str] = []
+        if arm == RANDOM:
+            usable, kept = [], 0
+            for i in range(len(run.shard_urls)):
+                status = _column(run, i, "status")
+                usable.append(int((status != "failed").sum()))
+                kept += int((status == "kept").sum())
+            self._starts = np.concatenate([[0], np.cumsum(usable)]).tolist()
+            rng = np.random.default_rng([run.seed, seed, 0x7A2D])
+            self._drawn = np.zeros(self._starts[-1], bool)
+            self._drawn[rng.choice(self._starts[-1], size=kept, replace=False)] = True
+            self.reason = f"not drawn for the random arm (seed {seed})"
+        elif arm.startswith(AFTER):
+            step = arm[len(AFTER):]
+            self._removed_by = run.steps[: run.steps.index(step) + 1]
+            self.reason = f"removed by a step up to {step}"
+
+    def part(self, index: int, status: np.ndarray, stage: np.ndarray) -> np.ndarray:
+        """The rows of ledger part ``index`` (its status and stage columns) the arm holds."""
+        usable = status != "failed"
+        if self.arm == FULL:
+            return usable
+        if self.arm == RANDOM:
+            assert self._drawn is not None
+            mask = np.zeros(len(status), bool)
+            mask[np.flatnonzero(usable)] = self._drawn[self._starts[index]:
+                                                       self._starts[index + 1]]
+            return mask
+        return usable & ~((status == "removed") & np.isin(stage, self._removed_by))
+
+
+def members(run: FinishedRun, arm: str, seed: int) -> list[np.ndarray]:
+    """Per ledger part, which rows the arm holds (all parts: for tests and small runs)."""
+    held = Membership(run, arm, seed)
+    return [held.part(i, _column(run, i, "status"), _column(run, i, "stage"))
             for i in range(len(run.shard_urls))]
-
-
-def members(run: FinishedRun, arm: str, seed: int, parts: list[pa.Table]
-            ) -> tuple[list[np.ndarray], str]:
-    """Per ledger part, which rows the arm holds; and the reason a usable row is left out."""
-    status = [p["status"].to_numpy(zero_copy_only=False) for p in parts]
-    usable = [s != "failed" for s in status]
-    if arm == FULL:
-        return usable, ""
-    if arm == RANDOM:
-        sizes = [int(u.sum()) for u in usable]
-        kept = sum(int((s == "kept").sum()) for s in status)
-        rng = np.random.default_rng([run.seed, seed, 0x7A2D])
-        drawn = np.zeros(sum(sizes), bool)
-        drawn[rng.choice(len(drawn), size=kept, replace=False)] = True
-        out, start = [], 0
-        for u, size in zip(usable, sizes, strict=True):
-            mask = np.zeros(len(u), bool)
-            mask[np.flatnonzero(u)] = drawn[start: start + size]
-            out.append(mask)
-            start += size
-        return out, f"not drawn for the random arm (seed {seed})"
-    step = arm[len(AFTER):]
-    removed_by = set(run.steps[: run.steps.index(step) + 1])
-    out = []
-    for s, u, part in zip(status, usable, parts, strict=True):
-        stage = part["stage"].to_numpy(zero_copy_only=False)
-        out.append(u & ~((s == "removed") & np.isin(stage, list(removed_by))))
-    return out, f"removed by a step up to {step}"
 
 
 def arm_fingerprint(run: FinishedRun, arm: str, seed: int) -> str:
@@ -170,24 +187,26 @@ def arm_shards(run: FinishedRun, arm: str, seed: int, folder: Path, max_count: i
     want = arm_fingerprint(run, arm, seed)
     done = target / ARM_FILE
     if done.exists():
-        held = json.loads(done.read_text())
-        if held.get("fingerprint") == want:
-            return [target / "shards" / n for n in held["shards"]], held["samples"]
+        made = json.loads(done.read_text())
+        if made.get("fingerprint") == want:
+            return [target / "shards" / n for n in made["shards"]], made["samples"]
     from pipeline.stages import write_shards as ws
 
-    parts = _statuses(run)
-    masks, left_out = members(run, arm, seed, parts)
+    held = Membership(run, arm, seed)
     with staged_dir(target) as staging:
         (staging / "ledger").mkdir()
         (staging / "shards").mkdir()
         ledgers = []
-        for i, (part, mask) in enumerate(zip(parts, masks, strict=True)):
+        for i in range(len(run.shard_urls)):
+            part = pq.read_table(run.ledger_part(i), columns=["key", "uid", "shard", "status",
+                                                              "stage", "reason"])
             status = part["status"].to_numpy(zero_copy_only=False)
+            mask = held.part(i, status, part["stage"].to_numpy(zero_copy_only=False))
             new_status = np.where(mask, "kept", np.where(status == "failed", "failed",
                                                          "removed"))
-            reason = [None if m else r if s == "failed" else left_out
-                      for m, s, r in zip(mask, status, part["reason"].to_pylist(),
-                                         strict=True)]
+            reason = np.where(mask, None, np.where(
+                status == "failed", part["reason"].to_numpy(zero_copy_only=False),
+                held.reason))
             table = pa.table({"key": part["key"], "uid": part["uid"], "shard": part["shard"],
                               "status": pa.array(new_status, pa.string()),
                               "reason": pa.array(reason, pa.string())})
