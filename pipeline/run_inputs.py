@@ -220,12 +220,20 @@ class InputSide:
         from functools import partial
 
         from pipeline.stages.embed import EmbedTask, embed_task, images_in, load_models
+        from pipeline.stages.embed_replicas import (
+            deal,
+            embed_on_replicas,
+            gpu_replicas,
+            shared_workers,
+        )
 
         cfg = self.cfg.embed
         local = self.engine.name == "local"
-        # this process: one task keeps one decoding pipeline across all shards; a cluster:
-        # a task per shard, spread over the workers
-        groups = [todo] if local else [[shard] for shard in todo]
+        # this process: one task per model replica (one per GPU, or the one device) keeps one
+        # decoding pipeline across its shards; a cluster: a task per shard, over the workers
+        replicas = gpu_replicas(cfg.device) if local else 1
+        groups = deal(todo, replicas) if local else [[shard] for shard in todo]
+        workers = shared_workers(cfg.workers, max(1, len(groups))) if local else cfg.workers
         gpu = Resources(gpus=1.0) if embeds_on_gpu(cfg.device) else Resources()
         images = Samples(images_in([url for _, url, _ in todo]), "images", "img")
         log.info("embedding %d shards%s", len(todo),
@@ -234,11 +242,15 @@ class InputSide:
         # elsewhere returns its counts: the map itself counts no tasks
         with step_progress(self.cfg, "embed", len(todo), "shard", images) as meter:
             tasks = [EmbedTask(tuple(g), tuple(fps[i] for i, _, _ in g), str(out_dir),
-                               str(self.work.root), cfg.batch_size, cfg.workers, meter,
+                               str(self.work.root), cfg.batch_size, workers, meter,
                                cfg.decoding()) for g in groups]
-            for counts in self.engine.map(embed_task, tasks, desc="embed", total=len(tasks),
+            if len(tasks) > 1 and local:  # a replica per GPU of this machine
+                results = embed_on_replicas(tasks, partial(load_models, cfg, self.cfg.seed))
+            else:
+                results = self.engine.map(embed_task, tasks, desc="embed", total=len(tasks),
                                           unit="shard", resources=gpu, progress=NO_PROGRESS,
-                                          setup=partial(load_models, cfg, self.cfg.seed)):
+                                          setup=partial(load_models, cfg, self.cfg.seed))
+            for counts in results:
                 meter.add(counts)
 
     # -- read ----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ to the report.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -211,11 +212,13 @@ def write_shard_outputs(out_dir: Path, end: ShardEnd, pending: _Pending, clip_di
 def embed_shards(shards: list[tuple[int, str, str]], encoder: BatchEncoder, out_dir: Path,
                  batch_size: int, workers: int, on_done: Callable[[EmbeddedShard], None],
                  progress: Meter = NO_PROGRESS, decoding: DecodeRules = DEFAULT_RULES,
-                 tensor: TensorPath | None = None) -> None:
+                 tensor: TensorPath | None = None, stop: threading.Event | None = None
+                 ) -> None:
     """Embed ``shards`` ((index, url, name) triples; the name as ``shard_names`` gives it)
     into ``out_dir``; ``on_done`` after each one. ``progress`` counts the samples read from
     the tars as their batches are embedded (and those that failed when their shard ends),
-    and a unit per shard done. ``tensor``: JPEGs decoded and preprocessed by it."""
+    and a unit per shard done. ``tensor``: JPEGs decoded and preprocessed by it. ``stop``,
+    once set, ends the work after the batch in hand (a replica thread's way to be stopped)."""
     if not shards:
         return
     dataset = ShardBatches(shards, encoder.preprocessor, batch_size, decoding,
@@ -234,6 +237,8 @@ def embed_shards(shards: list[tuple[int, str, str]], encoder: BatchEncoder, out_
     cluster_dim = None if encoder.cluster is None else encoder.cluster.feature_dim
     with reuse_freed_memory():
         for item in loader:
+            if stop is not None and stop.is_set():
+                return
             if isinstance(item, ShardBatch):
                 batch, positions = item.batch, item.positions
                 if isinstance(batch, MixedBatch):
@@ -287,13 +292,15 @@ class EmbedModels:
     tensor: TensorPath | None = None  # JPEGs decoded on the GPU (embed.decode)
 
 
-def load_models(cfg: Any, seed: int) -> EmbedModels:  # noqa: ANN401 - EmbedConfig
-    """Once per worker: the CLIP model and the optional clustering encoder."""
+def load_models(cfg: Any, seed: int, gpu: int | None = None  # noqa: ANN401 - EmbedConfig
+                ) -> EmbedModels:
+    """Once per worker: the CLIP model and the optional clustering encoder, on ``gpu`` when
+    given (a replica of the local engine), else on the one the engine gave the task."""
     from pipeline.embed.models import load_clip, load_cluster_encoder, resolve_device
     from pipeline.embed.tensor_path import build_tensor_path
     from pipeline.engines.gpu import task_gpu
 
-    device = resolve_device(cfg.device, task_gpu())  # the GPU the engine gave this task
+    device = resolve_device(cfg.device, task_gpu() if gpu is None else gpu)
     clip = load_clip(cfg.model, cfg.pretrained, device, cfg.precision, seed=seed)
     cluster = None
     if cfg.cluster_model:
@@ -311,7 +318,8 @@ def load_models(cfg: Any, seed: int) -> EmbedModels:  # noqa: ANN401 - EmbedConf
     return EmbedModels(encoder, models, tensor)
 
 
-def embed_task(models: EmbedModels, task: EmbedTask) -> TaskCounts:
+def embed_task(models: EmbedModels, task: EmbedTask, stop: threading.Event | None = None
+               ) -> TaskCounts:
     """Embed a task's shards, marking each one done; returns the shards and the samples
     read from their tars, and whether the driver's meter counted them already."""
     from pipeline.workdir import WorkDir
@@ -326,7 +334,7 @@ def embed_task(models: EmbedModels, task: EmbedTask) -> TaskCounts:
 
     embed_shards(list(task.shards), models.encoder, Path(task.out_dir), task.batch_size,
                  task.workers, done, progress=tally, decoding=task.decoding,
-                 tensor=models.tensor)
+                 tensor=models.tensor, stop=stop)
     return tally.counts()
 
 
