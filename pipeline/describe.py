@@ -22,6 +22,7 @@ from pipeline.stages import registry
 from pipeline.workdir import WorkDir, fingerprint
 
 DONE, PARTLY, TO_RUN, WAITS = "done", "partly done", "to run", "to run (after embed)"
+MOVED = "moved with their shard"  # embed units reused at a new place in the input list
 
 
 @dataclass
@@ -93,12 +94,18 @@ def describe(cfg: RunConfig) -> Description:
     steps: list[StepPlan] = []
     parts = None
     if cfg.input.shards:
+        from pipeline.stages.embed_files import foreseen_moves
+
         plan = source.embed_plan()
         done = len(plan.urls) - len(plan.todo)
+        # shards at a new place in the list whose embeddings move with them
+        moves = len(foreseen_moves(work, work.root / "embed", len(plan.urls),
+                                   [i for i, _, _ in plan.todo], plan.fingerprints))
+        units = {kind: n for kind, n in (("shard", done), (MOVED, moves)) if n}
         gpu = Resources(gpus=1) if embeds_on_gpu(cfg.embed.device) else Resources()
-        steps.append(StepPlan("embed", DONE if not plan.todo else PARTLY if done else TO_RUN,
-                              {"shard": done} if done else {}, len(plan.urls),
-                              _resources(gpu), str(work.root / "embed")))
+        steps.append(StepPlan("embed", DONE if not plan.todo else PARTLY if units else TO_RUN,
+                              units, len(plan.urls), _resources(gpu),
+                              str(work.root / "embed")))
         where = f"{len(plan.urls)} shards ({cfg.input.shards})"
         if not plan.todo:
             from pipeline.io.embeddings import discover_clip_retrieval

@@ -352,10 +352,15 @@ def test_shards_added_or_removed_before_others_are_the_only_ones_embedded(
 
     monkeypatch.setattr(embed, "embed_task", counting)
     out = tmp_path / "out"
-    for step, shards, want in ((0, [tars[0], tars[2]], [tars[0], tars[2]]),
-                               (1, tars, [tars[1]]),  # the gap filled: shard 2 moves on
-                               (2, tars[1:], [])):  # the first removed: every shard moves
+    from pipeline.describe import MOVED, describe
+
+    for step, shards, want, foreseen in (
+            (0, [tars[0], tars[2]], [tars[0], tars[2]], {}),
+            (1, tars, [tars[1]], {"shard": 1, MOVED: 1}),  # the gap filled: shard 2 moves on
+            (2, tars[1:], [], {MOVED: 2})):  # the first removed: every shard moves
         embedded.clear()
+        plan = describe(image_config(shards, out)).steps[0]
+        assert (plan.name, plan.units) == ("embed", foreseen), f"list {step}: {plan}"
         run(image_config(shards, out))
         assert embedded == want, f"list {step}: embedded {embedded}, not {want}"
         fresh = tmp_path / f"fresh{step}"

@@ -39,16 +39,15 @@ def remove_embed_files(folder: Path, stale: Callable[[int], bool]) -> None:
             path.unlink(missing_ok=True)
 
 
-def hold_moved(work: WorkDir, folder: Path, places: int, todo: Sequence[int],
-               fingerprints: dict[int, str]) -> dict[int, dict[str, Any]]:
-    """Set aside the files of shards embedded before at another place: for every place in
-    ``todo`` whose fingerprint an old place's marker holds (an old place past the list's end
-    or itself to be embedded again), that place's files go to ``embed/.moving/NEW/``.
-    Returns each new place's marker stats. Call ``place_moved`` after the stale files went."""
-    shutil.rmtree(folder / MOVING, ignore_errors=True)  # what a killed attempt left
+def _movable(work: WorkDir, folder: Path, places: int, todo: Sequence[int],
+             fingerprints: dict[int, str]
+             ) -> list[tuple[int, int, dict[str, Any], list[Path]]]:
+    """(new place, old place, old marker, old files) of every place in ``todo`` whose
+    fingerprint an old place's marker holds (an old place past the list's end or itself to
+    be embedded again) with the files every embedded shard has."""
     wanted = {fingerprints[i]: i for i in todo}
     free = set(todo)
-    held: dict[int, dict[str, Any]] = {}
+    found: dict[int, tuple[int, int, dict[str, Any], list[Path]]] = {}
     for marker in sorted(work.markers.glob("embed-*.json")):
         old = int(marker.stem.split("-")[1])
         if old < places and old not in free:
@@ -59,9 +58,27 @@ def hold_moved(work: WorkDir, folder: Path, places: int, todo: Sequence[int],
             continue
         new = wanted.get(data.get("fingerprint"))
         files = [p for p in folder.glob(f"*/*_{old}.*") if _number(p) == old]
-        if new is None or new == old or new in held or \
+        if new is None or new == old or new in found or \
                 {p.parent.name for p in files} < set(NEEDED):
             continue
+        found[new] = (new, old, data, files)
+    return list(found.values())
+
+
+def foreseen_moves(work: WorkDir, folder: Path, places: int, todo: Sequence[int],
+                   fingerprints: dict[int, str]) -> set[int]:
+    """The places in ``todo`` a run would fill by moving a shard's files (nothing moves)."""
+    return {new for new, _, _, _ in _movable(work, folder, places, todo, fingerprints)}
+
+
+def hold_moved(work: WorkDir, folder: Path, places: int, todo: Sequence[int],
+               fingerprints: dict[int, str]) -> dict[int, dict[str, Any]]:
+    """Set aside the files of shards embedded before at another place (``_movable``): each
+    such place's files go to ``embed/.moving/NEW/``. Returns each new place's marker stats.
+    Call ``place_moved`` after the stale files went."""
+    shutil.rmtree(folder / MOVING, ignore_errors=True)  # what a killed attempt left
+    held: dict[int, dict[str, Any]] = {}
+    for new, old, data, files in _movable(work, folder, places, todo, fingerprints):
         for path in files:
             dest = folder / MOVING / str(new) / path.parent.name / path.name
             dest.parent.mkdir(parents=True, exist_ok=True)
