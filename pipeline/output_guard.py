@@ -10,17 +10,15 @@ any point leaves only files the next run knows as its own.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from pipeline.errors import ConceptpruneError
 from pipeline.run_lock import LOCK_NAME
-from pipeline.workdir import unfinished_name, write_json
+from pipeline.workdir import read_json, unfinished_name, write_json
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +32,6 @@ OVERWRITE_HINT = ("pass --overwrite (or --set overwrite=true) to let this run re
 
 class FolderNotOursError(ConceptpruneError, ValueError):
     """A folder holds files no run of this tool wrote."""
-
-
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _files(folder: Path) -> dict[str, int]:
@@ -68,7 +58,7 @@ def claim_output(output: Path, overwrite: bool) -> None:
     """Make ``output`` this run's, or refuse it (nothing touched) when it holds files no run
     wrote in the entries a run replaces; clean what killed runs left unfinished."""
     output.mkdir(parents=True, exist_ok=True)
-    manifest = _read(output / MANIFEST)
+    manifest = read_json(output / MANIFEST)
     if manifest is None:
         others = sorted(p.name for p in output.iterdir() if p.name != LOCK_NAME)
         if others and not overwrite:
@@ -97,7 +87,7 @@ def own(output: Path, entry: str, source: Path) -> None:
     """Before ``source`` (a finished staging folder) becomes ``output/entry``: list its files
     in the manifest, so a kill right after the swap leaves no file the next run would not
     know as its own."""
-    manifest = _read(output / MANIFEST) or {"tool": "conceptprune", "files": {}}
+    manifest = read_json(output / MANIFEST) or {"tool": "conceptprune", "files": {}}
     files = {k: v for k, v in manifest.get("files", {}).items()
              if not k.startswith(f"{entry}/")}
     for name, size in _files(source).items():
@@ -111,7 +101,7 @@ def own(output: Path, entry: str, source: Path) -> None:
 
 def settle(output: Path, entries: Iterable[str] = CHECKED) -> None:
     """After the swaps: the manifest lists exactly what the entries now hold."""
-    manifest = _read(output / MANIFEST) or {"tool": "conceptprune", "files": {}}
+    manifest = read_json(output / MANIFEST) or {"tool": "conceptprune", "files": {}}
     files = {}
     for entry in entries:
         if (output / entry).exists():
@@ -123,7 +113,7 @@ def settle(output: Path, entries: Iterable[str] = CHECKED) -> None:
 def claim_work(work: Path, overwrite: bool) -> None:
     """The work folder, like the output: new, empty, or one a run made (its manifest)."""
     work.mkdir(parents=True, exist_ok=True)
-    if _read(work / WORK_MANIFEST) is None:
+    if read_json(work / WORK_MANIFEST) is None:
         others = sorted(p.name for p in work.iterdir() if p.name != LOCK_NAME)
         if others and not overwrite:
             raise FolderNotOursError(
@@ -158,7 +148,7 @@ def user_file_in_output(path: Path, output: Path) -> bool:
     its size): a user's file that the run would delete."""
     if not any(inside(path, output / e) for e in CHECKED + NAMED):
         return False
-    known = (_read(output / MANIFEST) or {}).get("files", {})
+    known = (read_json(output / MANIFEST) or {}).get("files", {})
     rel = os.path.relpath(os.path.realpath(path), os.path.realpath(output))
     try:
         return known.get(Path(rel).as_posix()) != path.stat().st_size

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConceptpruneError
+from pipeline.workdir import read_json
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,6 @@ STALE_AFTER_S = 300.0
 
 class RunLockError(ConceptpruneError, RuntimeError):
     """Another run holds the folder."""
-
-
-def _holder(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _alive(pid: int) -> bool:
@@ -93,7 +87,7 @@ def run_lock(folder: Path, what: str = "folder", stale_after_s: float = STALE_AF
     for _ in range(3):
         if _try_create(path, info):
             break
-        holder = _holder(path)
+        holder = read_json(path)
         if not _is_stale(path, holder, stale_after_s):
             raise RunLockError(
                 f"the {what} {folder} is in use by {_describe(holder)}: wait for that run to "
@@ -126,5 +120,5 @@ def run_lock(folder: Path, what: str = "folder", stale_after_s: float = STALE_AF
     finally:
         stop.set()
         thread.join()
-        if (_holder(path) or {}).get("run") == info["run"]:
+        if (read_json(path) or {}).get("run") == info["run"]:
             path.unlink(missing_ok=True)

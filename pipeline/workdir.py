@@ -140,6 +140,16 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True)))
 
 
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None where the file is missing, unreadable, not JSON or
+    not an object (a marker or lock a killed process left half-written, say)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def fingerprint(*parts: Any) -> str:
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

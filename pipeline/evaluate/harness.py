@@ -17,7 +17,6 @@ write is refused, untouched.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import statistics
@@ -38,7 +37,7 @@ from pipeline.evaluate.model import SPREAD_RULE, Evaluation
 from pipeline.evaluate.scoring import score_checkpoint
 from pipeline.evaluate.settings import RANDOM, EvaluateError, EvaluateSettings
 from pipeline.evaluate.trainer import check_trainer, train, training_run
-from pipeline.workdir import fingerprint, write_json
+from pipeline.workdir import fingerprint, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +46,6 @@ RESULT = "evaluate.json"
 # what a trainer's folder may hold: the trainer's own files and ours
 _TRAINER_FILES = {"out.log", "params.txt", "checkpoints", "tensorboard", "trainer.log",
                   "train.json", "result.json"}
-
-
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _fresh(folder: Path) -> None:
@@ -81,7 +73,7 @@ def _one(run: FinishedRun, settings: EvaluateSettings, labelled: LabelledSet,
     trained = fingerprint(arm_fingerprint(run, arm, seed), settings.training(), seed, size)
     scored = fingerprint(trained, settings.scoring(), labelled.identity,
                          probe.identity if probe else None)
-    held = _read(folder / "train.json")
+    held = read_json(folder / "train.json")
     if held is None or held.get("fingerprint") != trained or not training.checkpoint.exists():
         _fresh(folder)
         folder.mkdir(parents=True)
@@ -91,7 +83,7 @@ def _one(run: FinishedRun, settings: EvaluateSettings, labelled: LabelledSet,
         held = {"fingerprint": trained, "train_s": round(seconds, 3),
                 "command": training.shell()}
         write_json(folder / "train.json", held)
-    result = _read(folder / "result.json")
+    result = read_json(folder / "result.json")
     if result is None or result.get("fingerprint") != scored:
         started = time.monotonic()
         score = score_checkpoint(training.checkpoint, settings.model, labelled,
