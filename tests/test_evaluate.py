@@ -268,3 +268,51 @@ def test_synth_eval_draws_the_training_data_concepts_as_classes(finished: Path,
     assert not pictures & training
     again = CliRunner().invoke(app, ["synth-eval", str(tmp_path / "set")])
     assert again.exit_code == 1 and "not an empty folder" in again.output
+
+
+def test_a_labelled_set_of_shards_with_cls_members(tmp_path: Path) -> None:
+    """Labelled shards: each sample's ``.cls`` is its class index, the names come from
+    classnames.txt beside the shards (or --classnames); a missing or out-of-range class is an
+    error naming the sample and the fix."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from pipeline.evaluate.labelled import load_labelled
+
+    def picture(shade: int) -> bytes:
+        out = io.BytesIO()
+        Image.new("RGB", (8, 8), (shade, 0, 0)).save(out, "PNG")
+        return out.getvalue()
+
+    def shard(path: Path, samples: list[tuple[str, bytes | None]]) -> None:
+        with tarfile.open(path, "w") as tar:
+            for key, cls in samples:
+                for name, data in ((f"{key}.png", picture(len(key))), (f"{key}.cls", cls)):
+                    if data is None:
+                        continue
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+
+    folder = tmp_path / "labelled"
+    folder.mkdir()
+    shard(folder / "00000.tar", [("a", b"1"), ("b", b"0\n")])
+    shard(folder / "00001.tar", [("c", b"2")])
+    with pytest.raises(EvaluateError, match="classnames.txt"):
+        load_labelled(str(folder))
+    (folder / "classnames.txt").write_text("cat\ndog\nbird\n")
+    labelled = load_labelled(str(folder))
+    assert labelled.kind == "shards" and labelled.classnames == ["cat", "dog", "bird"]
+    assert [label for _, label in labelled.images()] == [1, 0, 2]
+    names = tmp_path / "names.txt"
+    names.write_text("x\ny\nz\n")
+    assert load_labelled(str(folder), str(names)).classnames == ["x", "y", "z"]
+    shard(folder / "00002.tar", [("d", b"7")])
+    with pytest.raises(EvaluateError, match=r"d.cls in .*00002.tar is class 7, but the class "
+                                            r"names list 3 classes \(0 to 2\)"):
+        list(load_labelled(str(folder)).images())
+    shard(folder / "00002.tar", [("d", None)])
+    with pytest.raises(EvaluateError, match="sample d of .*00002.tar has no cls member"):
+        list(load_labelled(str(folder)).images())
