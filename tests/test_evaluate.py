@@ -1,6 +1,6 @@
 """``conceptprune evaluate`` on generated data: the run's pruned shards, a random subset of the
 same size and the whole input, each trained with open_clip's own trainer (tiny model, one
-seed, a few hundred samples seen) and scored zero-shot on a generated labelled set.
+seed, 64 samples seen) and scored zero-shot on a generated labelled set.
 
 It completes; a stop after a training run resumes without training that run again; a fresh
 rerun of an arm gives the same weights and figures; evaluate.json follows its shipped schema;
@@ -56,7 +56,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def command(out: Path, *more: str) -> list[str]:
     return ["evaluate", str(out), "--eval", str(out.parent / "evalset"), "--samples-seen",
-            "128", "--model", "conceptprune-tiny-vit", "--arm", "random,full", "--seeds", "1",
+            "64", "--model", "conceptprune-tiny-vit", "--arm", "random,full", "--seeds", "1",
             "--batch-size", "32", "--workers", "0", "--threads", "1", *more]
 
 
@@ -101,9 +101,9 @@ def test_three_arms_train_score_resume_and_rerun_to_the_same_figures(
     assert arms["full"]["subset_size"] == usable
     assert {r["label"] for r in result["runs"]} == {"pruned-s0", "random-s0", "full-s0"}
     for r in result["runs"]:
-        assert r["samples_seen"] == 128 and r["steps"] == 4
+        assert r["samples_seen"] == 64 and r["steps"] == 2
         assert r["eval_samples"] == 8 * CONCEPTS
-        assert "--samples-seen" not in r["command"] and "--train-num-samples 128" in \
+        assert "--samples-seen" not in r["command"] and "--train-num-samples 64" in \
             r["command"] and "--dataset-resampled" in r["command"]
     assert arms["random"]["difference_to_random"] is None
     assert arms["pruned"]["difference_to_random"] == pytest.approx(
