@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -87,8 +88,17 @@ def test_three_arms_train_score_resume_and_rerun_to_the_same_figures(
     trained_at = (runs / "pruned-s0" / "trainer.log").stat().st_mtime_ns
     monkeypatch.undo()
 
+    import pipeline.evaluate.trainer as trainer
+
+    monkeypatch.setattr(trainer, "PROGRESS_S", 0.3)  # a training run says how far it got
     done = CliRunner().invoke(app, command(finished))
     assert done.exit_code == 0, done.output
+    said = (finished / "evaluate" / "evaluate.log").read_text()
+    assert re.search(r"random-s0: (trainer starting|epoch 1 of 1, \d+ of 64 samples)", said)
+    # the trainer's own lines, as the progress relay reads them
+    steps = trainer._STEP_LINE.findall((runs / "random-s0" / "trainer.log").read_text())
+    assert steps and steps[-1] == ("0", "64", "64", "100")
+    monkeypatch.undo()
     assert (runs / "pruned-s0" / "trainer.log").stat().st_mtime_ns == trained_at, \
         "the arm trained before the stop was trained again"
     result = json.loads((finished / "evaluate" / "evaluate.json").read_text())

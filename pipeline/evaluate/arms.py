@@ -122,7 +122,7 @@ def _column(run: FinishedRun, index: int, name: str) -> np.ndarray:
 
 class Membership:
     """Which rows of each ledger part an arm holds, part by part: only one part's columns
-    are in memory at a time (a random arm keeps one bit per usable sample besides)."""
+    are in memory at a time (a random arm keeps one byte per usable sample besides)."""
 
     def __init__(self, run: FinishedRun, arm: str, seed: int) -> None:
         self.run, self.arm, self.seed = run, arm, seed

@@ -154,6 +154,31 @@ def _probe(python: str, path: str) -> str:
     return proc.stdout.strip()
 
 
+PROGRESS_S = 30.0  # how often a training run's progress is logged
+_STEP_LINE = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+) \((\d+)%\)\]")
+
+
+def _wait_saying_progress(proc: subprocess.Popen, name: str, epochs: int, log_file: Path,
+                          started: float) -> int:
+    """Wait for the trainer; every ``PROGRESS_S`` log how far its own log says it got (the
+    samples of its epoch done, elapsed time and the time left at that pace)."""
+    while True:
+        try:
+            return proc.wait(timeout=PROGRESS_S)
+        except subprocess.TimeoutExpired:
+            pass
+        found = _STEP_LINE.findall(log_file.read_text(errors="replace")[-20000:])
+        elapsed = time.monotonic() - started
+        if not found:
+            log.info("%s: trainer starting (%.0f s; its output: %s)", name, elapsed, log_file)
+            continue
+        epoch, done, total, percent = (int(x) for x in found[-1])
+        part = (epoch + percent / 100) / epochs  # of the whole run
+        left = elapsed * (1 - part) / part if part else float("nan")
+        log.info("%s: epoch %d of %d, %d of %d samples (%d%%) in %.0f s, about %.0f s left",
+                 name, epoch + 1, epochs, done, total, percent, elapsed, left)
+
+
 def train(run: TrainingRun, log_file: Path) -> float:
     """Run the trainer; seconds taken. Its output goes to ``log_file``; a failure is an
     EvaluateError with its last lines. A stop (a signal, Ctrl-C) stops the trainer too."""
@@ -162,7 +187,7 @@ def train(run: TrainingRun, log_file: Path) -> float:
         proc = subprocess.Popen(run.argv, env=run.environment(), stdout=out,
                                 stderr=subprocess.STDOUT)
         try:
-            code = proc.wait()
+            code = _wait_saying_progress(proc, run.name, run.epochs, log_file, started)
         except BaseException:
             proc.terminate()
             try:
