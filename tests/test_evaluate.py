@@ -254,6 +254,15 @@ def test_what_evaluate_refuses_names_the_fix(finished: Path, tmp_path: Path) -> 
         got = runner.invoke(app, command(finished))
         assert got.exit_code == 1 and "notes.txt" in got.output
         assert (folder / "notes.txt").read_text() == "mine"
+        (folder / "notes.txt").unlink()
+    # and one in an arm's folder, which is replaced whole when the arm is written again
+    arm = finished / "evaluate" / "arms" / "full"
+    if arm.exists():
+        (arm / "arm.json").unlink()  # as if the arm must be written again
+        (arm / "shards" / "notes.txt").write_text("mine")
+        got = runner.invoke(app, command(finished))
+        assert got.exit_code == 1 and "shards/notes.txt" in got.output, got.output
+        assert (arm / "shards" / "notes.txt").read_text() == "mine"
 
 
 def test_the_shipped_evaluate_schema_is_current() -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,10 @@ from pipeline.workdir import fingerprint, staged_dir, write_json, write_parquet
 log = logging.getLogger(__name__)
 
 ARM_FILE = "arm.json"
+# what an arm's folder holds: arm.json, ledger/part-NNNNN.parquet, and the shards with their
+# sidecars and indexes as the write step names them
+_ARM_FILES = re.compile(r"arm\.json|part-\d{5}\.parquet|\d{5}(\.tar|\.parquet|_stats\.json)"
+                        r"|sizes\.json|index\.wids\.json")
 
 
 @dataclass(frozen=True)
@@ -190,6 +195,12 @@ def arm_shards(run: FinishedRun, arm: str, seed: int, folder: Path, max_count: i
         made = json.loads(done.read_text())
         if made.get("fingerprint") == want:
             return [target / "shards" / n for n in made["shards"]], made["samples"]
+    strangers = sorted(str(f.relative_to(target)) for f in target.rglob("*")
+                       if f.is_file() and not _ARM_FILES.fullmatch(f.name))
+    if strangers:  # the folder is replaced whole: never with a file evaluate did not write
+        raise EvaluateError(f"{target} holds files evaluate did not write "
+                            f"({', '.join(strangers[:5])}): move them away, then run the "
+                            "same command again")
     from pipeline.stages import write_shards as ws
 
     held = Membership(run, arm, seed)
