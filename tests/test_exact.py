@@ -41,28 +41,69 @@ def true_dot(a: np.ndarray, b: np.ndarray) -> Fraction:
 # ---------------------------------------------------------------- the fixed-order sum
 
 
-def tree_reference(values: list[float]) -> float:
-    """The documented tree in plain Python floats: the first half added to the second half
-    element by element (an odd middle element waits), until one value is left."""
-    v = list(values)
-    while len(v) > 1:
-        h = len(v) // 2
-        w = len(v)
-        v = [v[i] + v[w - h + i] for i in range(h)] + v[h : w - h]
-    return v[0]
+def pairwise_reference(values: list[float]) -> float:
+    """The documented order in plain Python floats: fewer than 8 values added one by one to
+    0; up to 128 in 8 round-robin sums combined as ((r0+r1)+(r2+r3))+((r4+r5)+(r6+r7)), the
+    rest past the last multiple of 8 added one by one; longer rows split after n/2 rounded
+    down to a multiple of 8."""
+    n = len(values)
+    if n < 8:
+        total = 0.0
+        for v in values:
+            total += v
+        return total
+    if n <= 128:
+        r = list(values[:8])
+        full = n - n % 8
+        for i in range(8, full, 8):
+            for j in range(8):
+                r[j] += values[i + j]
+        total = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+        for v in values[full:]:
+            total += v
+        return total
+    half = n // 2 - (n // 2) % 8
+    return pairwise_reference(values[:half]) + pairwise_reference(values[half:])
 
 
-@pytest.mark.parametrize("d", [1, 2, 3, 5, 7, 64, 511, 512, 768])
-def test_dot_rows_is_the_documented_tree(d: int) -> None:
+@pytest.mark.parametrize("d", [1, 2, 3, 5, 7, 8, 9, 64, 129, 511, 512, 768, 1030])
+@pytest.mark.parametrize("fast", [True, False], ids=["numpy-reduce", "spelled-out"])
+def test_dot_rows_is_the_documented_order(d: int, fast: bool,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bit for bit the documented order, whether numpy's reduction computes it (checked) or,
+    where that check fails, the order spelled out column by column."""
+    if not fast:
+        monkeypatch.setattr(exact, "_reduce_is_pairwise", lambda d: False)
+    else:
+        assert exact._reduce_is_pairwise(d)  # this numpy sums in the documented order
     rng = np.random.default_rng(d)
     a = rng.standard_normal((4, d)).astype(np.float32)
     b = (rng.standard_normal((4, d)) * 10.0 ** rng.integers(-6, 6, (4, d))).astype(np.float32)
     got = exact.dot_rows(a, b)
     for i in range(4):
-        want = tree_reference([float(x) * float(y) for x, y in zip(a[i], b[i], strict=True)])
+        want = pairwise_reference([float(x) * float(y) for x, y in zip(a[i], b[i], strict=True)])
         assert got[i] == want  # bit for bit
     # every pair alike, whichever function computes it
     assert np.array_equal(exact.dots(a, b)[np.arange(4), np.arange(4)], got)
+
+
+def test_a_numpy_summing_in_another_order_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check before numpy's reduction is trusted: a reduction in any other order (here
+    the sequential one) fails it, and the documented order is computed instead."""
+    def sequential(p, axis=-1, out=None):  # noqa: ANN001, ANN202
+        sums = np.cumsum(p, axis=axis)[..., -1]
+        if out is not None:
+            out[...] = sums
+        return sums if out is None else out
+
+    monkeypatch.setattr(exact, "_CHECKED", {})
+    monkeypatch.setattr(exact, "_REDUCE", sequential)
+    assert not exact._reduce_is_pairwise(512)
+    rows = np.random.default_rng(0).standard_normal((3, 512)) * 1e8
+    rows[:, ::7] *= 1e-9
+    got = exact.row_sums(rows)
+    assert [float(v) for v in got] == [pairwise_reference(r.tolist()) for r in rows]
+    assert not np.array_equal(got, sequential(rows))  # the orders differ on these rows
 
 
 def test_dot_rows_has_the_same_bits_on_any_thread_count_and_piece_size(

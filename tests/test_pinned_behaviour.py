@@ -109,3 +109,22 @@ def test_the_local_engine_runs_a_maps_setup_once() -> None:
                                setup=setup, concurrent=concurrent)) == [2] * 4  # one per map
         assert len(calls) == 2
         engine.close()
+
+
+def test_a_concurrent_local_map_runs_each_items_kernels_on_one_thread() -> None:
+    """Items of a concurrent map share the cores: each one's BLAS and faiss run on one
+    thread while the map runs (not every item on every core), and the engine's own count
+    is back afterwards; a map in order keeps that count."""
+    import faiss
+    from threadpoolctl import threadpool_info
+
+    def counts(_: int) -> tuple[int, frozenset[int]]:
+        return faiss.omp_get_max_threads(), frozenset(p["num_threads"] for p in threadpool_info())
+
+    engine = LocalEngine(progress=False, threads=2)
+    try:
+        assert set(engine.map(counts, range(4), desc="t", concurrent=True)) == {(1, frozenset({1}))}
+        assert set(engine.map(counts, range(2), desc="t")) == {(2, frozenset({2}))}
+        assert counts(0) == (2, frozenset({2}))
+    finally:
+        engine.close()

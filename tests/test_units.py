@@ -3,6 +3,9 @@ file shuffle by cluster, the exact global select of the clip filter, and resumab
 
 from __future__ import annotations
 
+import pickle
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +150,28 @@ def test_a_store_reads_any_rows_into_its_scratch(tmp_path: Path) -> None:
         got = store.gather(rows, out=store.scratch(len(rows)))
         np.testing.assert_array_equal(got, want[rows])
         assert np.shares_memory(got, store.scratch(1))  # the same buffer, read again
+
+
+def test_threads_reading_at_once_each_get_their_own_scratch(tmp_path: Path) -> None:
+    """Buckets run on several threads share one store: a thread's reads never land in
+    another's buffer, and a pickled copy (another worker's) reads the same rows."""
+    store, want = _two_parts(tmp_path)
+    rng = np.random.default_rng(6)
+    jobs = [rng.permutation(70)[:50] for _ in range(16)]
+    barrier = threading.Barrier(4)
+
+    def read(rows: np.ndarray) -> bool:
+        got = store.gather(rows, out=store.scratch(len(rows)))
+        barrier.wait(timeout=30)  # all four hold their reads at once
+        ok = np.array_equal(got, want[rows])
+        barrier.wait(timeout=30)
+        return ok
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(read, jobs))
+    copy = pickle.loads(pickle.dumps(store))
+    rows = jobs[0]
+    np.testing.assert_array_equal(copy.gather(rows, out=copy.scratch(len(rows))), want[rows])
 
 
 @pytest.mark.parametrize("limit", [1, 7, ks.GATHER_LIMIT])

@@ -6,16 +6,23 @@ the last bits from one machine, thread count or device to another. Here every de
 product of two float32 rows is computed one way only:
 
 - each product ``a_i * b_i`` in float64, which is exact (24 + 24 significant bits fit in 53);
-- the d products summed by a pairwise tree whose shape this code fixes: the first half of
-  the row is added element by element to the second half (an odd middle element waits), and
-  again, until one value is left. Each step is one IEEE addition per element, so neither
-  numpy's reduction order, SIMD width nor thread count can change a bit;
+- the d products summed in one fixed order, **numpy's pairwise summation** of a contiguous
+  row, which this module states (``pairwise_sum``) and checks: a row of fewer than 8 values
+  is added one by one to 0; up to 128 values go round-robin into 8 running sums (the first
+  8 values start them), which are combined as ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 +
+  r7)), then the values past the last multiple of 8 are added one by one; a longer row is
+  split after its first n/2 values (rounded down to a multiple of 8) and the two halves'
+  sums added. Each step is one IEEE addition, so neither SIMD width nor thread count can
+  change a bit. Before a process sums rows of a width with ``np.add.reduce`` (a single
+  pass, several times faster than any order spelled out in numpy calls), it checks once
+  that its numpy gives exactly the stated order on rows built to expose any other; where it
+  does not, the stated order is computed column by column instead (slower, the same bits);
 - the float64 result rounded once where a float32 value is stored.
 
 **The window.** A fast kernel's float32 inner product ŝ of two rows of norm at most 1 + ρ
 differs from the exact one s by at most γ_d (1 + ρ)², γ_d = d·u / (1 − d·u), u = 2⁻²⁴, in any
 summation order, with or without fused multiply-adds (Higham, *Accuracy and Stability of
-Numerical Algorithms*, §3.1, with Σ|a_i b_i| ≤ ‖a‖‖b‖). The float64 tree differs from s by at
+Numerical Algorithms*, §3.1, with Σ|a_i b_i| ≤ ‖a‖‖b‖). The float64 sum differs from s by at
 most γ_d with u = 2⁻⁵³. So |ŝ − v| ≤ δ = γ_d(u32)(1 + ρ)² + γ_d(u64) for the value v used
 here, and when the fast score of a proposal p beats another candidate c by more than 2δ, then
 v_p ≥ ŝ_p − δ > ŝ_c + δ ≥ v_c: the proposal is right. Every candidate whose fast score lies
@@ -35,7 +42,7 @@ import numpy as np
 
 # Bump when a value computed here (or how the embed step runs its CPU batches) changes: it is
 # part of the embed and read fingerprints, so work done by another version is done again.
-EXACT_VERSION = 1
+EXACT_VERSION = 2
 
 U32 = 2.0**-24
 U64 = 2.0**-53
@@ -57,15 +64,66 @@ def window(d: int) -> float:
     return SLACK * 2.0 * delta
 
 
-def tree_sum(p: np.ndarray) -> np.ndarray:
-    """Sum float64 ``p`` over its last axis by the fixed pairwise tree, in place; returns the
-    sums (a view of ``p``)."""
-    w = p.shape[-1]
-    while w > 1:
-        h = w // 2
-        np.add(p[..., :h], p[..., w - h : w], out=p[..., :h])
-        w -= h
-    return p[..., 0]
+PAIRWISE_BLOCK = 128  # rows longer than this are split in two
+_UNROLL = 8
+
+
+def pairwise_sum(p: np.ndarray) -> np.ndarray:
+    """Sums of float64 ``p`` over its last axis in the stated order, spelled out one column
+    at a time (vectorised over the other axes): the definition ``row_sums`` is checked
+    against, and its fallback."""
+    p = np.asarray(p, dtype=np.float64)
+
+    def part(lo: int, n: int) -> np.ndarray:
+        if n < _UNROLL:
+            res = np.zeros(p.shape[:-1])
+            for i in range(lo, lo + n):
+                res = res + p[..., i]
+            return res
+        if n <= PAIRWISE_BLOCK:
+            r = [p[..., lo + j].copy() for j in range(_UNROLL)]
+            full = n - n % _UNROLL
+            for i in range(_UNROLL, full, _UNROLL):
+                for j in range(_UNROLL):
+                    r[j] = r[j] + p[..., lo + i + j]
+            res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+            for i in range(lo + full, lo + n):
+                res = res + p[..., i]
+            return res
+        half = n // 2
+        half -= half % _UNROLL
+        return part(lo, half) + part(lo + half, n - half)
+
+    return part(0, p.shape[-1])
+
+
+_CHECKED: dict[int, bool] = {}
+_REDUCE = np.add.reduce  # the one-pass sum trusted after the check
+
+
+def _reduce_is_pairwise(d: int) -> bool:
+    """Whether ``np.add.reduce`` over contiguous float64 rows of width ``d`` gives exactly
+    ``pairwise_sum`` here (checked once per width, on rows whose sums depend on the order:
+    values spread over 60 binary orders of magnitude, of both signs)."""
+    ok = _CHECKED.get(d)
+    if ok is None:
+        rng = np.random.default_rng(d)
+        rows = rng.standard_normal((32, d)) * np.exp2(rng.integers(-30, 30, (32, d)))
+        ok = _CHECKED[d] = bool(np.array_equal(_REDUCE(rows, axis=-1),
+                                               pairwise_sum(rows)))
+    return ok
+
+
+def row_sums(p: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Sums of float64 ``p`` over its last axis in the stated order (into ``out``)."""
+    p = np.ascontiguousarray(p, dtype=np.float64)
+    if p.shape[-1] == 0 or not _reduce_is_pairwise(p.shape[-1]):
+        sums = pairwise_sum(p)
+        if out is None:
+            return sums
+        out[...] = sums
+        return out
+    return _REDUCE(p, axis=-1, out=out)
 
 
 def _threads() -> int:
@@ -79,7 +137,7 @@ def _threads() -> int:
 
 def dot_rows(a: np.ndarray, b: np.ndarray, a_rows: np.ndarray | None = None,
              b_rows: np.ndarray | None = None) -> np.ndarray:
-    """Row-wise inner products of float32 rows, float64, by the fixed tree: of ``a[i]`` and
+    """Row-wise inner products of float32 rows, float64, in the fixed order: of ``a[i]`` and
     ``b[i]``, or of ``a[a_rows[i]]`` and ``b[b_rows[i]]`` when the rows are given.
 
     Rows are gathered a piece at a time (never a whole gathered copy: fresh memory costs
@@ -109,7 +167,7 @@ def dot_rows(a: np.ndarray, b: np.ndarray, a_rows: np.ndarray | None = None,
             y = b[sl] if b_rows is None else b[b_rows[sl]]
             p = buf[: len(x)]
             np.multiply(x, y, out=p, dtype=np.float64)
-            out[sl] = tree_sum(p)
+            row_sums(p, out=out[sl])
 
     threads = min(_threads(), max(1, n // _PARALLEL_ROWS))
     if threads > 1:  # rows are independent: the same bits on any thread count
@@ -142,12 +200,13 @@ def dots(x: np.ndarray, base: np.ndarray) -> np.ndarray:
         for c in range(0, m, cols):
             p = np.multiply(x[s : s + rows, None, :], base[None, c : c + cols, :],
                             dtype=np.float64)
-            out[s : s + rows, c : c + cols] = tree_sum(p)
+            out[s : s + rows, c : c + cols] = row_sums(p)
     return out
 
 
 def norms(x: np.ndarray) -> np.ndarray:
-    """Row norms, float64: the square root (correctly rounded) of the tree's sum of squares.
+    """Row norms, float64: the square root (correctly rounded) of the fixed-order sum of
+    squares.
 
     Rows holding a NaN or an infinite value give NaN or inf, as they should.
     """

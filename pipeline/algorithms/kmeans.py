@@ -128,8 +128,8 @@ def unit_centroids(sums: np.ndarray) -> np.ndarray:
 
 
 def _sum_squares(x: np.ndarray) -> np.ndarray:
-    """Row sums of squares of float64 rows, each square rounded, summed by the fixed tree."""
-    return exact.tree_sum(x * x).copy()
+    """Row sums of squares of float64 rows, each square rounded, summed in the fixed order."""
+    return exact.row_sums(x * x)
 
 
 def split_empty(means: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -> int:

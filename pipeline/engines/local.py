@@ -37,8 +37,10 @@ class LocalEngine:
         """Apply ``fn`` to every item, yielding results in item order.
 
         With ``setup`` its result is built once and passed first to every call. With
-        ``concurrent`` up to ``threads`` items run at once; ``fn`` must then be safe to call
-        from several threads.
+        ``concurrent`` up to ``threads`` items run at once, each with its numeric kernels
+        (BLAS, faiss) on one thread: ``threads`` items on ``threads`` cores, not each item's
+        kernels fighting the others' for them (no result depends on a kernel's thread
+        count). ``fn`` must then be safe to call from several threads.
         """
         if setup is not None:
             state = setup()
@@ -52,14 +54,20 @@ class LocalEngine:
                     meter.advance(1)
                     yield result
                 return
-            with ThreadPoolExecutor(self.threads, thread_name_prefix=desc) as pool:
-                self._pools.add(pool)
-                try:
-                    for result in pool.map(call, items):
-                        meter.advance(1)
-                        yield result
-                finally:
-                    self._pools.discard(pool)
+            # BLAS's count is the process's, OpenMP's (faiss) each thread's own: pin both
+            restore = pin_kernel_threads(1)
+            try:
+                with ThreadPoolExecutor(self.threads, thread_name_prefix=desc,
+                                        initializer=pin_kernel_threads, initargs=(1,)) as pool:
+                    self._pools.add(pool)
+                    try:
+                        for result in pool.map(call, items):
+                            meter.advance(1)
+                            yield result
+                    finally:
+                        self._pools.discard(pool)
+            finally:
+                restore()
 
     def run_one(self, fn: Callable[[T], R], task: T, *, resources: Resources = DEFAULT) -> R:
         return fn(task)

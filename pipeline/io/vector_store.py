@@ -9,6 +9,7 @@ already in memory (handed over by ingest within the vector cache budget) is read
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -45,14 +46,16 @@ class VectorStore:
         self.offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
         self._arrays: dict[int, np.ndarray] = {}
         self._scaled: dict[int, bool] = {}
-        self._scratch: np.ndarray | None = None
-        self._piece: np.ndarray | None = None
+        self._buffers = threading.local()  # each thread's scratch: reads may run at once
 
     def __getstate__(self) -> dict:
         """Pickled (sent to another worker) without the parts held in memory: the copy
         memory-maps the same files."""
-        return {"paths": self.paths, "offsets": self.offsets, "_arrays": {}, "_scaled": {},
-                "_scratch": None, "_piece": None}
+        return {"paths": self.paths, "offsets": self.offsets}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["paths"], [])  # type: ignore[misc]
+        self.offsets = state["offsets"]
 
     @property
     def size(self) -> int:
@@ -88,10 +91,11 @@ class VectorStore:
     def scratch(self, rows: int) -> np.ndarray:
         """A float32 (rows, dim) buffer this store keeps and hands out again (grown when too
         small): fresh memory for every large read costs page faults, which here cost more
-        than the copy. The caller is done with it before the next call."""
-        if self._scratch is None or len(self._scratch) < rows:
-            self._scratch = populated((rows, self.dim), np.float32)
-        return self._scratch[:rows]
+        than the copy. The caller is done with it before its thread's next call."""
+        scratch = getattr(self._buffers, "scratch", None)
+        if scratch is None or len(scratch) < rows:
+            scratch = self._buffers.scratch = populated((rows, self.dim), np.float32)
+        return scratch[:rows]
 
     def gather(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Vectors of the given global rows, in the order given (into ``out`` when given).
@@ -107,11 +111,12 @@ class VectorStore:
             return out
         if len(rows) > 1 and bool((rows[1:] < rows[:-1]).any()):
             order = np.argsort(rows, kind="stable")
-            if self._piece is None:
-                self._piece = np.empty((SORTED_PIECE, self.dim), dtype=np.float32)
+            piece = getattr(self._buffers, "piece", None)
+            if piece is None:
+                piece = self._buffers.piece = np.empty((SORTED_PIECE, self.dim), np.float32)
             for s in range(0, len(rows), SORTED_PIECE):  # written back a piece at a time
                 take = order[s : s + SORTED_PIECE]
-                out[take] = self.gather(rows[take], out=self._piece[: len(take)])
+                out[take] = self.gather(rows[take], out=piece[: len(take)])
             return out
         first = int(np.searchsorted(self.offsets, rows[0], side="right")) - 1
         local = rows - self.offsets[first]

@@ -151,9 +151,12 @@ def run_semdedup(ctx: RunContext, earlier: tuple[str, ...], alive: list[int]) ->
     tasks = [DedupTask(str(got.scatter), str(decisions), n_parts, b.index, b.first, b.stop,
                        ctx.offsets, cfg.eps, cfg.block_rows) for b in buckets]
     chosen = backend(ctx)
+    # buckets at once, each on a core of its own: the products of one cluster's blocks are
+    # too small to keep two BLAS threads busy, the rest of its work is single-threaded
     ctx.map_units("semdedup", "bucket", dedup_bucket, tasks, [b.index for b in buckets],
                   desc="semdedup: clusters", unit="bucket", resources=chosen.resources,
-                  setup=partial(bucket_state, ctx.store, chosen), plan=ctx.cfg.engine.bucket_rows)
+                  setup=partial(bucket_state, ctx.store, chosen), plan=ctx.cfg.engine.bucket_rows,
+                  concurrent=not chosen.gpu)
     applied = apply_decisions(ctx, "semdedup", apply_part, got.scatter, len(buckets))
     result = StepResult(applied.alive_in, applied.removed,
                         {"k": k, "buckets": len(buckets),
