@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from pipeline.algorithms import exact, proposers
+from pipeline.algorithms import exact, kmeans, proposers
 from pipeline.algorithms.kmeans import Assigner, cluster_sums, fit_spherical, nearest
 from pipeline.algorithms.proposers import FaissProposer, blas_earlier
 from pipeline.algorithms.semdedup import dedup_cluster, max_earlier_similarity
@@ -111,9 +111,9 @@ def test_dot_rows_has_the_same_bits_on_any_thread_count_and_piece_size(
     rng = np.random.default_rng(0)
     a = unit(rng.standard_normal((40000, 96)))
     b = unit(rng.standard_normal((40000, 96)))
-    monkeypatch.setattr(exact, "_threads", lambda: 1)
+    monkeypatch.setattr(exact, "threads", lambda: 1)
     one = exact.dot_rows(a, b)
-    monkeypatch.setattr(exact, "_threads", lambda: 4)
+    monkeypatch.setattr(exact, "threads", lambda: 4)
     monkeypatch.setattr(exact, "_PIECE_ELEMENTS", 999)
     assert np.array_equal(exact.dot_rows(a, b), one)
     assert np.array_equal(exact.dot_rows(a[123:456], b[123:456]), one[123:456])
@@ -305,11 +305,18 @@ def test_fit_is_the_same_bytes_on_every_backend_and_thread_count() -> None:
     assert len(set(got.values())) == 1, list(got)
 
 
-def test_cluster_sums_add_members_in_row_order() -> None:
+@pytest.mark.parametrize("threads", [1, 3])
+def test_cluster_sums_add_members_in_row_order(threads: int,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sequential sums in row order, whether one thread adds every cluster or three share
+    them."""
+    monkeypatch.setattr(exact, "threads", lambda: threads)
+    monkeypatch.setattr(kmeans, "_PARALLEL_SUM_ROWS", 1000)
     rng = np.random.default_rng(2)
     x = (rng.standard_normal((5000, 8)) * 10.0 ** rng.integers(-8, 8, (5000, 1))).astype(
         np.float32)
     cluster = rng.integers(0, 7, 5000)
+    cluster[:40] = 2  # sizes unequal: the threads' shares end at different ranks
     sums, counts = cluster_sums(x, cluster, 9)
     for c in range(9):
         want = np.zeros(8)

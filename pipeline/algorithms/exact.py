@@ -126,8 +126,10 @@ def row_sums(p: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return _REDUCE(p, axis=-1, out=out)
 
 
-def _threads() -> int:
-    try:  # the count engine.threads pinned, else the machine's cores
+def threads() -> int:
+    """Threads this thread's exact kernels may use: its OpenMP count (engine.threads, one in
+    a concurrent map's worker), else the machine's cores."""
+    try:
         import faiss
 
         return max(1, faiss.omp_get_max_threads())
@@ -169,10 +171,10 @@ def dot_rows(a: np.ndarray, b: np.ndarray, a_rows: np.ndarray | None = None,
             np.multiply(x, y, out=p, dtype=np.float64)
             row_sums(p, out=out[sl])
 
-    threads = min(_threads(), max(1, n // _PARALLEL_ROWS))
-    if threads > 1:  # rows are independent: the same bits on any thread count
-        bounds = np.linspace(0, n, threads + 1).astype(int)
-        with ThreadPoolExecutor(threads) as pool:
+    count = min(threads(), max(1, n // _PARALLEL_ROWS))
+    if count > 1:  # rows are independent: the same bits on any thread count
+        bounds = np.linspace(0, n, count + 1).astype(int)
+        with ThreadPoolExecutor(count) as pool:
             list(pool.map(pieces, bounds[:-1], bounds[1:]))
     else:
         pieces(0, n)

@@ -11,6 +11,7 @@ the same bytes for any backend, device and thread count.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -98,6 +99,8 @@ def cluster_sums(x: np.ndarray, cluster: np.ndarray, k: int) -> tuple[np.ndarray
     The rows are taken by rank: every cluster's first member, then every cluster's second,
     and so on, so each sum is the sequential one. Clusters are kept largest first, so the
     clusters that still have a member at a rank are a prefix: one contiguous add per rank.
+    On several threads each takes every t-th cluster of that order: a cluster's sum is the
+    same whichever thread adds it.
     """
     x = np.asarray(x, dtype=np.float32)
     d = x.shape[1]
@@ -105,18 +108,37 @@ def cluster_sums(x: np.ndarray, cluster: np.ndarray, k: int) -> tuple[np.ndarray
     order = np.argsort(cluster, kind="stable")  # members of each cluster in row order
     first = np.concatenate([[0], np.cumsum(counts)[:-1]])
     by_size = np.argsort(-counts, kind="stable")
-    sizes, first = counts[by_size], first[by_size]
-    acc = np.zeros((k, d), dtype=np.float64)
-    rows = np.empty((k, d), dtype=np.float32)
-    active = k
-    for rank in range(int(counts.max(initial=0))):
+    threads = min(exact.threads(), max(1, len(x) // _PARALLEL_SUM_ROWS))
+    share = [by_size[t::threads] for t in range(threads)]
+    sums = np.empty((k, d), dtype=np.float64)
+
+    def add(clusters: np.ndarray) -> None:
+        sums[clusters] = _sums_by_rank(x, order, first[clusters], counts[clusters])
+
+    if threads > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(add, share))
+    else:
+        add(by_size)
+    return sums, counts
+
+
+_PARALLEL_SUM_ROWS = 16384  # from this many rows the clusters are shared among threads
+
+
+def _sums_by_rank(x: np.ndarray, order: np.ndarray, first: np.ndarray, sizes: np.ndarray
+                  ) -> np.ndarray:
+    """The sequential sums of clusters given largest first: members ``order[first[c]:
+    first[c] + sizes[c]]``."""
+    active = len(sizes)
+    acc = np.zeros((active, x.shape[1]), dtype=np.float64)
+    rows = np.empty((active, x.shape[1]), dtype=np.float32)
+    for rank in range(int(sizes.max(initial=0))):
         while sizes[active - 1] <= rank:
             active -= 1
         np.take(x, order[first[:active] + rank], axis=0, out=rows[:active])
         acc[:active] += rows[:active]
-    sums = np.empty_like(acc)
-    sums[by_size] = acc
-    return sums, counts
+    return acc
 
 
 def unit_centroids(sums: np.ndarray) -> np.ndarray:
