@@ -143,7 +143,10 @@ class VectorStore:
             out[:] = self._rows(part, local)
 
     def batches(self, rows: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(rows, vectors) in batches over sorted global ``rows``, one part at a time."""
+        """(rows, vectors) in batches over sorted global ``rows``, one part at a time.
+
+        A batch of rows that are not one run is read into this thread's scratch (not fresh
+        memory for every batch): a batch's vectors are gone when the next is read."""
         rows = np.asarray(rows, dtype=np.int64)
         for part in range(len(self.paths)):
             lo, hi = np.searchsorted(rows, self.offsets[part : part + 2])
@@ -155,8 +158,12 @@ class VectorStore:
                 if local[-1] - local[0] + 1 == len(local):  # contiguous: a view, no copy
                     span = slice(int(local[0]), int(local[-1]) + 1)
                     yield chunk, _unit(arr[span], None if divisor is None else divisor[span])
+                elif divisor is None:
+                    out = self.scratch(len(local))
+                    np.take(arr, local, axis=0, out=out)
+                    yield chunk, out
                 else:
-                    yield chunk, _unit(arr[local], None if divisor is None else divisor[local])
+                    yield chunk, _unit(arr[local], divisor[local])
 
     def close(self) -> None:
         self._arrays.clear()

@@ -24,8 +24,8 @@ from pipeline.workdir import atomic_write, write_npy, write_parquet
 from schemas import arrow as schemas
 
 # rows converted, normalised, scored and written at a time: 2 MB of float32 at d = 512, so
-# that the passes after the conversion find the chunk in the caches (27% faster per part
-# than 32,768 rows here, bench/README's ingest figures)
+# that the passes after the conversion find the chunk in the caches (a 100,000 x 512 float16
+# part with text took 0.55 s on one thread here, 0.75 s in chunks of 32,768 rows)
 CHUNK_ROWS = 1024
 
 
