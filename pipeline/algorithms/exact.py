@@ -109,8 +109,10 @@ def _reduce_is_pairwise(d: int) -> bool:
     if ok is None:
         rng = np.random.default_rng(d)
         rows = rng.standard_normal((32, d)) * np.exp2(rng.integers(-30, 30, (32, d)))
-        ok = _CHECKED[d] = bool(np.array_equal(_REDUCE(rows, axis=-1),
-                                               pairwise_sum(rows)))
+        want = pairwise_sum(rows)  # both call forms row_sums uses: into out, and not
+        ok = _CHECKED[d] = bool(np.array_equal(_REDUCE(rows, axis=-1), want)
+                                and np.array_equal(_REDUCE(rows, axis=-1, out=np.empty(32)),
+                                                   want))
     return ok
 
 
