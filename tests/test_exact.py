@@ -87,7 +87,8 @@ def test_dot_rows_is_the_documented_order(d: int, fast: bool,
     assert np.array_equal(exact.dots(a, b)[np.arange(4), np.arange(4)], got)
 
 
-def test_a_numpy_summing_in_another_order_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_numpy_summing_in_another_order_is_caught(monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
     """The check before numpy's reduction is trusted: a reduction in any other order (here
     the sequential one) fails it, and the documented order is computed instead."""
     def sequential(p, axis=-1, out=None):  # noqa: ANN001, ANN202
@@ -99,6 +100,7 @@ def test_a_numpy_summing_in_another_order_is_caught(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(exact, "_CHECKED", {})
     monkeypatch.setattr(exact, "_REDUCE", sequential)
     assert not exact._reduce_is_pairwise(512)
+    assert "slower" in caplog.text and "512" in caplog.text  # the speed loss is not silent
     rows = np.random.default_rng(0).standard_normal((3, 512)) * 1e8
     rows[:, ::7] *= 1e-9
     got = exact.row_sums(rows)

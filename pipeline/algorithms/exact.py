@@ -34,6 +34,7 @@ every proposer (see ``proposers.py``).
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
@@ -43,6 +44,8 @@ import numpy as np
 # Bump when a value computed here (or how the embed step runs its CPU batches) changes: it is
 # part of the embed and read fingerprints, so work done by another version is done again.
 EXACT_VERSION = 2
+
+log = logging.getLogger(__name__)
 
 U32 = 2.0**-24
 U64 = 2.0**-53
@@ -113,6 +116,10 @@ def _reduce_is_pairwise(d: int) -> bool:
         ok = _CHECKED[d] = bool(np.array_equal(_REDUCE(rows, axis=-1), want)
                                 and np.array_equal(_REDUCE(rows, axis=-1, out=np.empty(32)),
                                                    want))
+        if not ok:
+            log.warning("numpy %s does not sum rows of %d values in the order exact.py states: "
+                        "exact inner products are summed value by value instead (the same "
+                        "results, slower)", np.__version__, d)
     return ok
 
 
