@@ -160,7 +160,7 @@ class VectorStore:
                     yield chunk, _unit(arr[span], None if divisor is None else divisor[span])
                 elif divisor is None:
                     out = self.scratch(len(local))
-                    np.take(arr, local, axis=0, out=out)
+                    self._rows_into(part, local, out)
                     yield chunk, out
                 else:
                     yield chunk, _unit(arr[local], divisor[local])

@@ -77,14 +77,14 @@ def write_unit_vectors(path: Path, image: np.ndarray, text: np.ndarray | None,
                 out = kept[sl] if kept is not None else scratch[:m]
                 img, norms[sl] = unit_rows(image[sl], out)
                 ok = usable(norms[sl])
-                if half and ok.all():
-                    np.ascontiguousarray(image[sl]).tofile(f)  # the input's bytes as they are
-                    divisors[sl] = norms[sl]
-                elif half:
-                    raw = raw_scratch[:m]
-                    np.copyto(raw, image[sl])
-                    raw[~ok] = 0
-                    raw.tofile(f)
+                if half:
+                    if ok.all():
+                        np.ascontiguousarray(image[sl]).tofile(f)  # the input's bytes
+                    else:
+                        raw = raw_scratch[:m]
+                        np.copyto(raw, image[sl])
+                        raw[~ok] = 0
+                        raw.tofile(f)
                     divisors[sl] = np.where(ok, norms[sl], 1.0)  # unit_rows's divisor
                 else:
                     img.tofile(f)

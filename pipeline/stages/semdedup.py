@@ -151,8 +151,9 @@ def run_semdedup(ctx: RunContext, earlier: tuple[str, ...], alive: list[int]) ->
     tasks = [DedupTask(str(got.scatter), str(decisions), n_parts, b.index, b.first, b.stop,
                        ctx.offsets, cfg.eps, cfg.block_rows) for b in buckets]
     chosen = backend(ctx)
-    # buckets at once, each on a core of its own: the products of one cluster's blocks are
-    # too small to keep two BLAS threads busy, the rest of its work is single-threaded
+    # buckets at once, each on a core of its own: a bucket's products run as fast on one
+    # BLAS thread per bucket (107 against 204 GFLOP/s on two), and its other work (reads,
+    # exact values, masks) is single-threaded, so two buckets at once overlap it
     ctx.map_units("semdedup", "bucket", dedup_bucket, tasks, [b.index for b in buckets],
                   desc="semdedup: clusters", unit="bucket", resources=chosen.resources,
                   setup=partial(bucket_state, ctx.store, chosen), plan=ctx.cfg.engine.bucket_rows,
