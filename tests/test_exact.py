@@ -8,6 +8,8 @@ that rounds differently (or is wrong by up to the proven error bound) changes no
 from __future__ import annotations
 
 import contextlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 
 import faiss
@@ -326,3 +328,23 @@ def test_cluster_sums_add_members_in_row_order(threads: int,
             want = want + row  # one by one, in row order
         assert np.array_equal(sums[c], want)
     assert counts.tolist() == np.bincount(cluster, minlength=9).tolist()
+
+
+def test_block_products_use_one_buffer_per_thread() -> None:
+    """The block products land in a buffer reused by the thread that made them (no fresh
+    memory per block) and never in another thread's: two threads hold theirs at once."""
+    rng = np.random.default_rng(4)
+    pairs = [(rng.standard_normal((6, 8), dtype=np.float32),
+              rng.standard_normal((9, 8), dtype=np.float32)) for _ in range(2)]
+    barrier = threading.Barrier(2)
+
+    def product(pair: tuple[np.ndarray, np.ndarray]) -> bool:
+        rows, cols = pair
+        got = proposers._matmul(rows, cols)
+        barrier.wait(timeout=30)  # both threads' products exist at once
+        ok = np.array_equal(got, rows @ cols.T)
+        again = proposers._matmul(cols, rows)  # the next block: the same buffer
+        return ok and np.shares_memory(got, again) and np.array_equal(again, cols @ rows.T)
+
+    with ThreadPoolExecutor(2) as pool:
+        assert all(pool.map(product, pairs))

@@ -174,6 +174,43 @@ def test_threads_reading_at_once_each_get_their_own_scratch(tmp_path: Path) -> N
     np.testing.assert_array_equal(copy.gather(rows, out=copy.scratch(len(rows))), want[rows])
 
 
+def test_a_later_maps_threads_take_over_the_scratch_of_ended_ones(tmp_path: Path) -> None:
+    """Every map starts new threads: they reuse the buffers the last map's threads left (no
+    fresh pages to fault in), a thread's buffer grows to a power of two of rows, and one
+    that grew again is let go rather than kept. The test holds a view of every buffer it
+    saw, so no address can come back from the allocator instead of from the store."""
+    store, want = _two_parts(tmp_path)
+    rows = np.random.default_rng(7).permutation(70)[:50]
+    held: list[np.ndarray] = []
+
+    def address(a: np.ndarray) -> int:
+        held.append(a)
+        return a.__array_interface__["data"][0]
+
+    def read(_: int) -> int:
+        got = store.gather(rows, out=store.scratch(len(rows)))
+        assert np.array_equal(got, want[rows])
+        assert len(store.scratch(1).base) == 64  # 50 rows rounded up to a power of two
+        return address(got)
+
+    def one_thread(fn):  # noqa: ANN001, ANN202 - a map of one new thread
+        with ThreadPoolExecutor(1) as pool:
+            return next(pool.map(fn, [0]))
+
+    with ThreadPoolExecutor(2) as pool:
+        first = set(pool.map(read, range(8)))
+    with ThreadPoolExecutor(2) as pool:
+        again = set(pool.map(read, range(8)))
+    assert again <= first  # the second map's threads read into the first map's buffers
+
+    small, big = one_thread(lambda _: (address(store.scratch(10)),
+                                       address(store.scratch(100))))
+    assert small != big
+    assert one_thread(lambda _: address(store.scratch(100))) == big  # the grown one is kept
+    store.close()  # the store lets its buffers go: the next thread gets a new one
+    assert one_thread(lambda _: address(store.scratch(100))) not in first | {small, big}
+
+
 @pytest.mark.parametrize("limit", [1, 7, ks.GATHER_LIMIT])
 def test_key_select_matches_a_full_sort(limit: int) -> None:
     """The clip filter's cut, found by histogram rounds over parts, keeps exactly the rows a

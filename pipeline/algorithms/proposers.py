@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -21,6 +22,7 @@ import faiss
 import numpy as np
 
 from pipeline.errors import ConceptpruneError
+from pipeline.io.buffers import populated
 
 BACKENDS = ("auto", "faiss", "torch")
 DEVICES = ("auto", "cpu", "gpu")
@@ -73,8 +75,19 @@ def _near_pairs(start: int, near: np.ndarray, best: np.ndarray, r: np.ndarray, c
     return rows, cols
 
 
+_THREAD = threading.local()  # each thread's buffer of block products
+
+
 def _matmul(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    return rows @ cols.T
+    """``rows @ cols.T`` into this thread's buffer, valid until its next call: a fresh array
+    for every block (up to 256 MB) cost page faults, which here cost more than the copy. The
+    buffer grows to a power of two of elements and ends with its thread."""
+    need = len(rows) * len(cols)
+    buffer = getattr(_THREAD, "products", None)
+    if buffer is None or len(buffer) < need:
+        buffer = _THREAD.products = populated((1 << max(0, need - 1).bit_length(),),
+                                              np.float32)
+    return np.matmul(rows, cols.T, out=buffer[:need].reshape(len(rows), len(cols)))
 
 
 def blas_earlier(vectors: np.ndarray, block_rows: int, window: float, eligible: np.ndarray,

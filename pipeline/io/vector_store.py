@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.algorithms.vectors import as_float32
 from pipeline.io import npy
-from pipeline.io.buffers import populated
+from pipeline.io.buffers import BufferPool
 
 
 def scale_path(vectors: str | Path) -> Path:
@@ -46,7 +46,9 @@ class VectorStore:
         self.offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
         self._arrays: dict[int, np.ndarray] = {}
         self._scaled: dict[int, bool] = {}
-        self._buffers = threading.local()  # each thread's scratch: reads may run at once
+        self._buffers = threading.local()  # each thread's leases: reads may run at once
+        # buffers outlive the threads that used them: a later map's threads take them over
+        self._pools = {"scratch": BufferPool(), "piece": BufferPool()}
 
     def __getstate__(self) -> dict:
         """Pickled (sent to another worker) without the parts held in memory: the copy
@@ -89,13 +91,20 @@ class VectorStore:
         return int(self._array(0).shape[1])
 
     def scratch(self, rows: int) -> np.ndarray:
-        """A float32 (rows, dim) buffer this store keeps and hands out again (grown when too
-        small): fresh memory for every large read costs page faults, which here cost more
-        than the copy. The caller is done with it before its thread's next call."""
-        scratch = getattr(self._buffers, "scratch", None)
-        if scratch is None or len(scratch) < rows:
-            scratch = self._buffers.scratch = populated((rows, self.dim), np.float32)
-        return scratch[:rows]
+        """A float32 (rows, dim) buffer this thread keeps and gets again (a larger one when
+        too small): fresh memory for every large read costs page faults, which here cost
+        more than the copy. The caller is done with it before its thread's next call. When
+        the thread ends, the buffer goes back to the store for later threads."""
+        return self._leased("scratch", rows)
+
+    def _leased(self, kind: str, rows: int) -> np.ndarray:
+        lease = getattr(self._buffers, kind, None)
+        if lease is None or len(lease.buffer) < rows:
+            if lease is not None:
+                lease.discard()
+            lease = self._pools[kind].lease(rows, (self.dim,), np.float32)
+            setattr(self._buffers, kind, lease)
+        return lease.buffer[:rows]
 
     def gather(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Vectors of the given global rows, in the order given (into ``out`` when given).
@@ -111,9 +120,7 @@ class VectorStore:
             return out
         if len(rows) > 1 and bool((rows[1:] < rows[:-1]).any()):
             order = np.argsort(rows, kind="stable")
-            piece = getattr(self._buffers, "piece", None)
-            if piece is None:
-                piece = self._buffers.piece = np.empty((SORTED_PIECE, self.dim), np.float32)
+            piece = self._leased("piece", SORTED_PIECE)
             for s in range(0, len(rows), SORTED_PIECE):  # written back a piece at a time
                 take = order[s : s + SORTED_PIECE]
                 out[take] = self.gather(rows[take], out=piece[: len(take)])
@@ -167,3 +174,5 @@ class VectorStore:
 
     def close(self) -> None:
         self._arrays.clear()
+        for pool in self._pools.values():
+            pool.clear()
