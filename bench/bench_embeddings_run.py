@@ -19,6 +19,10 @@ Usage: python bench/bench_embeddings_run.py [--samples 1000000] [--backend auto|
 
 from __future__ import annotations
 
+# isort: off
+import pipeline  # noqa: F401 - before numpy, as in the console script: it picks OpenBLAS's kernels
+# isort: on
+
 import argparse
 import contextlib
 import json
@@ -75,6 +79,9 @@ def main() -> None:
     rss = _peak_rss_gb()
     assert (out / "subset.npy").exists()
     report = json.loads((out / "report" / "report.json").read_text())
+    from pipeline.blas_kernels import describe
+
+    print(describe(), flush=True)
     print(f"run: {summary.input_samples} -> {summary.kept} kept; wall (process start to "
           f"subset.npy) {wall:.1f} s; peak RSS {rss:.2f} GB; steps {report['timings_s']}",
           flush=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import remote_output
+from pipeline import blas_kernels, remote_output
 from pipeline.config import RunConfig
 from pipeline.engines.base import Engine
 from pipeline.engines.factory import make_engine
@@ -252,6 +252,7 @@ def _run_here(cfg: RunConfig, engine: Engine | None) -> RunSummary:
                 claim_work(work, cfg.overwrite)
                 claim_output(output, cfg.overwrite)
             held.enter_context(run_log(output / "logs" / "run.log"))
+            log.info(blas_kernels.describe())
             # what `conceptprune status OUTPUT` plans from, while the run runs and after
             write_json(output / "logs" / STATUS_CONFIG, cfg.model_dump(mode="json"))
             runner: Runner | None = None
