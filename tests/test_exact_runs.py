@@ -1,9 +1,9 @@
 """Same bytes whatever the machine (SPEC §2, §3, §8): one embeddings input planted with exact
 copies, near-ties at semdedup's line and rows between two k-means centroids; kernel threads
-1, 2 and 3, another bucket plan, the torch backend and a kernel as wrong as the error bound
-allows all give the same subset.npy, ledger and report. (Ray joined by address and Spark run
-the same input in their own modules.) An image run likewise on 1 and 2 threads and on torch.
-"""
+1, 2 and 3, another bucket plan, other BLAS kernels, the torch backend and a kernel as wrong
+as the error bound allows all give the same subset.npy, ledger and report. (Ray joined by
+address and Spark run the same input in their own modules.) An image run likewise on 1 and 2
+threads and on torch."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from same_bytes import assert_same_run
 from test_resume_images import assert_same_result, raw_config
 from tie_data import near_ties, settings
 
+from pipeline import blas_kernels
 from pipeline.algorithms import exact, proposers
 from pipeline.algorithms.proposers import blas_earlier
 from pipeline.config import validate_config
@@ -66,6 +67,29 @@ def test_the_torch_backend_gives_the_faiss_bytes(ties: Path, reference: Path,
     cfg["kmeans"] = {"backend": "torch"}
     run(validate_config(cfg))
     assert_same_run(tmp_path / "out", reference, parts=("subset.npy", "ledger", "report"),
+                    report_ignore=REPORT_IGNORE)
+
+
+@pytest.mark.parametrize("core", ["Nehalem", "SkylakeX"])
+def test_other_blas_kernels_give_the_same_bytes(ties: Path, reference: Path, tmp_path: Path,
+                                                core: str) -> None:
+    """OpenBLAS's SSE4 kernels, and its AVX-512 ones where this CPU has them, round the
+    proposals otherwise than the reference's kernels: the CLI in a fresh process with them."""
+    if core == "SkylakeX" and not blas_kernels.AVX512_FLAGS.issubset(
+            blas_kernels.cpu_identity()[1]):
+        pytest.skip("this CPU has no AVX-512")
+    out = tmp_path / "out"
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(settings(ties, out)))
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(path),
+                           "--no-progress"], env={**os.environ, "OPENBLAS_CORETYPE": core},
+                          capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    kernels = next(line for line in (out / "logs" / "run.log").read_text().splitlines()
+                   if "BLAS kernels:" in line)
+    assert kernels.split(";")[0].count(core) == 2, kernels  # numpy's and faiss's OpenBLAS
+    assert_same_run(out, reference, parts=("subset.npy", "ledger", "report"),
                     report_ignore=REPORT_IGNORE)
 
 
