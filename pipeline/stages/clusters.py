@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -20,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipeline.algorithms import kmeans, proposers
+from pipeline.algorithms import exact, kmeans, proposers
 from pipeline.config import RunConfig
 from pipeline.engines.base import Resources
 from pipeline.engines.gpu import task_gpu
 from pipeline.io import npy
+from pipeline.io.buffers import populated
 from pipeline.io.vector_store import VectorStore
 from pipeline.stages.context import (
     RunContext,
@@ -121,15 +123,25 @@ def fit(task: FitTask) -> np.ndarray:
     Each part's rows are read straight into their place in one array: no pieces to join,
     whose copy and fresh memory cost more than the reads (0.6 s of 0.85 s at 128,000 x 512).
     """
-    sample = np.empty((sum(count for _, _, count in task.plan), task.store.dim), np.float32)
-    at = 0
-    for part, offset, count in task.plan:
-        if count:
-            rows = sample_rows(alive_rows(task.work, part, task.earlier), count, task.seed,
-                               task.salt, part)
-            task.store.gather(offset + rows, out=sample[at : at + len(rows)])
-            at += len(rows)
-    return kmeans.fit_spherical(sample[:at], task.k, task.niter, task.seed,
+    sample = populated((sum(count for _, _, count in task.plan), task.store.dim), np.float32)
+    starts = np.cumsum([0, *(count for _, _, count in task.plan)])
+
+    def read(i: int) -> int:
+        part, offset, count = task.plan[i]
+        if not count:
+            return 0
+        rows = sample_rows(alive_rows(task.work, part, task.earlier), count, task.seed,
+                           task.salt, part)
+        task.store.gather(offset + rows, out=sample[starts[i] : starts[i] + len(rows)])
+        return len(rows)
+
+    # parts read on the fit's threads at once into memory mapped up front: read one by one
+    # into fresh memory, the 128,000 x 512 sample took 0.56 s with one core idle
+    with ThreadPoolExecutor(max(1, min(exact.threads(), len(task.plan)))) as pool:
+        got = list(pool.map(read, range(len(task.plan))))
+    if got != [count for _, _, count in task.plan]:  # rows alive then fewer than planned
+        sample = np.concatenate([sample[a : a + n] for a, n in zip(starts, got, strict=False)])
+    return kmeans.fit_spherical(sample, task.k, task.niter, task.seed,
                                 proposer=task.backend.proposer(), setting=task.setting)
 
 
