@@ -172,11 +172,12 @@ class KMeansConfig(_Section):
         256, ge=1, description="the fit uses a seeded sample of at most this many points x k"
     )
     batch_size: int = Field(65536, ge=1, description="vectors per assignment batch")
-    backend: Literal["auto", "faiss", "torch"] = Field(
+    backend: Literal["auto", "blas", "faiss", "torch"] = Field(
         "auto", description="the fast kernel that proposes nearest centroids and semdedup's "
-        "most similar members: faiss (faiss-cpu, or faiss-gpu), torch (CPU or CUDA), or auto "
-        "(a GPU when one is there, else faiss). Decisions are exact, so every backend gives "
-        "the same bytes: this only changes the speed"
+        "most similar members: blas (numpy's float32 products, CPU), faiss (faiss-cpu, or "
+        "faiss-gpu), torch (CPU or CUDA), or auto (a GPU when one is there, else blas). "
+        "Decisions are exact, so every backend gives the same bytes: this only changes the "
+        "speed"
     )
     device: Literal["auto", "cpu", "gpu"] = Field(
         "auto", description="where the backend runs: a GPU when one is present (auto), or "

@@ -28,7 +28,7 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 
 def backends() -> list[proposers.Proposer]:
-    out: list[proposers.Proposer] = [FaissProposer()]
+    out: list[proposers.Proposer] = [FaissProposer(), proposers.BlasProposer()]
     with contextlib.suppress(proposers.BackendError):  # torch is installed in CI
         out.append(proposers.TorchProposer())
     return out
@@ -348,3 +348,39 @@ def test_block_products_use_one_buffer_per_thread() -> None:
 
     with ThreadPoolExecutor(2) as pool:
         assert all(pool.map(product, pairs))
+
+
+def test_the_blas_index_on_several_threads_and_blocks_decides_as_on_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Row ranges on several threads, in other block shapes, round the products otherwise;
+    the rows they are sure of keep their proposal and every decision stays the exact one."""
+    x = crowded(3, n=3000)
+    centroids = unit(x[:60] + 1e-6 * np.random.default_rng(2).standard_normal((60, 16)))
+    index = proposers.BlasProposer().index(centroids)
+    win = exact.window(16)
+    v = exact.dots(x, centroids)
+    want = (v == v.max(axis=1, keepdims=True)).argmax(axis=1)  # exact, the lowest id
+    monkeypatch.setattr(exact, "threads", lambda: 1)
+    best, rows, _ = index.near(x, win)
+    ids, _ = nearest(x, centroids, index)
+    monkeypatch.setattr(exact, "threads", lambda: 3)
+    monkeypatch.setattr(proposers, "NEAR_THREAD_ROWS", 100)
+    monkeypatch.setattr(proposers, "NEAR_BLOCK_ELEMENTS", 60 * 7)  # blocks of 7 rows
+    best3, rows3, _ = index.near(x, win)
+    ids3, _ = nearest(x, centroids, index)
+    assert len(np.unique(rows)) > 100  # crowded: plenty of rows decided exactly
+    sure = np.setdiff1d(np.arange(len(x)), np.union1d(rows, rows3))
+    np.testing.assert_array_equal(best3[sure], best[sure])
+    np.testing.assert_array_equal(ids, want)
+    np.testing.assert_array_equal(ids3, want)
+
+
+def test_auto_proposes_on_blas_on_a_cpu_and_blas_refuses_a_gpu() -> None:
+    assert proposers.choose("auto", "cpu") == ("blas", False)
+    if not proposers.torch_gpus() and not proposers.faiss_gpus():
+        assert proposers.choose("auto", "auto") == ("blas", False)
+    assert proposers.choose("faiss", "cpu") == ("faiss", False)
+    assert proposers.choose("blas", "auto") == ("blas", False)
+    assert isinstance(proposers.make_proposer("blas", False), proposers.BlasProposer)
+    with pytest.raises(proposers.BackendError, match="kmeans.backend=blas runs on the CPU"):
+        proposers.choose("blas", "gpu")

@@ -1,9 +1,9 @@
 """Same bytes whatever the machine (SPEC §2, §3, §8): one embeddings input planted with exact
 copies, near-ties at semdedup's line and rows between two k-means centroids; kernel threads
-1, 2 and 3, another bucket plan, other BLAS kernels, the torch backend and a kernel as wrong
-as the error bound allows all give the same subset.npy, ledger and report. (Ray joined by
-address and Spark run the same input in their own modules.) An image run likewise on 1 and 2
-threads and on torch."""
+1, 2 and 3, another bucket plan, other BLAS kernels, the faiss and torch backends and a
+kernel as wrong as the error bound allows all give the same subset.npy, ledger and report.
+(Ray joined by address and Spark run the same input in their own modules.) An image run
+likewise on 1 and 2 threads and on torch."""
 
 from __future__ import annotations
 
@@ -60,11 +60,14 @@ def test_any_thread_count_and_bucket_plan_gives_the_same_bytes(
                     report_ignore=REPORT_IGNORE)
 
 
-def test_the_torch_backend_gives_the_faiss_bytes(ties: Path, reference: Path,
-                                                 tmp_path: Path) -> None:
-    pytest.importorskip("torch")
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_the_faiss_and_torch_backends_give_the_blas_bytes(ties: Path, reference: Path,
+                                                          tmp_path: Path, backend: str) -> None:
+    """The reference ran on auto: numpy's BLAS on this CPU."""
+    if backend == "torch":
+        pytest.importorskip("torch")
     cfg = settings(ties, tmp_path / "out")
-    cfg["kmeans"] = {"backend": "torch"}
+    cfg["kmeans"] = {"backend": backend}
     run(validate_config(cfg))
     assert_same_run(tmp_path / "out", reference, parts=("subset.npy", "ledger", "report"),
                     report_ignore=REPORT_IGNORE)

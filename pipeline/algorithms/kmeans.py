@@ -46,9 +46,19 @@ def nearest(x: np.ndarray, centroids: np.ndarray, index: Index, values: bool = T
     n, k = len(x), len(centroids)
     if n == 0:
         return np.empty(0, dtype=np.int32), np.empty(0, dtype=np.float64)
+    win = exact.window(x.shape[1])
+    near = getattr(index, "near", None)
+    if near is not None:  # every candidate inside the window comes with the proposal
+        chosen, pair_row, pair_col = near(x, win)
+        if len(pair_row):
+            unsure, local = np.unique(pair_row, return_inverse=True)
+            decisive = exact.dot_pairs(x, centroids, pair_row, pair_col)
+            chosen[unsure] = exact.best_per_row(local.ravel(), pair_col, decisive,
+                                                len(unsure))[1]
+        return chosen.astype(np.int32), exact.dot_rows(x, centroids, b_rows=chosen) if values \
+            else None
     r = min(k, PROPOSALS)
     scores, ids = index.top(x, r)
-    win = exact.window(x.shape[1])
     ids = np.where(ids < 0, 0, ids)  # faiss pads with -1 only when k < r, which r excludes
     chosen = ids[:, 0].copy()
     if r > 1:

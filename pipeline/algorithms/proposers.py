@@ -15,16 +15,19 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import faiss
 import numpy as np
+from threadpoolctl import threadpool_limits
 
+from pipeline.algorithms import exact
 from pipeline.errors import ConceptpruneError
 from pipeline.io.buffers import populated
 
-BACKENDS = ("auto", "faiss", "torch")
+BACKENDS = ("auto", "blas", "faiss", "torch")
 DEVICES = ("auto", "cpu", "gpu")
 
 
@@ -48,6 +51,14 @@ class Index(Protocol):
     def top(self, queries: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``r`` largest fast inner products of every query with the indexed rows:
         (float32 scores, int64 ids), each (n, r), best first."""
+
+
+class NearIndex(Index, Protocol):
+    def near(self, queries: np.ndarray, window: float
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every query's best indexed row (int64) and, for the queries whose runner-up lies
+        within ``window`` of the best, (query, row) pairs of every row that does, the best
+        included: the candidates are complete, however many there are."""
 
 
 class Proposer(Protocol):
@@ -148,6 +159,81 @@ class FaissProposer:
 
     def index(self, base: np.ndarray) -> Index:
         return _FaissIndex(base, self.gpu, self.device)
+
+    def earlier(self, vectors: np.ndarray, block_rows: int, window: float,
+                eligible: np.ndarray) -> Iterator[EarlierBlock]:
+        return blas_earlier(vectors, block_rows, window, eligible)
+
+
+# products of one block of queries: 512 KB of float32, which stays in the core's cache
+NEAR_BLOCK_ELEMENTS = 1 << 17
+NEAR_THREAD_ROWS = 8192  # from this many queries per thread, the rows are split over threads
+
+
+class _BlasIndex:
+    """Centroids as columns for this process's BLAS: a block of queries at a time, one
+    float32 product, the best of each row, and the window checked on the next best."""
+
+    def __init__(self, base: np.ndarray) -> None:
+        self.columns = np.ascontiguousarray(np.asarray(base, dtype=np.float32).T)
+
+    def top(self, queries: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
+        scores = np.ascontiguousarray(queries, dtype=np.float32) @ self.columns
+        ids = np.argsort(-scores, axis=1, kind="stable")[:, :r]
+        return np.take_along_axis(scores, ids, axis=1), ids.astype(np.int64)
+
+    def near(self, queries: np.ndarray, window: float
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x = np.ascontiguousarray(queries, dtype=np.float32)
+        n = len(x)
+        best = np.empty(n, dtype=np.int64)
+        found: list[tuple[np.ndarray, np.ndarray]] = []
+        threads = max(1, min(exact.threads(), n // NEAR_THREAD_ROWS))
+        if threads > 1:  # row ranges side by side, each with a one-thread product: the
+            # argmax passes run beside the products instead of after them (the fit's 20
+            # searches at 128,000 x 500 took 6.3 s so, 7.6 s with one two-thread product)
+            bounds = np.linspace(0, n, threads + 1).astype(int)
+            with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
+                parts = list(pool.map(lambda i: self._near_rows(x, bounds[i], bounds[i + 1],
+                                                                window, best), range(threads)))
+            found = [pair for part in parts for pair in part]
+        else:
+            found = self._near_rows(x, 0, n, window, best)
+        if not found:
+            return best, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return best, np.concatenate([r for r, _ in found]), np.concatenate([c for _, c in found])
+
+    def _near_rows(self, x: np.ndarray, lo: int, hi: int, window: float, best: np.ndarray
+                   ) -> list[tuple[np.ndarray, np.ndarray]]:
+        k = self.columns.shape[1]
+        step = max(1, NEAR_BLOCK_ELEMENTS // max(1, k))
+        sims = np.empty((min(step, max(1, hi - lo)), k), dtype=np.float32)
+        found = []
+        for start in range(lo, hi, step):
+            rows = min(step, hi - start)
+            s = np.matmul(x[start : start + rows], self.columns, out=sims[:rows])
+            at = np.arange(rows)
+            b = s.argmax(axis=1)
+            top = s[at, b]
+            s[at, b] = -np.inf
+            near = np.flatnonzero(s.max(axis=1) >= top - window)
+            s[at, b] = top
+            best[start : start + rows] = b
+            if len(near):
+                r, c = np.nonzero(s[near] >= (top[near] - window)[:, None])
+                found.append((near[r].astype(np.int64) + start, c.astype(np.int64)))
+        return found
+
+
+class BlasProposer:
+    """numpy's float32 matrix products on this CPU (its BLAS), for centroids and semdedup's
+    blocks: here the fastest CPU proposer (``bench/bench_embeddings_run.py``)."""
+
+    gpu = False
+    name = "blas-cpu"
+
+    def index(self, base: np.ndarray) -> Index:
+        return _BlasIndex(base)
 
     def earlier(self, vectors: np.ndarray, block_rows: int, window: float,
                 eligible: np.ndarray) -> Iterator[EarlierBlock]:
@@ -275,25 +361,30 @@ def check(backend: str, device: str) -> None:
     if device not in DEVICES:
         raise BackendError(f"kmeans.device must be one of {', '.join(DEVICES)}, got "
                            f"{device!r}")
+    if backend == "blas" and device == "gpu":
+        raise BackendError("kmeans.backend=blas runs on the CPU only: set kmeans.device=cpu "
+                           "(or auto), or kmeans.backend=torch or faiss for the GPU")
 
 
 def choose(backend: str, device: str) -> tuple[str, bool]:
     """(backend, on a GPU) that ``backend`` and ``device`` settings name on this machine.
 
-    auto: a GPU when one is there (torch on CUDA, else faiss-gpu), else faiss on the CPU,
-    the faster CPU proposer here (``bench/bench_proposers.py``). device=gpu asks for a GPU
-    without looking: the workers that get one may be other machines.
+    auto: a GPU when one is there (torch on CUDA, else faiss-gpu), else numpy's BLAS on the
+    CPU, the fastest CPU proposer here (``bench/bench_embeddings_run.py``). device=gpu asks
+    for a GPU without looking: the workers that get one may be other machines.
     """
     check(backend, device)
     if device == "cpu":
-        return ("faiss" if backend == "auto" else backend), False
+        return ("blas" if backend == "auto" else backend), False
     if backend == "auto":
         if torch_gpus():
             return "torch", True
         if faiss_gpus():
             return "faiss", True
         # a GPU asked for where this process sees none: the workers' (torch, the common one)
-        return ("torch", True) if device == "gpu" else ("faiss", False)
+        return ("torch", True) if device == "gpu" else ("blas", False)
+    if backend == "blas":
+        return backend, False
     if device == "gpu":
         return backend, True
     found = torch_gpus() if backend == "torch" else faiss_gpus()
@@ -304,4 +395,6 @@ def make_proposer(backend: str, gpu: bool, device: int | None = None) -> Propose
     """The proposer ``choose`` named, on GPU ``device`` (None: the first one) when ``gpu``."""
     if backend == "torch":
         return TorchProposer(gpu, device)
+    if backend == "blas":
+        return BlasProposer()
     return FaissProposer(gpu, device)
