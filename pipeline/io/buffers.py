@@ -59,7 +59,8 @@ class BufferPool:
         size = 1 << max(0, rows - 1).bit_length()
         return BufferLease(self, populated((size, *row_shape), dtype))
 
-    def _give_back(self, buffer: np.ndarray) -> None:
+    def give_back(self, buffer: np.ndarray) -> None:
+        """Return a lent buffer to the pool (a lease does it when it is dropped)."""
         with self._lock:
             self._free.append(buffer)
 
@@ -74,7 +75,7 @@ class BufferLease:
 
     def __init__(self, pool: BufferPool, buffer: np.ndarray) -> None:
         self.buffer = buffer
-        self._back = weakref.finalize(self, pool._give_back, buffer)
+        self._back = weakref.finalize(self, pool.give_back, buffer)
 
     def discard(self) -> None:
         """Let the buffer go instead of back to the pool (a larger one replaces it)."""
