@@ -26,6 +26,7 @@ import pipeline  # noqa: F401 - before numpy, as in the console script: it picks
 import argparse
 import contextlib
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -64,8 +65,14 @@ def main() -> None:
     data, made = cached_embeddings(args.out, args.samples, args.dim, args.files)
     if made:
         # measure in a fresh process, so that its start time and peak RSS are the run's own
-        # (exec would keep both: the pid's start time and the kernel's peak RSS survive it)
-        sys.exit(subprocess.run([sys.executable, *sys.argv], check=False).returncode)
+        # (exec would keep both: the pid's start time and the kernel's peak RSS survive it),
+        # which chooses its BLAS kernels itself as a user's run would
+        from pipeline import blas_kernels
+
+        env = dict(os.environ)
+        if blas_kernels.chosen:
+            env.pop(blas_kernels.VARIABLE, None)
+        sys.exit(subprocess.run([sys.executable, *sys.argv], check=False, env=env).returncode)
 
     out = args.out / "run"
     shutil.rmtree(out, ignore_errors=True)
