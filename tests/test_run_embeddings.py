@@ -265,7 +265,7 @@ def test_changed_setting_redoes_only_later_steps(emb_dir: Path, tmp_path: Path,
 
 
 def test_same_seed_same_bytes(emb_dir: Path, tmp_path: Path) -> None:
-    run(config(emb_dir, tmp_path / "a"))
+    run(config(emb_dir, tmp_path / "a", vector_cache_gb=1))  # held in memory
     run(config(emb_dir, tmp_path / "b", vector_cache_gb=0))  # streamed from the work folder
     assert_same_file(tmp_path / "a" / "subset.npy", tmp_path / "b" / "subset.npy")
 
