@@ -60,6 +60,8 @@ def test_any_thread_count_and_bucket_plan_gives_the_same_bytes(
                     report_ignore=REPORT_IGNORE)
 
 
+# torch warns (once per process) when handed read-only memory, as the store's files are
+@pytest.mark.filterwarnings("error::UserWarning")
 @pytest.mark.parametrize("backend", ["faiss", "torch"])
 def test_the_faiss_and_torch_backends_give_the_blas_bytes(ties: Path, reference: Path,
                                                           tmp_path: Path, backend: str) -> None:

@@ -294,7 +294,10 @@ class TorchProposer:
         self.max_elements = (1 << 28) if gpu else (1 << 26)
 
     def to_device(self, x: np.ndarray) -> Any:  # noqa: ANN401 - a torch tensor
-        t = self.torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if not x.flags.writeable:  # a read-only view of the store's files: torch warns that
+            x = x.copy()  # it may write a tensor's memory, so it gets a copy of its own
+        t = self.torch.from_numpy(x)
         return t.to(self.device, non_blocking=False) if self.gpu else t
 
     def index(self, base: np.ndarray) -> Index:
