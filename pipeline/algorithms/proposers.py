@@ -86,6 +86,22 @@ def _near_pairs(start: int, near: np.ndarray, best: np.ndarray, r: np.ndarray, c
     return rows, cols
 
 
+def _best_and_candidates(sims: np.ndarray, window: float, start: int
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's best column of the block products ``sims`` (overwritten), and the (row +
+    ``start``, column) pairs of the rows whose runner-up lies within ``window`` of their
+    best: the best and every other column inside the window."""
+    at = np.arange(len(sims))
+    best = sims.argmax(axis=1)
+    top = sims[at, best]
+    sims[at, best] = -np.inf
+    near = np.flatnonzero(sims.max(axis=1) >= top - window)
+    if not len(near):
+        return best, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    r, c = np.nonzero(sims[near] >= (top[near] - window)[:, None])
+    return best, *_near_pairs(start, near, best, r, c)
+
+
 _THREAD = threading.local()  # each thread's buffer of block products
 
 
@@ -118,15 +134,7 @@ def blas_earlier(vectors: np.ndarray, block_rows: int, window: float, eligible: 
         sims[:, start:stop][upper[:rows, :rows]] = -np.inf
         if barred is not None:
             sims[:, barred[:stop]] = -np.inf
-        at = np.arange(rows)
-        best = sims.argmax(axis=1)
-        top = sims[at, best]
-        sims[at, best] = -np.inf
-        near = np.flatnonzero(sims.max(axis=1) >= top - window)
-        pair_row = pair_col = np.zeros(0, dtype=np.int64)
-        if len(near):
-            r, c = np.nonzero(sims[near] >= (top[near] - window)[:, None])
-            pair_row, pair_col = _near_pairs(start, near, best, r, c)
+        best, pair_row, pair_col = _best_and_candidates(sims, window, start)
         yield EarlierBlock(start, stop, best.astype(np.int64), pair_row, pair_col)
 
 
@@ -212,16 +220,10 @@ class _BlasIndex:
         for start in range(lo, hi, step):
             rows = min(step, hi - start)
             s = np.matmul(x[start : start + rows], self.columns, out=sims[:rows])
-            at = np.arange(rows)
-            b = s.argmax(axis=1)
-            top = s[at, b]
-            s[at, b] = -np.inf
-            near = np.flatnonzero(s.max(axis=1) >= top - window)
-            s[at, b] = top
-            best[start : start + rows] = b
-            if len(near):
-                r, c = np.nonzero(s[near] >= (top[near] - window)[:, None])
-                found.append((near[r].astype(np.int64) + start, c.astype(np.int64)))
+            best[start : start + rows], pair_row, pair_col = _best_and_candidates(s, window,
+                                                                                  start)
+            if len(pair_row):
+                found.append((pair_row, pair_col))
         return found
 
 
