@@ -31,11 +31,23 @@ BULK_ROWS = 4096
 SORTED_PIECE = 8192  # rows of an unsorted read gathered (in file order) at a time
 
 
-def _unit(raw: np.ndarray, divisor: np.ndarray | None) -> np.ndarray:
+def _unit(raw: np.ndarray, divisor: np.ndarray | None, out: np.ndarray | None = None
+          ) -> np.ndarray:
+    """Stored rows as unit float32 rows: float16 ones decoded and divided by their row's
+    divisor, into ``out`` when given (reused memory: a fresh array per batch cost more in
+    page faults than the decoding, 1.3-1.8 against 0.3 us a row of 512 here)."""
     if divisor is None:
-        return raw
+        if out is None:
+            return raw
+        np.copyto(out, raw)
+        return out
     raw = np.ascontiguousarray(raw)
-    out = as_float32(raw) if len(raw) >= BULK_ROWS else raw.astype(np.float32)
+    if out is None:
+        out = np.empty(raw.shape, dtype=np.float32)
+    if len(raw) >= BULK_ROWS:
+        as_float32(raw, out)
+    else:
+        np.copyto(out, raw)
     out /= np.asarray(divisor, dtype=np.float32)[:, None]
     return out
 
@@ -138,16 +150,15 @@ class VectorStore:
                 self._rows_into(part, rows[a:b] - self.offsets[part], out[a:b])
         return out
 
-    def _rows(self, part: int, local: np.ndarray) -> np.ndarray:
-        divisor = self._divisor(part)
-        return _unit(self._array(part)[local], None if divisor is None else divisor[local])
-
     def _rows_into(self, part: int, local: np.ndarray, out: np.ndarray) -> None:
         arr = self._array(part)
-        if arr.dtype == np.float32 and self._divisor(part) is None and out.flags.c_contiguous:
+        divisor = self._divisor(part)
+        if not out.flags.c_contiguous:
+            out[:] = _unit(arr[local], None if divisor is None else divisor[local])
+        elif arr.dtype == np.float32 and divisor is None:
             np.take(arr, local, axis=0, out=out)  # no copy in between
         else:
-            out[:] = self._rows(part, local)
+            _unit(arr[local], None if divisor is None else divisor[local], out)
 
     def batches(self, rows: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(rows, vectors) in batches over sorted global ``rows``, one part at a time.
@@ -162,15 +173,15 @@ class VectorStore:
             for start in range(lo, hi, batch_size):
                 chunk = rows[start : min(hi, start + batch_size)]
                 local = chunk - self.offsets[part]
-                if local[-1] - local[0] + 1 == len(local):  # contiguous: a view, no copy
+                if local[-1] - local[0] + 1 == len(local) and divisor is None:
+                    yield chunk, arr[int(local[0]) : int(local[-1]) + 1]  # a view, no copy
+                elif local[-1] - local[0] + 1 == len(local):
                     span = slice(int(local[0]), int(local[-1]) + 1)
-                    yield chunk, _unit(arr[span], None if divisor is None else divisor[span])
-                elif divisor is None:
+                    yield chunk, _unit(arr[span], divisor[span], self.scratch(len(local)))
+                else:
                     out = self.scratch(len(local))
                     self._rows_into(part, local, out)
                     yield chunk, out
-                else:
-                    yield chunk, _unit(arr[local], divisor[local])
 
     def close(self) -> None:
         self._arrays.clear()
