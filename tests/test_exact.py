@@ -309,6 +309,33 @@ def test_fit_is_the_same_bytes_on_every_backend_and_thread_count() -> None:
     assert len(set(got.values())) == 1, list(got)
 
 
+def test_a_fit_that_spares_settled_rows_is_the_same_bytes_as_one_that_searches_all(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows whose bounds clear (``ClusterBounds``) are not searched again, and the fit is
+    the bytes of one that searches every row in every iteration: on every backend, and on a
+    proposer whose scores are as wrong as the proven bound allows."""
+    x = np.concatenate([crowded(7, 2000, 24), unit(np.random.default_rng(8).standard_normal(
+        (2000, 24)))])
+    searched: list[int] = []
+    real = kmeans.nearest
+
+    def counting(part: np.ndarray, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        searched.append(len(part))
+        return real(part, *args, **kwargs)
+
+    monkeypatch.setattr(kmeans, "nearest", counting)
+    monkeypatch.setattr(kmeans, "FULL_SEARCH_SHARE", -1.0)  # every row, every iteration
+    want = fit_spherical(x, 40, 25, seed=3, proposer=proposers.BlasProposer())
+    assert sum(searched) == 25 * len(x)
+    monkeypatch.setattr(kmeans, "FULL_SEARCH_SHARE", 0.5)
+    noisy = NoisyProposer(exact.window(x.shape[1]) / (2 * exact.SLACK), 0)
+    for p in [*backends(), noisy]:
+        searched.clear()
+        got = fit_spherical(x, 40, 25, seed=3, proposer=p)
+        assert got.tobytes() == want.tobytes(), p.name
+        assert sum(searched) < 0.7 * 25 * len(x), (p.name, sum(searched))
+
+
 @pytest.mark.parametrize("threads", [1, 3])
 def test_cluster_sums_add_members_in_row_order(threads: int,
                                                monkeypatch: pytest.MonkeyPatch) -> None:

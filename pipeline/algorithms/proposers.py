@@ -54,11 +54,13 @@ class Index(Protocol):
 
 
 class NearIndex(Index, Protocol):
-    def near(self, queries: np.ndarray, window: float
+    def near(self, queries: np.ndarray, window: float, scores: np.ndarray | None = None
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every query's best indexed row (int64) and, for the queries whose runner-up lies
         within ``window`` of the best, (query, row) pairs of every row that does, the best
-        included: the candidates are complete, however many there are."""
+        included: the candidates are complete, however many there are. ``scores`` (n, 2),
+        when given, receives each query's fast score of its best row and of its runner-up
+        (-inf where there is none)."""
 
 
 class Proposer(Protocol):
@@ -86,16 +88,21 @@ def _near_pairs(start: int, near: np.ndarray, best: np.ndarray, r: np.ndarray, c
     return rows, cols
 
 
-def _best_and_candidates(sims: np.ndarray, window: float, start: int
+def _best_and_candidates(sims: np.ndarray, window: float, start: int,
+                         scores: np.ndarray | None = None
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each row's best column of the block products ``sims`` (overwritten), and the (row +
     ``start``, column) pairs of the rows whose runner-up lies within ``window`` of their
-    best: the best and every other column inside the window."""
+    best: the best and every other column inside the window. ``scores`` (rows, 2), when
+    given, receives the best and the runner-up product of each row."""
     at = np.arange(len(sims))
     best = sims.argmax(axis=1)
     top = sims[at, best]
     sims[at, best] = -np.inf
-    near = np.flatnonzero(sims.max(axis=1) >= top - window)
+    second = sims.max(axis=1)
+    if scores is not None:
+        scores[:, 0], scores[:, 1] = top, second
+    near = np.flatnonzero(second >= top - window)
     if not len(near):
         return best, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     r, c = np.nonzero(sims[near] >= (top[near] - window)[:, None])
@@ -190,7 +197,7 @@ class _BlasIndex:
         ids = np.argsort(-scores, axis=1, kind="stable")[:, :r]
         return np.take_along_axis(scores, ids, axis=1), ids.astype(np.int64)
 
-    def near(self, queries: np.ndarray, window: float
+    def near(self, queries: np.ndarray, window: float, scores: np.ndarray | None = None
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         x = np.ascontiguousarray(queries, dtype=np.float32)
         n = len(x)
@@ -202,17 +209,17 @@ class _BlasIndex:
             # searches at 128,000 x 500 took 6.3 s so, 7.6 s with one two-thread product)
             bounds = np.linspace(0, n, threads + 1).astype(int)
             with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
-                parts = list(pool.map(lambda i: self._near_rows(x, bounds[i], bounds[i + 1],
-                                                                window, best), range(threads)))
+                parts = list(pool.map(lambda i: self._near_rows(
+                    x, bounds[i], bounds[i + 1], window, best, scores), range(threads)))
             found = [pair for part in parts for pair in part]
         else:
-            found = self._near_rows(x, 0, n, window, best)
+            found = self._near_rows(x, 0, n, window, best, scores)
         if not found:
             return best, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         return best, np.concatenate([r for r, _ in found]), np.concatenate([c for _, c in found])
 
-    def _near_rows(self, x: np.ndarray, lo: int, hi: int, window: float, best: np.ndarray
-                   ) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _near_rows(self, x: np.ndarray, lo: int, hi: int, window: float, best: np.ndarray,
+                   scores: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray]]:
         k = self.columns.shape[1]
         step = max(1, NEAR_BLOCK_ELEMENTS // max(1, k))
         sims = np.empty((min(step, max(1, hi - lo)), k), dtype=np.float32)
@@ -220,8 +227,8 @@ class _BlasIndex:
         for start in range(lo, hi, step):
             rows = min(step, hi - start)
             s = np.matmul(x[start : start + rows], self.columns, out=sims[:rows])
-            best[start : start + rows], pair_row, pair_col = _best_and_candidates(s, window,
-                                                                                  start)
+            best[start : start + rows], pair_row, pair_col = _best_and_candidates(
+                s, window, start, None if scores is None else scores[start : start + rows])
             if len(pair_row):
                 found.append((pair_row, pair_col))
         return found
