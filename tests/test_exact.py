@@ -309,11 +309,26 @@ def test_fit_is_the_same_bytes_on_every_backend_and_thread_count() -> None:
     assert len(set(got.values())) == 1, list(got)
 
 
+def lloyd(x: np.ndarray, k: int, niter: int, seed: int) -> np.ndarray:
+    """``fit_spherical`` as SPEC §2 states it: every row searched and every sum added again
+    in every iteration."""
+    rng = np.random.default_rng(seed)
+    centroids = x[rng.choice(len(x), size=k, replace=False)]
+    for it in range(niter):
+        cluster, _ = nearest(x, centroids, proposers.BlasProposer().index(centroids), False)
+        sums, counts = cluster_sums(x, cluster, k)
+        means = sums / np.maximum(counts, 1)[:, None]
+        kmeans.split_empty(means, counts, np.random.default_rng([seed, it]))
+        centroids = kmeans.unit_centroids(means)
+    return centroids
+
+
 def test_a_fit_that_spares_settled_rows_is_the_same_bytes_as_one_that_searches_all(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rows whose bounds clear (``ClusterBounds``) are not searched again, and the fit is
-    the bytes of one that searches every row in every iteration: on every backend, and on a
-    proposer whose scores are as wrong as the proven bound allows."""
+    """Rows whose bounds clear (``ClusterBounds``) are not searched again and clusters that
+    kept their members are not summed again, and the fit is the bytes of one that searches
+    and sums everything in every iteration: on every backend, and on a proposer whose
+    scores are as wrong as the proven bound allows."""
     x = np.concatenate([crowded(7, 2000, 24), unit(np.random.default_rng(8).standard_normal(
         (2000, 24)))])
     searched: list[int] = []
@@ -323,17 +338,25 @@ def test_a_fit_that_spares_settled_rows_is_the_same_bytes_as_one_that_searches_a
         searched.append(len(part))
         return real(part, *args, **kwargs)
 
+    want = lloyd(x, 40, 25, seed=3)
     monkeypatch.setattr(kmeans, "nearest", counting)
-    monkeypatch.setattr(kmeans, "FULL_SEARCH_SHARE", -1.0)  # every row, every iteration
-    want = fit_spherical(x, 40, 25, seed=3, proposer=proposers.BlasProposer())
-    assert sum(searched) == 25 * len(x)
-    monkeypatch.setattr(kmeans, "FULL_SEARCH_SHARE", 0.5)
+    summed: list[int] = []
+    real_sums = kmeans.cluster_sums
+    monkeypatch.setattr(kmeans, "cluster_sums", lambda *a: summed.append(len(a[-1]) if len(
+        a) == 4 else a[2]) or real_sums(*a))
     noisy = NoisyProposer(exact.window(x.shape[1]) / (2 * exact.SLACK), 0)
     for p in [*backends(), noisy]:
         searched.clear()
+        summed.clear()
         got = fit_spherical(x, 40, 25, seed=3, proposer=p)
         assert got.tobytes() == want.tobytes(), p.name
         assert sum(searched) < 0.7 * 25 * len(x), (p.name, sum(searched))
+        assert sum(summed) < 0.7 * 25 * 40, (p.name, sum(summed))
+    # more centroids than distinct rows: clusters empty in every iteration, and are split
+    few = np.repeat(unit(np.random.default_rng(9).standard_normal((30, 8))), 20, axis=0)
+    for p in [*backends(), NoisyProposer(exact.window(8) / (2 * exact.SLACK), 1)]:
+        assert fit_spherical(few, 40, 12, seed=2, proposer=p).tobytes() == \
+            lloyd(few, 40, 12, seed=2).tobytes(), p.name
 
 
 @pytest.mark.parametrize("threads", [1, 3])

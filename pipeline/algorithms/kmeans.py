@@ -129,8 +129,10 @@ class Assigner:
         return ids, exact.round_once(1.0 - sims)
 
 
-def cluster_sums(x: np.ndarray, cluster: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per cluster, the float64 sum of its rows added one by one in row order, and its size.
+def cluster_sums(x: np.ndarray, cluster: np.ndarray, k: int, only: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Per cluster (of ``only`` when given, in its order), the float64 sum of its rows added
+    one by one in row order, and its size.
 
     The rows are taken by rank: every cluster's first member, then every cluster's second,
     and so on, so each sum is the sequential one. Clusters are kept largest first, so the
@@ -143,20 +145,23 @@ def cluster_sums(x: np.ndarray, cluster: np.ndarray, k: int) -> tuple[np.ndarray
     counts = np.bincount(cluster, minlength=k).astype(np.int64)
     order = np.argsort(cluster, kind="stable")  # members of each cluster in row order
     first = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    by_size = np.argsort(-counts, kind="stable")
-    threads = min(exact.threads(), max(1, len(x) // _PARALLEL_SUM_ROWS))
+    chosen = np.arange(k) if only is None else np.asarray(only, dtype=np.int64)
+    by_size = np.argsort(-counts[chosen], kind="stable")  # positions in ``chosen``
+    members = int(counts[chosen].sum())
+    threads = min(exact.threads(), max(1, members // _PARALLEL_SUM_ROWS))
     share = [by_size[t::threads] for t in range(threads)]
-    sums = np.empty((k, d), dtype=np.float64)
+    sums = np.empty((len(chosen), d), dtype=np.float64)
 
-    def add(clusters: np.ndarray) -> None:
-        sums[clusters] = _sums_by_rank(x, order, first[clusters], counts[clusters])
+    def add(at: np.ndarray) -> None:
+        c = chosen[at]
+        sums[at] = _sums_by_rank(x, order, first[c], counts[c])
 
     if threads > 1:
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(add, share))
     else:
         add(by_size)
-    return sums, counts
+    return sums, counts[chosen]
 
 
 _PARALLEL_SUM_ROWS = 16384  # from this many rows the clusters are shared among threads
@@ -316,13 +321,22 @@ def fit_spherical(sample: np.ndarray, k: int, niter: int, seed: int,
     centroids = sample[rng.choice(n, size=k, replace=False)]
     bounds = ClusterBounds(n)
     cluster = np.zeros(n, dtype=np.int32)
+    sums = counts = None
     for it in range(niter):
         rows = bounds.unsure(sample, cluster, centroids, proposer)
+        before = cluster[rows]
         if len(rows):
             bounds.search(sample, rows, centroids, proposer.index(centroids), cluster)
-        log.debug("k-means iteration %d: %d of %d rows searched", it, len(rows), n)
-        sums, counts = cluster_sums(sample, cluster, k)
+        left = cluster[rows] != before
+        log.debug("k-means iteration %d: %d of %d rows searched, %d moved", it, len(rows), n,
+                  int(left.sum()))
+        if sums is None or counts is None:
+            sums, counts = cluster_sums(sample, cluster, k)
+        else:  # a cluster that kept every member has the same sum: only the others are added
+            changed = np.union1d(before[left], cluster[rows][left])
+            if len(changed):
+                sums[changed], counts[changed] = cluster_sums(sample, cluster, k, changed)
         means = sums / np.maximum(counts, 1)[:, None]
-        split_empty(means, counts, np.random.default_rng([seed, it]))
+        split_empty(means, counts.copy(), np.random.default_rng([seed, it]))
         centroids = unit_centroids(means)
     return centroids
