@@ -340,10 +340,14 @@ def test_a_fit_that_spares_settled_rows_is_the_same_bytes_as_one_that_searches_a
 
     want = lloyd(x, 40, 25, seed=3)
     monkeypatch.setattr(kmeans, "nearest", counting)
-    summed: list[int] = []
+    summed: list[int] = []  # clusters summed per call
     real_sums = kmeans.cluster_sums
-    monkeypatch.setattr(kmeans, "cluster_sums", lambda *a: summed.append(len(a[-1]) if len(
-        a) == 4 else a[2]) or real_sums(*a))
+
+    def counting_sums(x, cluster, k, only=None):  # noqa: ANN001, ANN202
+        summed.append(k if only is None else len(only))
+        return real_sums(x, cluster, k, only)
+
+    monkeypatch.setattr(kmeans, "cluster_sums", counting_sums)
     noisy = NoisyProposer(exact.window(x.shape[1]) / (2 * exact.SLACK), 0)
     for p in [*backends(), noisy]:
         searched.clear()

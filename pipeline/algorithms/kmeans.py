@@ -87,10 +87,11 @@ def nearest(x: np.ndarray, centroids: np.ndarray, index: Index, values: bool = T
 
 def _fast_bounds(best: np.ndarray, runner_up: np.ndarray, win: float, unsure: np.ndarray,
                  bounds: np.ndarray) -> None:
-    """``nearest``'s bounds from fast scores: a fast score lies within window / 4 of the
-    true value (``exact.window`` is twice twice the proven bound), so half the window is a
-    safe margin. Rows re-decided exactly (``unsure``) may have chosen another centroid
-    than the fast best: their lower bound is -inf, so they are searched again."""
+    """``nearest``'s bounds from fast scores: a fast score lies within a quarter of the
+    window of the true value (``exact.window`` is four times the proven bound), so half
+    the window is a safe margin. Rows re-decided exactly (``unsure``) may have chosen
+    another centroid than the fast best: their lower bound is -inf, so they are searched
+    again."""
     half = win / 2
     bounds[:, 0] = best.astype(np.float64) - half
     bounds[:, 1] = runner_up.astype(np.float64) + half
