@@ -86,6 +86,19 @@ def test_fit_spherical_recovers_separated_blobs(seed: int) -> None:
     np.testing.assert_array_less(0.99, np.einsum("ij,ij->i", c, np.eye(16)[match]))
 
 
+def test_a_fit_logs_how_much_of_a_full_lloyd_fit_it_did(caplog: pytest.LogCaptureFixture
+                                                         ) -> None:
+    """Separated blobs settle after a few iterations: the later ones search no row again
+    and sum no cluster again, and the log says what share of a full fit was done."""
+    x, _ = blobs()
+    with caplog.at_level("INFO", logger="pipeline.algorithms.kmeans"):
+        fit_spherical(x, 4, 20, seed=1)
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("k-means:"))
+    assert line.startswith("k-means: 20 iterations on 200 rows: ")
+    searched, summed = (float(part.split("%")[0]) for part in line.split(": ")[2].split(" and "))
+    assert 0 < searched < 50 and 0 < summed < 50, line
+
+
 # ---------------------------------------------------------------- assign
 
 
