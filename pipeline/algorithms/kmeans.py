@@ -56,7 +56,7 @@ def nearest(x: np.ndarray, centroids: np.ndarray, index: Index, values: bool = T
     near = getattr(index, "near", None)
     if near is not None:  # every candidate inside the window comes with the proposal
         fast = None if bounds is None else np.empty((n, 2), dtype=np.float32)
-        chosen, pair_row, pair_col = near(x, win, fast) if fast is not None else near(x, win)
+        chosen, pair_row, pair_col = near(x, win, fast)
         if fast is not None:
             _fast_bounds(fast[:, 0], fast[:, 1], win, pair_row, bounds)
         if len(pair_row):

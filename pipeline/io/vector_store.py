@@ -173,11 +173,10 @@ class VectorStore:
             for start in range(lo, hi, batch_size):
                 chunk = rows[start : min(hi, start + batch_size)]
                 local = chunk - self.offsets[part]
-                if local[-1] - local[0] + 1 == len(local) and divisor is None:
-                    yield chunk, arr[int(local[0]) : int(local[-1]) + 1]  # a view, no copy
-                elif local[-1] - local[0] + 1 == len(local):
+                if local[-1] - local[0] + 1 == len(local):  # one run of rows
                     span = slice(int(local[0]), int(local[-1]) + 1)
-                    yield chunk, _unit(arr[span], divisor[span], self.scratch(len(local)))
+                    yield chunk, (arr[span] if divisor is None  # a view, no copy
+                                  else _unit(arr[span], divisor[span], self.scratch(len(local))))
                 else:
                     out = self.scratch(len(local))
                     self._rows_into(part, local, out)
