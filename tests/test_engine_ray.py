@@ -232,10 +232,30 @@ def test_image_run_on_ray_gives_the_local_bytes(engine: RayEngine, tmp_path: Pat
     assert_same_result(tmp_path / "ray", tmp_path / "local")  # ledger, shards, subset
 
 
+# three pools of a RayEngine joined to a cluster: how many of each pool's actors run on
+# each node (a pool's first tasks go to its actors one each)
+POOL_NODES = """
+import collections, sys
+import ray
+from pipeline.engines.ray_engine import RayEngine
+
+def node(_):
+    return ray.get_runtime_context().get_node_id()
+
+engine = RayEngine(address=sys.argv[1], progress=False)
+for _ in range(3):
+    nodes = collections.Counter(engine.map(node, range(engine.cpus), desc="where"))
+    print("pool:", "+".join(str(n) for n in sorted(nodes.values())))
+    engine.cancel()
+engine.close()
+"""
+
+
 def test_a_cluster_started_apart_and_a_node_lost(data: Path, local: Path, tmp_path: Path
                                                  ) -> None:
-    """`ray start --head` and a second node (`ray start --address`), then a run (its own
-    process) joining them by engine.address: the second node is lost as a whole (its raylet,
+    """`ray start --head` and a second node (`ray start --address`): a joined engine's pools
+    are spread over both. Then a run (its own process) joining them by engine.address: the
+    second node is lost as a whole (its raylet,
     object store and workers SIGKILLed) once one of its workers has finished two of
     semdedup's buckets, the others in flight; the run finishes on the head with the local
     bytes. Then `ray job submit` of jobs/ray_job.py to the head's job server. Both were
@@ -248,6 +268,11 @@ def test_a_cluster_started_apart_and_a_node_lost(data: Path, local: Path, tmp_pa
     with ray_head(dashboard=True) as head, ray_node(head, env=fault) as node:
         Path(f"{sentinel}.pgid").write_text(str(node.pgid))
         port, dashboard, env = head.port, head.dashboard, head.env
+        spread = subprocess.run([sys.executable, "-c", POOL_NODES, f"127.0.0.1:{port}"],
+                                env=env, capture_output=True, text=True, timeout=120, cwd=repo)
+        assert spread.returncode == 0, spread.stderr[-3000:]
+        pools = [line for line in spread.stdout.splitlines() if line.startswith("pool:")]
+        assert pools == ["pool: 2+2"] * 3, spread.stdout[-3000:]  # half on either node
         cfg = tmp_path / "c.yaml"
         cfg.write_text(yaml.safe_dump(settings(data, tmp_path / "joined")))
         proc = subprocess.run(
@@ -277,6 +302,21 @@ def test_a_cluster_started_apart_and_a_node_lost(data: Path, local: Path, tmp_pa
     for name in ("joined", "submitted"):
         assert engine_of(tmp_path / name) == "ray", name
         assert_same_outputs(tmp_path / name, local)
+
+
+def test_a_pool_takes_from_each_node_what_its_own_cpus_and_gpus_hold() -> None:
+    from pipeline.engines.base import Resources
+    from pipeline.engines.ray_engine import pool_nodes
+
+    nodes = [{"NodeID": "a", "Alive": True, "Resources": {"CPU": 4.0, "GPU": 1.0}},
+             {"NodeID": "gone", "Alive": False, "Resources": {"CPU": 8.0}},
+             {"NodeID": "b", "Alive": True, "Resources": {"CPU": 2.0}},
+             {"NodeID": "head", "Alive": True, "Resources": {"memory": 1e9}}]
+    assert pool_nodes(nodes, Resources(), None) == ["a", "b", "a", "b", "a", "a"]
+    assert pool_nodes(nodes, Resources(), 2) == ["a", "b", "a"]
+    assert pool_nodes(nodes, Resources(cpus=0.5), 4) == ["a", "b", "a"]
+    assert pool_nodes(nodes, Resources(gpus=0.5), None) == ["a", "a"]
+    assert pool_nodes(nodes, Resources(cpus=8), None) == ["a"]  # none holds one: the most
 
 
 def kernel_threads(_: int) -> tuple[int, int]:

@@ -69,6 +69,29 @@ class _Worker:
         return run_task(fn, self.state, task)
 
 
+def pool_nodes(nodes: list[dict[str, Any]], resources: Resources, threads: int | None
+               ) -> list[str]:
+    """The node of each actor of a pool for tasks needing ``resources``: as many on each live
+    node as its own CPUs hold (each actor's kernels run on ``threads`` threads: more actors
+    would only make the threads fight over the cores) and its GPUs allow, taken from the
+    nodes in turn, so that a pool's first tasks reach every node. Holding no CPU, an actor
+    leaves its node looking idle, and Ray's own placement may put a whole pool on one node."""
+    per_node: list[list[str]] = []
+    for node in nodes:
+        have = node.get("Resources", {})
+        if not node.get("Alive") or not have.get("CPU"):
+            continue
+        size = int(have["CPU"] / max(resources.cpus, 0.01) / (threads or 1))
+        if resources.gpus:
+            size = min(size, int(have.get("GPU", 0) / resources.gpus))
+        per_node.append([node["NodeID"]] * size)
+    order = [node for turn in itertools.zip_longest(*per_node) for node in turn if node]
+    if not order:  # no node holds a whole actor: one, on the node with the most CPUs
+        live = [n for n in nodes if n.get("Alive")]
+        order = [max(live, key=lambda n: n.get("Resources", {}).get("CPU", 0))["NodeID"]]
+    return order
+
+
 class RayEngine:
     name = "ray"
 
@@ -125,14 +148,12 @@ class RayEngine:
                 opts["num_gpus"] = resources.gpus
             if resources.memory_gb:
                 opts["memory"] = int(resources.memory_gb * 2**30)
-            # each actor's kernels run on `threads` threads: more actors than CPUs / threads
-            # would only make the threads fight over the cores
-            size = max(1, int(self.cpus / max(resources.cpus, 0.01) / (self.threads or 1)))
-            if resources.gpus:
-                gpus = int(self._ray.cluster_resources().get("GPU", 0) / resources.gpus)
-                size = max(1, min(size, gpus))
-            actors = [self._ray.remote(_Worker).options(**opts).remote(self.threads)
-                      for _ in range(size)]
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+            worker = self._ray.remote(_Worker)
+            # soft: an actor restarted after its node was lost may go to another node
+            actors = [worker.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                          node, soft=True), **opts).remote(self.threads)
+                      for node in pool_nodes(self._ray.nodes(), resources, self.threads)]
             self._pools[resources] = actors
         return actors
 
