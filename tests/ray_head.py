@@ -81,7 +81,9 @@ def ray_head(dashboard: bool = False, cpus: int = 2) -> Iterator[RayHead]:
                 time.sleep(0.5)
         yield RayHead(port, dash, env)
     finally:
-        stop_group(head)
+        # its processes end in a second; Ray's autoscaler monitor, and `ray start` waiting
+        # on it, linger some 30 s after a SIGTERM: the rest of the group is then killed
+        stop_group(head, wait_s=5)
         shutil.rmtree(temp, ignore_errors=True)
 
 
