@@ -124,9 +124,9 @@ def test_dot_rows_has_the_same_bits_on_any_thread_count_and_piece_size(
     at, to = rng.integers(0, len(a), 30000), rng.integers(0, len(b), 30000)  # gathered rows
     assert np.array_equal(exact.dot_rows(a, b, at, to), exact.dot_rows(a[at], b[to]))
     for wrong in (-1, len(a)):  # rows it cannot have are an error, not a clipped row
-        with pytest.raises(IndexError, match="row outside"):
+        with pytest.raises(IndexError, match="rows outside"):
             exact.dot_rows(a, b, np.r_[at[:5], wrong], to[:6])
-        with pytest.raises(IndexError, match="row outside"):
+        with pytest.raises(IndexError, match="rows outside"):
             exact.dot_rows(a, b, at[:6], np.r_[wrong, to[:5]])
 
 

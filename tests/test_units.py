@@ -285,3 +285,15 @@ def test_populated_arrays_are_plain_writable_arrays() -> None:
         return base is not None
 
     assert mapped(big) and not mapped(small)  # the large one is mapped in up front
+
+
+def test_rows_taken_into_a_buffer_are_the_rows_asked_and_no_row_is_clipped() -> None:
+    from pipeline.io.buffers import take_rows
+
+    source = np.arange(40, dtype=np.float32).reshape(10, 4)
+    out = np.empty((5, 4), dtype=np.float32)
+    rows = np.array([9, 0, 3, 3, 7])
+    assert take_rows(source, rows, out) is out and np.array_equal(out, source[rows])
+    for wrong in (-1, 10):  # np.take's "clip" would have read row 0 or row 9
+        with pytest.raises(IndexError, match="rows outside 0 .. 9"):
+            take_rows(source, np.array([1, wrong, 2, 3, 4]), out)

@@ -18,6 +18,7 @@ import numpy as np
 from pipeline.algorithms import exact
 from pipeline.algorithms.proposers import FaissProposer, Index, Proposer
 from pipeline.errors import ConceptpruneError
+from pipeline.io.buffers import take_rows
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,7 @@ def _sums_by_rank(x: np.ndarray, order: np.ndarray, first: np.ndarray, sizes: np
     for rank in range(int(sizes.max(initial=0))):
         while sizes[active - 1] <= rank:
             active -= 1
-        np.take(x, order[first[:active] + rank], axis=0, out=rows[:active])
+        take_rows(x, order[first[:active] + rank], rows[:active])
         acc[:active] += rows[:active]
     return acc
 
@@ -285,7 +286,7 @@ class ClusterBounds:
         fresh = np.empty((len(buffer), 2))
         for start in range(0, len(rows), SEARCH_ROWS):
             chunk = rows[start : start + SEARCH_ROWS]
-            part = np.take(x, chunk, axis=0, out=buffer[: len(chunk)])
+            part = take_rows(x, chunk, buffer[: len(chunk)])
             cluster[chunk], _ = nearest(part, centroids, index, values=False,
                                         bounds=fresh[: len(chunk)])
             self.values[chunk] = fresh[: len(chunk)]

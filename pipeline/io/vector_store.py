@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.algorithms.vectors import as_float32
 from pipeline.io import npy
-from pipeline.io.buffers import BufferPool
+from pipeline.io.buffers import BufferPool, take_rows
 
 
 def scale_path(vectors: str | Path) -> Path:
@@ -156,7 +156,7 @@ class VectorStore:
         if not out.flags.c_contiguous:
             out[:] = _unit(arr[local], None if divisor is None else divisor[local])
         elif arr.dtype == np.float32 and divisor is None:
-            np.take(arr, local, axis=0, out=out)  # no copy in between
+            take_rows(arr, local, out)  # no copy in between
         else:
             _unit(arr[local], None if divisor is None else divisor[local], out)
 
