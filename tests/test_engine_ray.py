@@ -232,8 +232,8 @@ def test_image_run_on_ray_gives_the_local_bytes(engine: RayEngine, tmp_path: Pat
     assert_same_result(tmp_path / "ray", tmp_path / "local")  # ledger, shards, subset
 
 
-# three pools of a RayEngine joined to a cluster: how many of each pool's actors run on
-# each node (a pool's first tasks go to its actors one each)
+# three pools of a RayEngine joined to a cluster of two 2-CPU nodes: how many of each pool's
+# 4 actors run on each node (a pool's first tasks go to its actors one each)
 POOL_NODES = """
 import collections, sys
 import ray
@@ -244,7 +244,7 @@ def node(_):
 
 engine = RayEngine(address=sys.argv[1], progress=False)
 for _ in range(3):
-    nodes = collections.Counter(engine.map(node, range(engine.cpus), desc="where"))
+    nodes = collections.Counter(engine.map(node, range(4), desc="where"))
     print("pool:", "+".join(str(n) for n in sorted(nodes.values())))
     engine.cancel()
 engine.close()

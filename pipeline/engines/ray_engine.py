@@ -129,7 +129,6 @@ class RayEngine:
                 ray.init(num_cpus=num_cpus, runtime_env=env, **kwargs)
                 self.threads = int(env["env_vars"]["OMP_NUM_THREADS"])
             self._started = True
-        self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
 
     def _pool(self, resources: Resources) -> list[Any]:
         """The actors for tasks of this shape, started on first use and kept until a map
