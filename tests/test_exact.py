@@ -130,6 +130,34 @@ def test_dot_rows_has_the_same_bits_on_any_thread_count_and_piece_size(
             exact.dot_rows(a, b, at[:6], np.r_[wrong, to[:5]])
 
 
+def test_dot_rows_reuses_its_threads_buffers_and_no_other_threads() -> None:
+    """Every call on a thread computes in that thread's scratch (no fresh memory per call),
+    two threads never share one, and a row with itself (norms: one side widened and
+    squared) gives the bits of two separate copies."""
+    rng = np.random.default_rng(5)
+    pairs = [(unit(rng.standard_normal((700, 64))), unit(rng.standard_normal((700, 64))))
+             for _ in range(2)]
+    barrier = threading.Barrier(2)
+
+    def run(pair: tuple[np.ndarray, np.ndarray]) -> tuple[bool, int]:
+        a, b = pair
+        first = exact.dot_rows(a, b)
+        held = exact._THREAD.pieces
+        barrier.wait(timeout=30)  # both threads hold their scratch at once
+        again = exact.dot_rows(a[:300], b[:300])
+        squares = exact.dot_rows(a, a)
+        same = exact._THREAD.pieces is held and np.array_equal(again, first[:300]) \
+            and np.array_equal(squares, exact.dot_rows(a, a.copy())) \
+            and np.array_equal(first, [pairwise_reference((x.astype(np.float64) * y).tolist())
+                                       for x, y in zip(a, b, strict=True)])
+        return same, id(held[0])
+
+    with ThreadPoolExecutor(2) as pool:
+        (ok_a, buf_a), (ok_b, buf_b) = pool.map(run, pairs)
+    assert ok_a and ok_b
+    assert buf_a != buf_b
+
+
 def test_the_window_bounds_every_float32_kernel() -> None:
     """|fast - exact| <= the proven bound (window / (2 SLACK)) for numpy's BLAS, faiss and
     torch, on rows built for cancellation (large terms of both signs summing to little)."""

@@ -84,7 +84,7 @@ def max_earlier_similarity(vectors: np.ndarray, block_rows: int = 256,
                                            block.stop - block.start)
             decided = chosen >= 0
             arg[rows][decided] = chosen[decided]
-        best[rows] = exact.dot_rows(e, e, np.arange(block.start, block.stop), arg[rows])
+        best[rows] = exact.dot_rows(e[rows], e, b_rows=arg[rows])
     return best, arg
 
 
