@@ -57,9 +57,14 @@ def cluster_sizes(clusters: list[dict[str, Any]]) -> str | None:
         return None
     with plt.rc_context(_STYLE):
         fig, ax = plt.subplots(figsize=(5.2, 3.4))
-        at = np.arange(len(rows))
-        ax.bar(at, [c["size"] for c in rows], color="#c9d4e5", label="before dbp")
-        ax.bar(at, [c["kept"] for c in rows], color="#3b6db3", label="kept")
+        # one filled step outline per series, not a bar per concept: as many concepts as a
+        # run has (a bar each took 0.8 s at 100 concepts and grows with them), and an SVG
+        # of two paths
+        edges = np.arange(len(rows) + 1) - 0.5
+        ax.stairs([c["size"] for c in rows], edges, fill=True, color="#c9d4e5",
+                  label="before dbp")
+        ax.stairs([c["kept"] for c in rows], edges, fill=True, color="#3b6db3", label="kept")
+        ax.set_xlim(edges[0], edges[-1])
         ticks = id_ticks(len(rows))
         ax.set_xticks(ticks, [str(rows[i]["id"]) for i in ticks],
                       rotation=90 if len(rows) > 12 else 0, fontsize=7)
