@@ -35,7 +35,7 @@ from pipeline.io.decode import DecodeRules
 from pipeline.plan import plan_budgets, plan_figure
 from pipeline.report import examples, pictures
 from pipeline.report.ledger_sample import seeded_sample
-from pipeline.report.plots import cluster_sizes
+from pipeline.report.plots import RASTER_FROM, cluster_sizes, complexity_vs_kept
 from pipeline.report.publish import ReportError, validate_report
 from pipeline.runner import run
 from pipeline.stages.ledger_summary import failure_kind, merge, part_summary
@@ -246,16 +246,23 @@ def test_concepts_have_the_table_s_ids_in_the_plots_and_the_plan() -> None:
     assert ticks == ["1", "3", "2", "0"]  # ids, least complex first; not ranks
 
 
-def test_the_cluster_size_plot_is_two_outlines_however_many_concepts() -> None:
-    """A bar per concept made the plot's time and SVG grow with dbp.k (6.5 s and 1.2 MB at
-    3,000 concepts); one filled outline per series stays a few shapes, and every concept's
-    size is in it."""
-    clusters = [{"id": i, "size": 1000 - i % 700, "kept": 300 + i % 200, "complexity": 0.1}
-                for i in range(3000)]
-    svg = cluster_sizes(clusters)
-    assert svg is not None
-    assert len(re.findall(r'id="patch_', svg)) < 20
-    assert len(svg) < 600_000
+def test_the_concept_plots_stay_small_however_many_concepts() -> None:
+    """A bar per concept, or a scatter marker per concept as an SVG element each, made the
+    plots grow with dbp.k (at 30,000 concepts the scatter took 81 s and 20 MB of SVG);
+    beyond ``RASTER_FROM`` concepts the shapes are one embedded picture, the axes and
+    labels still text, and a few concepts stay vector shapes."""
+    def concepts(count: int) -> list[dict]:
+        return [{"id": i, "size": 1000 - i % 700, "kept": 300 + i % 200,
+                 "complexity": 0.1 + (i % 977) / 1000} for i in range(count)]
+
+    for plot in (cluster_sizes, complexity_vs_kept):
+        many = plot(concepts(RASTER_FROM * 3))
+        assert many is not None
+        assert many.count("<image") == 1 and len(many) < 200_000, plot.__name__
+        assert len(re.findall(r'id="patch_', many)) < 20
+        assert "concept" in " ".join(re.findall(r"<text[^>]*>([^<]*)</text>", many))
+        few = plot(concepts(50))
+        assert few is not None and "<image" not in few, plot.__name__
 
 
 def collect(finished: Path, folder: Path, metadata: Path | None, seed: int = 0

@@ -17,7 +17,11 @@ import numpy as np  # noqa: E402
 
 from pipeline.report.concept_ids import LABELLED, id_ticks  # noqa: E402
 
-_STYLE = {"svg.hashsalt": "conceptprune", "svg.fonttype": "none", "font.size": 9}
+_STYLE = {"svg.hashsalt": "conceptprune", "svg.fonttype": "none", "font.size": 9,
+          "savefig.dpi": 150}  # what the rasterized shapes are drawn at
+# from this many concepts, a plot's per-concept shapes are one embedded picture, not an SVG
+# element each: at 30,000 concepts the complexity scatter was a 20 MB SVG
+RASTER_FROM = 2000
 
 
 def _svg(fig: Any) -> str:  # noqa: ANN401 - a matplotlib Figure
@@ -37,8 +41,9 @@ def complexity_vs_kept(clusters: list[dict[str, Any]]) -> str | None:
         fig, ax = plt.subplots(figsize=(5.2, 3.4))
         x = [c["complexity"] for c in rows]
         y = [c["kept"] / c["size"] for c in rows]
-        ax.scatter(x, y, s=[12 + 60 * c["size"] / max(r["size"] for r in rows) for c in rows],
-                   alpha=0.7)
+        largest = max(c["size"] for c in rows)
+        ax.scatter(x, y, s=[12 + 60 * c["size"] / largest for c in rows], alpha=0.7,
+                   rasterized=len(rows) > RASTER_FROM)
         named = rows if len(rows) <= LABELLED else \
             sorted(rows, key=lambda c: (c["complexity"], c["id"]))[:: len(rows) // 10 or 1]
         for c in named:  # the concept ids of the table
@@ -61,9 +66,11 @@ def cluster_sizes(clusters: list[dict[str, Any]]) -> str | None:
         # run has (a bar each took 0.8 s at 100 concepts and grows with them), and an SVG
         # of two paths
         edges = np.arange(len(rows) + 1) - 0.5
+        many = len(rows) > RASTER_FROM
         ax.stairs([c["size"] for c in rows], edges, fill=True, color="#c9d4e5",
-                  label="before dbp")
-        ax.stairs([c["kept"] for c in rows], edges, fill=True, color="#3b6db3", label="kept")
+                  label="before dbp", rasterized=many)
+        ax.stairs([c["kept"] for c in rows], edges, fill=True, color="#3b6db3", label="kept",
+                  rasterized=many)
         ax.set_xlim(edges[0], edges[-1])
         ticks = id_ticks(len(rows))
         ax.set_xticks(ticks, [str(rows[i]["id"]) for i in ticks],
