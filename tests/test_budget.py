@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.algorithms import budget, exact
 from pipeline.algorithms.budget import (
     BudgetError,
     concept_budget,
@@ -97,6 +98,42 @@ def test_inter_distance_single_and_no_nonempty_cluster() -> None:
     assert d_inter[2] == 1.0
     assert np.isnan(np.delete(d_inter, 2)).all()
     assert np.isnan(inter_distance(CENTROIDS, np.zeros(5, dtype=bool), 20)).all()
+
+
+def whole_matrix_inter_distance(centroids: np.ndarray, nonempty: np.ndarray, l: int  # noqa: E741
+                                ) -> np.ndarray:
+    """SPEC §4 over the whole exact k x k matrix: the definition the blocked one must give."""
+    out = np.full(len(centroids), np.nan)
+    ids = np.flatnonzero(nonempty)
+    if len(ids) < 2:
+        out[ids] = 1.0
+        return out
+    dist = 1.0 - exact.dots(centroids[ids], centroids[ids])
+    np.fill_diagonal(dist, np.inf)
+    out[ids] = np.sort(dist, axis=1)[:, : min(l, len(ids) - 1)].mean(axis=1)
+    return out
+
+
+@pytest.mark.parametrize("block", [1 << 24, 7 * 300])  # one block; blocks of 7 rows
+def test_inter_distance_is_the_whole_exact_matrix_s_bits(block: int,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The blocked, proposed d_inter is the bits of the whole exact matrix's: with copies of
+    a centroid, neighbours within 1e-7 of each other (float32 scores misorder them), empty
+    clusters, and l below, at and above the non-empty count."""
+    monkeypatch.setattr(budget, "INTER_BLOCK_PRODUCTS", block)
+    rng = np.random.default_rng(11)
+    base = rng.standard_normal((60, 32))
+    c = np.concatenate([base, base[:5],  # exact copies
+                        base[5:25] + 1e-7 * rng.standard_normal((20, 32)),  # near-ties
+                        base[25:45] * -1.0 + rng.standard_normal((20, 32))])
+    c = (c / np.linalg.norm(c, axis=1, keepdims=True)).astype(np.float32)
+    rng.shuffle(c)
+    nonempty = rng.random(len(c)) > 0.1
+    for ll in (1, 2, 7, 20, int(nonempty.sum()) - 1, 10_000):
+        got = inter_distance(c, nonempty, ll)
+        want = whole_matrix_inter_distance(c, nonempty, ll)
+        assert np.array_equal(got, want, equal_nan=True), ll
+        assert got.tobytes() == want.tobytes()
 
 
 def test_inter_distance_empty_clusters_are_not_neighbours() -> None:
