@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipeline.algorithms import exact
 from pipeline.algorithms.semdedup import (
     auto_block_rows,
     dedup_cluster,
@@ -173,6 +174,28 @@ def test_planted_exact_duplicates_collapse_to_first_in_dedup_order(block_rows: i
         assert (dup_pos[pos[1:]] == pos[0]).all()
         assert (sim[pos[1:]] > 0.9999).all()
     assert removed.sum() == n - 25
+
+
+@pytest.mark.parametrize("block_rows", [1, 3, 7, 64])
+def test_copies_barred_as_columns_change_no_bit(block_rows: int) -> None:
+    """Bit-identical copies are barred as columns (never the earliest best) but stay rows:
+    every m_j and its member are the exact brute force's, on rows where copies, copies of
+    copies and near copies of them are interleaved."""
+    rng = np.random.default_rng(40 + block_rows)
+    rows = list(clustered_vectors(90, 16, rng))
+    for _ in range(60):  # copies of any earlier row (copies included), anywhere after it
+        at = int(rng.integers(1, len(rows) + 1))
+        source = rows[int(rng.integers(0, at))]
+        near = rng.random() < 0.3
+        rows.insert(at, normalise((source + 1e-4 * rng.standard_normal(16))[None])[0]
+                    if near else source.copy())
+    vectors = np.array(rows, dtype=np.float32)
+    gram = exact.dots(vectors, vectors)  # exact values, the decisive ones
+    m, arg = max_earlier_similarity(vectors, block_rows)
+    for j in range(1, len(vectors)):
+        row = gram[j, :j]
+        assert m[j] == row.max() and arg[j] == int(np.flatnonzero(row == row.max())[0]), j
+    assert np.isneginf(m[0]) and arg[0] == -1
 
 
 def test_dedup_order_farthest_first_ties_by_uid() -> None:
