@@ -123,9 +123,14 @@ def staged_dir(final: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_parquet(path: Path, table: pa.Table, *, parents: bool = True) -> None:
+def write_parquet(path: Path, table: pa.Table, *, parents: bool = True,
+                  dictionary: bool | list[str] = True) -> None:
+    """``table`` as zstd parquet, atomically. ``dictionary`` names the columns worth
+    dictionary-encoding (all by default): a column of distinct strings (uids, keys) only
+    costs the attempt before parquet falls back to plain values."""
     atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd",
-                                                  compression_level=1), parents=parents)
+                                                  compression_level=1,
+                                                  use_dictionary=dictionary), parents=parents)
 
 
 def write_npy(path: Path, array: np.ndarray) -> None:

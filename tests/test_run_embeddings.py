@@ -86,6 +86,12 @@ def test_run_writes_subset_ledger_report(emb_dir: Path, tmp_path: Path) -> None:
     reached = np.isin(stages, ["dbp"])
     assert led.column("cluster").is_null().to_numpy(zero_copy_only=False).sum() == \
         SPEC.samples - reached.sum()
+    # columns of few values are dictionary-encoded, distinct strings written plain
+    for part in sorted((out / "ledger").glob("*.parquet")):
+        meta = pq.ParquetFile(part).metadata
+        coded = {meta.schema.column(i).name: meta.row_group(0).column(i).has_dictionary_page
+                 for i in range(meta.num_columns)}
+        assert coded["status"] and coded["shard"] and not coded["uid"] and not coded["key"]
 
 
 def test_every_planted_duplicate_group_in_one_cluster_collapses(emb_dir: Path,

@@ -177,7 +177,8 @@ def ingest_part(part: EmbeddingPart, out_dir: Path, keep_vectors: bool = False
         "failed_stage": pa.array(stage, pa.string()),
         "clip_score": pa.array(score, pa.float32(), mask=np.isnan(score)),
     }, schema=schemas.INGEST)
-    write_parquet(out_dir / f"part-{part.index:05d}.parquet", table)
+    write_parquet(out_dir / f"part-{part.index:05d}.parquet", table,
+                  dictionary=["shard", "failed_reason", "failed_stage"])  # uids, keys: plain
     return IngestedPart(
         index=part.index, shard=part.shard, rows=n, dim=int(data.image.shape[1]),
         vectors=str(vectors), has_text=data.text is not None or data.clip_score is not None,
