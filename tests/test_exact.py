@@ -455,6 +455,8 @@ def test_the_blas_index_on_several_threads_and_blocks_decides_as_on_one(
     monkeypatch.setattr(exact, "threads", lambda: 3)
     monkeypatch.setattr(proposers, "NEAR_THREAD_ROWS", 100)
     monkeypatch.setattr(proposers, "NEAR_BLOCK_ELEMENTS", 60 * 7)  # blocks of 7 rows
+    monkeypatch.setattr(proposers, "NEAR_MIN_ROWS", 7)
+    assert proposers.near_block_rows(60) == 7
     best3, rows3, _ = index.near(x, win)
     ids3, _ = nearest(x, centroids, index)
     assert len(np.unique(rows)) > 100  # crowded: plenty of rows decided exactly
@@ -462,6 +464,18 @@ def test_the_blas_index_on_several_threads_and_blocks_decides_as_on_one(
     np.testing.assert_array_equal(best3[sure], best[sure])
     np.testing.assert_array_equal(ids, want)
     np.testing.assert_array_equal(ids3, want)
+
+
+def test_blas_blocks_hold_enough_queries_against_many_centroids() -> None:
+    """A block is the cache's worth of products for few centroids, at least NEAR_MIN_ROWS
+    queries against thousands (thin products ran at half BLAS's speed), and never more than
+    NEAR_MAX_ELEMENTS products however many centroids there are."""
+    assert proposers.near_block_rows(100) == proposers.NEAR_BLOCK_ELEMENTS // 100
+    assert proposers.near_block_rows(500) >= proposers.NEAR_MIN_ROWS
+    assert proposers.near_block_rows(5000) == proposers.NEAR_MIN_ROWS
+    huge = 10 * proposers.NEAR_MAX_ELEMENTS // proposers.NEAR_MIN_ROWS
+    assert 1 <= proposers.near_block_rows(huge) * huge <= proposers.NEAR_MAX_ELEMENTS
+    assert proposers.near_block_rows(0) >= 1
 
 
 def test_auto_proposes_on_blas_on_a_cpu_and_blas_refuses_a_gpu() -> None:
