@@ -21,6 +21,7 @@ from pipeline.algorithms import exact, kmeans, proposers
 from pipeline.algorithms.kmeans import Assigner, cluster_sums, fit_spherical, nearest
 from pipeline.algorithms.proposers import FaissProposer, blas_earlier
 from pipeline.algorithms.semdedup import dedup_cluster, max_earlier_similarity
+from pipeline.io.buffers import thread_scratch
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -142,15 +143,16 @@ def test_dot_rows_reuses_its_threads_buffers_and_no_other_threads() -> None:
     def run(pair: tuple[np.ndarray, np.ndarray]) -> tuple[bool, int]:
         a, b = pair
         first = exact.dot_rows(a, b)
-        held = exact._THREAD.pieces
+        held = thread_scratch("dot_rows x", 1, np.float64)  # the buffer it computed in
         barrier.wait(timeout=30)  # both threads hold their scratch at once
         again = exact.dot_rows(a[:300], b[:300])
         squares = exact.dot_rows(a, a)
-        same = exact._THREAD.pieces is held and np.array_equal(again, first[:300]) \
+        same = thread_scratch("dot_rows x", 1, np.float64) is held \
+            and np.array_equal(again, first[:300]) \
             and np.array_equal(squares, exact.dot_rows(a, a.copy())) \
             and np.array_equal(first, [pairwise_reference((x.astype(np.float64) * y).tolist())
                                        for x, y in zip(a, b, strict=True)])
-        return same, id(held[0])
+        return same, id(held)
 
     with ThreadPoolExecutor(2) as pool:
         (ok_a, buf_a), (ok_b, buf_b) = pool.map(run, pairs)

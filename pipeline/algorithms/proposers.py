@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from threadpoolctl import threadpool_limits
 
 from pipeline.algorithms import exact
 from pipeline.errors import ConceptpruneError
-from pipeline.io.buffers import populated
+from pipeline.io.buffers import thread_scratch
 
 BACKENDS = ("auto", "blas", "faiss", "torch")
 DEVICES = ("auto", "cpu", "gpu")
@@ -109,18 +108,11 @@ def _best_and_candidates(sims: np.ndarray, window: float, start: int,
     return best, *_near_pairs(start, near, best, r, c)
 
 
-_THREAD = threading.local()  # each thread's buffer of block products
-
-
 def _matmul(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """``rows @ cols.T`` into this thread's buffer, valid until its next call: a fresh array
-    for every block (up to 256 MB) cost page faults, which here cost more than the copy. The
-    buffer grows to a power of two of elements and ends with its thread."""
+    """``rows @ cols.T`` into this thread's buffer, valid until its next call (blocks of up
+    to 256 MB: fresh ones cost page faults that here cost more than the copy)."""
     need = len(rows) * len(cols)
-    buffer = getattr(_THREAD, "products", None)
-    if buffer is None or len(buffer) < need:
-        buffer = _THREAD.products = populated((1 << max(0, need - 1).bit_length(),),
-                                              np.float32)
+    buffer = thread_scratch("block products", need, np.float32)
     return np.matmul(rows, cols.T, out=buffer[:need].reshape(len(rows), len(cols)))
 
 

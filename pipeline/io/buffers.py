@@ -27,6 +27,21 @@ def take_rows(source: np.ndarray, rows: np.ndarray, out: np.ndarray) -> np.ndarr
     return np.take(source, rows, axis=0, out=out, mode="clip")
 
 
+_THREAD = threading.local()  # each thread's scratch buffers, by name
+
+
+def thread_scratch(name: str, elements: int, dtype: np.dtype | type) -> np.ndarray:
+    """This thread's flat buffer ``name`` of at least ``elements``, kept for its next call:
+    a fresh array for every call cost more in page faults than the work done in it (block
+    products, widened rows). It grows to a power of two of elements and ends with its
+    thread; a caller is done with it before that thread's next call for the same name."""
+    held = getattr(_THREAD, name, None)
+    if held is None or len(held) < elements:
+        held = populated((1 << max(0, elements - 1).bit_length(),), dtype)
+        setattr(_THREAD, name, held)
+    return held
+
+
 def populated(shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
     """An uninitialised array of ``shape`` whose pages are mapped in already (Linux); a
     plain ``np.empty`` where that is not offered or the array is small."""
