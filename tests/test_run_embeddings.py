@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -394,3 +396,29 @@ def test_a_rerun_over_fewer_files_leaves_only_its_own_ledger(emb_dir: Path,
     assert summary.input_samples == rows == ledger(out).num_rows
     assert len(np.load(out / "subset.npy")) == summary.kept
     assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != MANIFEST]
+
+
+def test_a_long_d_inter_logs_its_progress_and_keeps_its_bytes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+        ) -> None:
+    """Where k makes d_inter long, it logs progress lines and a summary as it goes, block by
+    block; the concepts it computes are those of one block, without a meter."""
+    from pipeline.algorithms import budget
+
+    caplog.set_level(logging.INFO)  # as the command line logs (pytest's root: warnings)
+    data = synth_embeddings(tmp_path / "data", SynthSpec(samples=400, dim=16, concepts=4))
+    run(config(data, tmp_path / "plain", dbp__k=6))
+    monkeypatch.setattr(dbp_stage, "INTER_PROGRESS_FROM", 2)
+    monkeypatch.setattr(budget, "INTER_BLOCK_PRODUCTS", 2 * 6)  # blocks of 2 concepts
+    out = tmp_path / "shown"
+    run(config(data, out, dbp__k=6, progress=True, progress_interval_s=0))
+    log = (out / "logs" / "run.log").read_text()
+    concepts = int(re.search(r"dbp: d_inter: (\d+) concepts in [\dms.]+, ", log).group(1))
+    assert concepts >= 4
+    assert re.search(rf"dbp: d_inter: 2/{concepts} concepts \(\d+%\)", log), log
+    for name in ("clusters.parquet", "subset.npy"):
+        found = sorted((tmp_path / "plain").rglob(name))
+        assert found, name
+        for path in found:
+            twin = out / path.relative_to(tmp_path / "plain")
+            assert path.read_bytes() == twin.read_bytes(), path
