@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -88,15 +90,27 @@ def test_fit_spherical_recovers_separated_blobs(seed: int) -> None:
 
 def test_a_fit_logs_how_much_of_a_full_lloyd_fit_it_did(caplog: pytest.LogCaptureFixture
                                                          ) -> None:
-    """Separated blobs settle after a few iterations: the later ones search no row again
-    and sum no cluster again, and the log says what share of a full fit was done."""
+    """Separated blobs settle after a few iterations: the later ones search no row again,
+    score no moved centroid and sum no cluster again, and the log says what share of a full
+    fit was done: its products (the rows searched and the moved centroids scored) and its
+    cluster sums."""
     x, _ = blobs()
     with caplog.at_level("INFO", logger="pipeline.algorithms.kmeans"):
         fit_spherical(x, 4, 20, seed=1)
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("k-means:"))
-    assert line.startswith("k-means: 20 iterations on 200 rows: ")
-    searched, summed = (float(part.split("%")[0]) for part in line.split(": ")[2].split(" and "))
-    assert 0 < searched < 50 and 0 < summed < 50, line
+    assert line.startswith("k-means: 20 iterations on 200 rows x 4 centroids: "), line
+    products, searched, summed = (float(v) for v in re.findall(r"(\d+)% of", line))
+    assert 0 < searched <= products < 50 and 0 < summed < 50, line
+    # products and rows searched differ where moved centroids were scored: on rows without
+    # clusters, 40 centroids keep moving a few at a time
+    x = np.random.default_rng(2).standard_normal((400, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="pipeline.algorithms.kmeans"):
+        fit_spherical(x, 40, 20, seed=1)
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("k-means:"))
+    products, searched, summed = (float(v) for v in re.findall(r"(\d+)% of", line))
+    assert searched < products <= 100, line
 
 
 # ---------------------------------------------------------------- assign

@@ -217,3 +217,7 @@ def test_the_log_of_an_image_run_holds_progress_lines_and_a_summary_per_step(
         assert len(re.findall(rf"INFO pipeline.progress: {step}: [\d,]+ \w+ "
                               rf"(from \d+ {unit}s? )?in [\dms.]+, ", log)) == 1, step
     assert re.search(r"write shards: \d+/\d+ samples \(\d+%\), \d+/\d+ ranges?", log)
+    # the fits count their iterations (run where the fit runs: here, the driver's log)
+    for step in ("semdedup", "dbp"):
+        assert re.search(rf"INFO pipeline.progress: {step}: fit: 2/2 iterations \(100%\), ",
+                         log), step

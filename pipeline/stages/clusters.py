@@ -11,6 +11,7 @@ by (seed, step, part), in part and row order. Only the fit's worker ever holds t
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ from pipeline.engines.gpu import task_gpu
 from pipeline.io import npy
 from pipeline.io.buffers import populated
 from pipeline.io.vector_store import VectorStore
+from pipeline.progress import Progress
 from pipeline.stages.context import (
     RunContext,
     StepResult,
@@ -89,6 +91,8 @@ class FitTask:
     backend: Backend
     setting: str
     centroids: str = ""  # where ``fit_and_save`` writes them
+    desc: str = "k-means"  # the step, in its progress lines
+    progress_interval_s: float | None = None  # seconds between them; None: none
 
 
 @dataclass(frozen=True)
@@ -141,8 +145,15 @@ def fit(task: FitTask) -> np.ndarray:
         got = list(pool.map(read, range(len(task.plan))))
     if got != [count for _, _, count in task.plan]:  # rows alive then fewer than planned
         sample = np.concatenate([sample[a : a + n] for a, n in zip(starts, got, strict=False)])
-    return kmeans.fit_spherical(sample, task.k, task.niter, task.seed,
-                                proposer=task.backend.proposer(), setting=task.setting)
+    # iterations done, a line every progress_interval_s (where the fit runs: in a worker's
+    # log on Ray or Spark); the driver logs the fit's start and end
+    shown = task.progress_interval_s is not None
+    with Progress(f"{task.desc}: fit", task.niter, "iteration", summary=False,
+                  bar=shown and sys.stderr.isatty(),
+                  interval_s=task.progress_interval_s) as meter:
+        return kmeans.fit_spherical(sample, task.k, task.niter, task.seed,
+                                    proposer=task.backend.proposer(), setting=task.setting,
+                                    advance=lambda: meter.advance(1))
 
 
 def fit_and_save(task: FitTask) -> np.ndarray:
@@ -222,7 +233,8 @@ def fit_and_assign(ctx: RunContext, step: str, earlier: tuple[str, ...], alive: 
         plan = tuple((p, int(offsets[p]), counts[p]) for p in parts)
         started = time.perf_counter()
         task = FitTask(ctx.store, ctx.root, plan, earlier, STEP_SALT[step], k, cfg.niter,
-                       ctx.cfg.seed, chosen, setting, str(centroids_path))
+                       ctx.cfg.seed, chosen, setting, str(centroids_path), step,
+                       ctx.cfg.progress_interval_s if ctx.cfg.progress else None)
         centroids = ctx.engine.run_one(  # the worker writes the centroids, then the marker
             partial(run_unit, fit_and_save, no_stats), Unit(ctx.root, f"{step}/fit", fp, task),
             resources=chosen.resources)
