@@ -169,7 +169,9 @@ class KMeansConfig(_Section):
     niter: int = Field(20, ge=1, le=1000, description="k-means iterations (the papers use "
                        "20 to 100; at most 1000)")
     max_points_per_centroid: int = Field(
-        256, ge=1, description="the fit uses a seeded sample of at most this many points x k"
+        256, ge=1, description="the fit uses a seeded sample of at most this many points x k, "
+        "held in memory as float32 (k = 50,000 at d = 512: 26 GB; a sample larger than the "
+        "free memory is an error before it is drawn)"
     )
     batch_size: int = Field(65536, ge=1, description="vectors per assignment batch")
     backend: Literal["auto", "blas", "faiss", "torch"] = Field(

@@ -142,3 +142,27 @@ def test_assigner_matches_brute_force() -> None:
     ids2, dist2 = Assigner(c).assign(x[250:])
     assert np.array_equal(ids2, ids[250:])
     np.testing.assert_allclose(dist2, dist[250:], atol=1e-6)
+
+
+@pytest.mark.parametrize(("n", "d", "k"), [(20_000, 64, 100), (50_000, 128, 500),
+                                           (20_000, 512, 2_000)])
+def test_the_fit_s_memory_estimate_bounds_what_it_allocates(n: int, d: int, k: int) -> None:
+    """``fit_memory``, which a run checks against the free memory before it draws the
+    sample, is at least the peak of numpy's allocations for the sample and the fit (measured
+    1.0-1.4x below it without the products' blocks, so the blocks' allowance is not what
+    makes it hold)."""
+    import tracemalloc
+
+    from pipeline.algorithms import proposers
+    from pipeline.stages.clusters import fit_memory
+
+    tracemalloc.start()
+    try:
+        x = np.random.default_rng(0).standard_normal((n, d), dtype=np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        fit_spherical(x, k, 4, seed=0, proposer=proposers.BlasProposer())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    blocks = fit_memory(0, d, 0)
+    assert peak <= fit_memory(n, d, k) - blocks, (peak, fit_memory(n, d, k) - blocks)

@@ -422,3 +422,26 @@ def test_a_long_d_inter_logs_its_progress_and_keeps_its_bytes(
         for path in found:
             twin = out / path.relative_to(tmp_path / "plain")
             assert path.read_bytes() == twin.read_bytes(), path
+
+
+def test_a_fit_sample_larger_than_the_free_memory_is_a_clear_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before the fit draws its sample, a sample the machine cannot hold is an error that
+    names the sizes and the settings to lower, not the OOM killer part way through."""
+    from types import SimpleNamespace
+
+    import psutil
+
+    from pipeline.stages.clusters import fit_memory
+
+    data = synth_embeddings(tmp_path / "data", SynthSpec(samples=400, dim=16, concepts=4))
+    need = fit_memory(400, 16, 8)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=need - 1))
+    with pytest.raises(ValueError, match=r"k-means fit of semdedup\.k=8 holds a sample of 400 "
+                       r"vectors of 16 \([\d.]+ GiB in all\), more than the [\d.]+ GiB of "
+                       r"memory available on .*: lower kmeans\.max_points_per_centroid .* or "
+                       r"semdedup\.k"):
+        run(config(data, tmp_path / "out", semdedup__k=8))
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=need))
+    run(config(data, tmp_path / "out", semdedup__k=8))  # just enough: the same run goes on
+    assert (tmp_path / "out" / "subset.npy").exists()

@@ -11,6 +11,7 @@ by (seed, step, part), in part and row order. Only the fit's worker ever holds t
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow.parquet as pq
 
 from pipeline.algorithms import exact, kmeans, proposers
@@ -121,12 +123,40 @@ def backend_of(cfg: RunConfig) -> Backend:
     return Backend(name, gpu)
 
 
+def fit_memory(rows: int, dim: int, k: int) -> int:
+    """Bytes a fit of ``k`` centroids on ``rows`` sampled vectors holds at most: the float32
+    sample, up to 160 bytes a row of bounds, ids and their temporaries, the rows a search
+    gathers (``kmeans.SEARCH_ROWS`` at most), per centroid its float64 sum and mean and two
+    float32 copies, and the blocks of products (32 MB a thread). Measured against the peak
+    of numpy's allocations in ``tests/test_kmeans.py``."""
+    searched = min(rows, kmeans.SEARCH_ROWS) * dim * 4
+    blocks = exact.threads() * proposers.NEAR_MAX_ELEMENTS * 4
+    return rows * (dim * 4 + 160) + searched + k * dim * (8 + 8 + 4 + 4) + blocks
+
+
+def check_fit_memory(rows: int, dim: int, k: int, setting: str) -> None:
+    """A sample too large for this machine's free memory is a clear error before it is
+    allocated, not the kernel's OOM killer part way through (k = 50,000 at the default 256
+    points per centroid and d = 512 is 26 GB)."""
+    need = fit_memory(rows, dim, k)
+    free = psutil.virtual_memory().available
+    if need > free:
+        raise kmeans.KMeansError(
+            f"the k-means fit of {setting}={k} holds a sample of {rows:,} vectors of {dim} "
+            f"({need / 2**30:.1f} GiB in all), more than the {free / 2**30:.1f} GiB of memory "
+            f"available on {socket.gethostname()}: lower kmeans.max_points_per_centroid (the "
+            f"sample is at most that many vectors per centroid) or {setting}, or run where "
+            "more memory is free")
+
+
 def fit(task: FitTask) -> np.ndarray:
     """Draw the seeded sample part by part (in part and row order), then fit on it.
 
     Each part's rows are read straight into their place in one array: no pieces to join,
     whose copy and fresh memory cost more than the reads (0.6 s of 0.85 s at 128,000 x 512).
     """
+    check_fit_memory(sum(count for _, _, count in task.plan), task.store.dim, task.k,
+                     task.setting)
     sample = populated((sum(count for _, _, count in task.plan), task.store.dim), np.float32)
     starts = np.cumsum([0, *(count for _, _, count in task.plan)])
 
