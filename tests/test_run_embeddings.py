@@ -439,8 +439,8 @@ def test_a_fit_sample_larger_than_the_free_memory_is_a_clear_error(
     monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=need - 1))
     with pytest.raises(ValueError, match=r"k-means fit of semdedup\.k=8 holds a sample of 400 "
                        r"vectors of 16 \([\d.]+ GiB in all\), more than the [\d.]+ GiB of "
-                       r"memory available on .*: lower kmeans\.max_points_per_centroid .* or "
-                       r"semdedup\.k"):
+                       r"memory available to this process on .*: lower "
+                       r"kmeans\.max_points_per_centroid .* or semdedup\.k"):
         run(config(data, tmp_path / "out", semdedup__k=8))
     monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=need))
     run(config(data, tmp_path / "out", semdedup__k=8))  # just enough: the same run goes on

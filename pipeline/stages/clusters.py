@@ -21,13 +21,13 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pyarrow.parquet as pq
 
 from pipeline.algorithms import exact, kmeans, proposers
 from pipeline.config import RunConfig
 from pipeline.engines.base import Resources
 from pipeline.engines.gpu import task_gpu
+from pipeline.free_memory import available_bytes
 from pipeline.io import npy
 from pipeline.io.buffers import populated
 from pipeline.io.vector_store import VectorStore
@@ -139,14 +139,15 @@ def check_fit_memory(rows: int, dim: int, k: int, setting: str) -> None:
     allocated, not the kernel's OOM killer part way through (k = 50,000 at the default 256
     points per centroid and d = 512 is 26 GB)."""
     need = fit_memory(rows, dim, k)
-    free = psutil.virtual_memory().available
+    free = available_bytes()
     if need > free:
         raise kmeans.KMeansError(
             f"the k-means fit of {setting}={k} holds a sample of {rows:,} vectors of {dim} "
             f"({need / 2**30:.1f} GiB in all), more than the {free / 2**30:.1f} GiB of memory "
-            f"available on {socket.gethostname()}: lower kmeans.max_points_per_centroid (the "
-            f"sample is at most that many vectors per centroid) or {setting}, or run where "
-            "more memory is free")
+            f"available to this process on {socket.gethostname()} (a container's or job's "
+            "memory limit counted): lower kmeans.max_points_per_centroid (the sample is at "
+            f"most that many vectors per centroid) or {setting}, or run where more memory is "
+            "free")
 
 
 def fit(task: FitTask) -> np.ndarray:
