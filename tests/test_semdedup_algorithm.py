@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.algorithms import exact
+from pipeline.algorithms import exact, semdedup
 from pipeline.algorithms.semdedup import (
     auto_block_rows,
     dedup_cluster,
     dedup_order,
+    first_identical,
     max_earlier_similarity,
 )
 
@@ -176,11 +177,16 @@ def test_planted_exact_duplicates_collapse_to_first_in_dedup_order(block_rows: i
     assert removed.sum() == n - 25
 
 
+@pytest.mark.parametrize("heavy", [1, 3, 10**9])  # copies decided from their first: all,
+# those of members with 3 copies or more, none
 @pytest.mark.parametrize("block_rows", [1, 3, 7, 64])
-def test_copies_barred_as_columns_change_no_bit(block_rows: int) -> None:
-    """Bit-identical copies are barred as columns (never the earliest best) but stay rows:
-    every m_j and its member are the exact brute force's, on rows where copies, copies of
-    copies and near copies of them are interleaved."""
+def test_copies_barred_as_columns_change_no_bit(block_rows: int, heavy: int,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bit-identical copies are barred as columns (never the earliest best), and are rows
+    or, from ``HEAVY_COPIES`` of one member, decided from that member: every m_j and its
+    member are the exact brute force's, on rows where copies, copies of copies and near
+    copies of them are interleaved."""
+    monkeypatch.setattr(semdedup, "HEAVY_COPIES", heavy)
     rng = np.random.default_rng(40 + block_rows)
     rows = list(clustered_vectors(90, 16, rng))
     for _ in range(60):  # copies of any earlier row (copies included), anywhere after it
@@ -218,3 +224,137 @@ def test_auto_block_rows_bounds() -> None:
     assert auto_block_rows(8000, 4096) == 1000
     assert auto_block_rows(8000, 256) == 256
     assert auto_block_rows(10, 0) == 1
+
+
+@pytest.mark.parametrize("heavy", [2, 10**9])
+@pytest.mark.parametrize("seed", range(4))
+def test_many_copies_of_a_member_among_near_ties(seed: int, heavy: int,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Members with many copies, the first row among them, and near copies of them within
+    1e-7 (float32 scores misorder those) placed before and between the copies: whether the
+    copies are rows or decided from their member, every m_j and its member are the exact
+    brute force's, ties to the earliest member."""
+    monkeypatch.setattr(semdedup, "HEAVY_COPIES", heavy)
+    rng = np.random.default_rng(seed)
+    rows = list(clustered_vectors(40, 16, rng))
+    for source in (0, 5, 17):
+        for _ in range(12):
+            at = int(rng.integers(source + 1, len(rows) + 1))
+            tiny = rng.random() < 0.4
+            rows.insert(at, normalise((rows[source] + 1e-7 * rng.standard_normal(16))[None])[0]
+                        if tiny else rows[source].copy())
+    vectors = np.array(rows, dtype=np.float32)
+    gram = exact.dots(vectors, vectors)
+    m, arg = max_earlier_similarity(vectors, 5)
+    for j in range(1, len(vectors)):
+        row = gram[j, :j]
+        assert m[j] == row.max() and arg[j] == int(np.flatnonzero(row == row.max())[0]), j
+
+
+def basis_like(d: int, *tiny: int) -> np.ndarray:
+    """e_0, with 1e-30 at the given places: its exact inner product with e_0 is 1, as e_0's
+    own, but its bits differ (a distinct member at an exact tie)."""
+    v = np.zeros(d, dtype=np.float32)
+    v[0] = 1.0
+    for at in tiny:
+        v[at] = 1e-30
+    return v
+
+
+@pytest.mark.parametrize("heavy", [2, 10**9])
+def test_copies_at_exact_ties_take_the_earliest_member(heavy: int,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member f = e_0 with copies, distinct members at exactly f's own value 1 before f
+    and between its copies: each copy's member is the earliest of the equal ones: the one
+    before f where there is one, else f itself, never a later one."""
+    monkeypatch.setattr(semdedup, "HEAVY_COPIES", heavy)
+    d = 8
+    z = normalise(np.arange(1.0, d + 1)[None])[0].astype(np.float32)
+    f = basis_like(d)
+    for before in (True, False):
+        rows = [z, *([basis_like(d, 1)] if before else []), f]
+        for i in range(6):
+            rows += [f.copy(), basis_like(d, 2 + i % 5), f.copy()]
+        vectors = np.array(rows, dtype=np.float32)
+        m, arg = max_earlier_similarity(vectors, 4)
+        f_at = 2 if before else 1
+        copies = [j for j in range(f_at + 1, len(rows)) if vectors[j].tobytes() == f.tobytes()]
+        assert len(copies) == 12
+        earliest = 1  # the member before f (before), else f itself: either is row 1
+        assert vectors[earliest].tobytes() != f.tobytes() if before else \
+            vectors[earliest].tobytes() == f.tobytes()
+        assert (m[copies] == 1.0).all() and (arg[copies] == earliest).all(), arg[copies]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_copies_after_members_closer_than_float32_can_order(
+        seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between the copies of f lie distinct members f (1 + t) + 1e-3 g, g random and
+    orthogonal to f, t within a few 1e-8: their exact values with f straddle f's own, 1,
+    closer than float32 scores (rounded independently, as the vectors differ) can order.
+    The copies' members are still the exact brute force's: the float32 column only
+    proposes, and the window keeps every member it may have misordered."""
+    monkeypatch.setattr(semdedup, "HEAVY_COPIES", 2)
+    rng = np.random.default_rng(seed)
+    d = 512
+    f = normalise(rng.standard_normal((1, d)))[0]
+    rows = [normalise(rng.standard_normal((1, d)))[0].astype(np.float32), f.astype(np.float32)]
+    for _ in range(100):
+        g = rng.standard_normal(d)
+        g = normalise((g - (g @ f) * f)[None])[0]  # a direction orthogonal to f
+        t = 2e-8 * rng.standard_normal()
+        rows += [((1 + t) * f + 1e-3 * g).astype(np.float32), rows[1].copy()]
+    vectors = np.array(rows, dtype=np.float32)
+    gram = exact.dots(vectors, vectors)
+    m, arg = max_earlier_similarity(vectors, 8)
+    for j in range(1, len(vectors)):
+        row = gram[j, :j]
+        assert m[j] == row.max() and arg[j] == int(np.flatnonzero(row == row.max())[0]), j
+
+
+def test_many_copies_of_a_member_are_not_rows_of_the_blocks() -> None:
+    """From ``HEAVY_COPIES`` copies of one member on, its copies are decided from it: the
+    block proposer sees the other rows only (30,000 copies of one member among 2,000 others
+    took 4.9 s as rows of the blocks, quadratic in the copies)."""
+    from pipeline.algorithms.proposers import BlasProposer
+
+    seen: list[int] = []
+
+    class Spy(BlasProposer):
+        def earlier(self, vectors, *args):  # noqa: ANN001, ANN002, ANN202
+            seen.append(len(vectors))
+            return super().earlier(vectors, *args)
+
+    rng = np.random.default_rng(3)
+    base = clustered_vectors(50, 16, rng)
+    rows = [*base, *[base[3]] * semdedup.HEAVY_COPIES, *[base[7]] * 5]
+    order = np.r_[np.arange(4), 4 + rng.permutation(len(rows) - 4)]  # base[3] stays first
+    vectors = np.array(rows, dtype=np.float32)[order]
+    m, arg = max_earlier_similarity(vectors, 16, Spy())
+    assert seen == [len(rows) - semdedup.HEAVY_COPIES]  # base[7]'s 5 copies stay rows
+    gram = exact.dots(vectors, vectors)
+    for j in range(1, len(vectors)):
+        row = gram[j, :j]
+        assert m[j] == row.max() and arg[j] == int(np.flatnonzero(row == row.max())[0]), j
+
+
+def test_first_identical_is_bitwise_even_when_hashes_collide(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each row's first bit-identical row, with copies, rows that share their first four
+    values only, -0.0 against 0.0 (equal numbers, other bits), and, with every hash made to
+    collide, the same answer from the exact fallback."""
+    rng = np.random.default_rng(5)
+    base = clustered_vectors(30, 8, rng)
+    twin = base[4].copy()
+    twin[7] = np.nextafter(twin[7], np.float32(2))  # the first four values shared only
+    signed = np.zeros(8, dtype=np.float32)
+    signed[6] = -0.0
+    rows = np.array([*base, twin, base[4], np.zeros(8, np.float32), signed, base[4], twin,
+                     np.zeros(8, np.float32)], dtype=np.float32)
+    rows = rows[np.r_[np.arange(30), 30 + rng.permutation(len(rows) - 30)]]
+    want = np.array([next(i for i in range(j + 1) if rows[i].tobytes() == rows[j].tobytes())
+                     for j in range(len(rows))])
+    assert (first_identical(rows) == want).all()
+    assert (want != np.arange(len(rows))).sum() == 4  # base[4] twice, twin, a zero row
+    monkeypatch.setattr(semdedup, "_row_hashes", lambda words: np.zeros(len(words), np.uint64))
+    assert (first_identical(rows) == want).all()

@@ -35,23 +35,58 @@ def _first_of_equal(keys: np.ndarray) -> np.ndarray:
     return first[inverse.ravel()]
 
 
+HASH_ROWS = 4096  # rows hashed at a time (16 MB of uint64 at d = 512)
+
+
+def _row_hashes(words: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each row of 32-bit words: sum_i w_i m_i mod 2^64 with fixed random
+    odd m_i. Two rows differing in any word rarely collide, and a collision only costs the
+    exact comparison it falls back to."""
+    multipliers = np.random.default_rng(0x5EED).integers(1, 2**63, words.shape[1],
+                                                          dtype=np.uint64) | np.uint64(1)
+    out = np.empty(len(words), dtype=np.uint64)
+    for start in range(0, len(words), HASH_ROWS):
+        chunk = words[start : start + HASH_ROWS].astype(np.uint64)
+        out[start : start + HASH_ROWS] = (chunk * multipliers).sum(axis=1)  # wraps
+    return out
+
+
 def first_identical(vectors: np.ndarray) -> np.ndarray:
     """For each row, the first row holding exactly the same bits (itself when none does).
 
-    Rows are grouped by their first four values, then only rows sharing those are compared
-    whole: copies cost their own bytes, distinct rows almost nothing."""
+    Rows are grouped by a hash of their first four values, then only rows sharing a group
+    are hashed whole and each checked bit for bit against the first row of its hash: copies
+    cost their own bytes, distinct rows almost nothing. Where a check fails (a collision),
+    the rows of those groups are compared whole by sorting. (Sorting every shared row whole
+    took 4.4 s for 300,000 copies of one row at d = 512.)"""
     rows = np.ascontiguousarray(vectors)
     n, d = rows.shape
     out = np.arange(n)
     if n < 2 or d == 0:
         return out
-    head = np.ascontiguousarray(rows[:, : min(d, 4)])
-    first = _first_of_equal(head.view(np.dtype((np.void, head.strides[0])))[:, 0])
+    words = rows.reshape(n, -1).view(np.uint32)
+    first = _first_of_equal(_row_hashes(words[:, : min(words.shape[1], 4)]))
     shared = np.flatnonzero(np.bincount(first, minlength=n)[first] > 1)
-    if len(shared):
+    if not len(shared):
+        return out
+    candidate = shared[_first_of_equal(_row_hashes(words[shared]))]
+    same = np.ones(len(shared), dtype=bool)
+    for start in range(0, len(shared), HASH_ROWS):
+        piece = slice(start, start + HASH_ROWS)
+        same[piece] = (words[shared[piece]] == words[candidate[piece]]).all(axis=1)
+    if same.all():
+        out[shared] = candidate
+    else:  # a collision: these rows compared whole, exactly
         whole = rows[shared].view(np.dtype((np.void, rows.strides[0])))[:, 0]
         out[shared] = shared[_first_of_equal(whole)]
     return out
+
+
+# copies of one member from which they are decided together as one column of products
+# (their member against every later distinct one) instead of each as a row against every
+# earlier member: a cluster of 30,000 copies of one image among 2,000 others took 4.9 s as
+# rows, quadratic in the copies (LAION-style data has clusters of millions of placeholders)
+HEAVY_COPIES = 64
 
 
 def max_earlier_similarity(vectors: np.ndarray, block_rows: int = 256,
@@ -63,17 +98,39 @@ def max_earlier_similarity(vectors: np.ndarray, block_rows: int = 256,
     lies within the window, every candidate: those are decided on exact values. A member
     bit-identical to an earlier one can never be the earliest best (the earlier one has the
     same exact value), so the proposer does not consider it: a cluster of thousands of
-    copies needs no exact re-check.
+    copies needs no exact re-check. A member with ``HEAVY_COPIES`` copies or more has its
+    copies decided from it (``_copies_from_their_first``), not as rows of the blocks.
     """
     e = np.ascontiguousarray(vectors, dtype=np.float32)
+    n = e.shape[0]
+    if n < 2:
+        return np.full(n, -np.inf), np.full(n, -1, dtype=np.int64)
+    proposer = proposer or FaissProposer()
+    win = exact.window(e.shape[1])
+    first = first_identical(e)
+    eligible = first == np.arange(n)
+    copies = np.where(eligible, np.bincount(first, minlength=n) - 1, 0)
+    heavy = copies >= HEAVY_COPIES
+    if not heavy.any():
+        return _by_rows(e, block_rows, proposer, win, eligible)
+    as_rows = np.flatnonzero(~heavy[first] | eligible)
+    best = np.full(n, -np.inf)
+    arg = np.full(n, -1, dtype=np.int64)
+    got, at = _by_rows(e[as_rows], block_rows, proposer, win, eligible[as_rows])
+    best[as_rows] = got
+    arg[as_rows] = np.where(at >= 0, as_rows[np.maximum(at, 0)], -1)
+    _copies_from_their_first(e, first, eligible, heavy, best, arg, win)
+    return best, arg
+
+
+def _by_rows(e: np.ndarray, block_rows: int, proposer: Proposer, win: float,
+             eligible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """m_j and its member for every row, block by block (``max_earlier_similarity``)."""
     n = e.shape[0]
     best = np.full(n, -np.inf, dtype=np.float64)
     arg = np.full(n, -1, dtype=np.int64)
     if n < 2:
         return best, arg
-    proposer = proposer or FaissProposer()
-    win = exact.window(e.shape[1])
-    eligible = first_identical(e) == np.arange(n)
     for block in proposer.earlier(e, block_rows, win, eligible):
         rows = slice(block.start, block.stop)
         arg[rows] = block.best
@@ -86,6 +143,54 @@ def max_earlier_similarity(vectors: np.ndarray, block_rows: int = 256,
             arg[rows][decided] = chosen[decided]
         best[rows] = exact.dot_rows(e[rows], e, b_rows=arg[rows])
     return best, arg
+
+
+def _copies_from_their_first(e: np.ndarray, first: np.ndarray, eligible: np.ndarray,
+                             heavy: np.ndarray, best: np.ndarray, arg: np.ndarray,
+                             win: float) -> None:
+    """m_j and its member for the copies of every ``heavy`` member f, from f's own (in
+    ``best`` and ``arg`` already).
+
+    A copy j of f has f's bits, so <e_i, e_j> = <e_i, e_f> for every i, exactly. Its
+    earlier members are those before f (their best is f's m_f and member, all earlier than
+    f), f itself (the value <e_f, e_f>), and those between f and j; copies among these are
+    never the earliest best (each one's first comes before it with the same value), so the
+    distinct members after f decide: the highest exact <e_i, e_f> over those before j, the
+    earliest i among equal values. One float32 column, every later distinct member's product
+    with f, proposes: the exact best of any run of them after f has a fast score within the
+    window of the best fast score up to it (each is within a quarter of the window of its
+    exact value), so only those members are computed exactly, and a running exact maximum
+    over them answers every copy. The tie rule then orders the three: m_f's member, f, the
+    later one."""
+    distinct = np.flatnonzero(eligible)
+    columns = e[distinct]  # the distinct members, in order: each range a contiguous slice
+    is_copy = heavy[first] & ~eligible
+    rows = np.flatnonzero(is_copy)
+    owners = first[rows]
+    order = np.argsort(owners, kind="stable")  # by member, its copies in row order
+    rows, owners = rows[order], owners[order]
+    starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
+    for a, b in zip(starts, [*starts[1:], len(rows)], strict=True):
+        f, copies = int(owners[a]), rows[a:b]
+        self_value = exact.dot_rows(e[f : f + 1], e[f : f + 1])[0]
+        lo, hi = np.searchsorted(distinct, [f + 1, int(copies[-1])])
+        later = np.full(len(copies), -np.inf)
+        later_arg = np.full(len(copies), -1, dtype=np.int64)
+        if hi > lo:
+            fast = columns[lo:hi] @ e[f]
+            near = distinct[lo:hi][fast >= np.maximum.accumulate(fast) - win]
+            values = exact.dot_pairs(e, e, near, np.full(len(near), f))
+            running = np.maximum.accumulate(values)
+            rises = np.r_[True, running[1:] > running[:-1]]  # the first to reach each maximum
+            holder = np.maximum.accumulate(np.where(rises, np.arange(len(values)), 0))
+            before = np.searchsorted(near, copies) - 1  # the last candidate before each copy
+            some = before >= 0
+            later[some] = running[before[some]]
+            later_arg[some] = near[holder[before[some]]]
+        own = (best[f] >= self_value) & (best[f] >= later)  # m_f's member is the earliest
+        itself = ~own & (self_value >= later)
+        arg[copies] = np.where(own, arg[f], np.where(itself, f, later_arg))
+        best[copies] = np.where(own, best[f], np.where(itself, self_value, later))
 
 
 def removed_at(similarity: np.ndarray, eps: float) -> np.ndarray:
