@@ -116,10 +116,12 @@ def max_earlier_similarity(vectors: np.ndarray, block_rows: int = 256,
     as_rows = np.flatnonzero(~heavy[first] | eligible)
     best = np.full(n, -np.inf)
     arg = np.full(n, -1, dtype=np.int64)
-    got, at = _by_rows(e[as_rows], block_rows, proposer, win, eligible[as_rows])
+    sub = e[as_rows]
+    got, at = _by_rows(sub, block_rows, proposer, win, eligible[as_rows])
     best[as_rows] = got
     arg[as_rows] = np.where(at >= 0, as_rows[np.maximum(at, 0)], -1)
-    _copies_from_their_first(e, first, eligible, heavy, best, arg, win)
+    _copies_from_their_first(e, first, heavy, sub, as_rows, eligible[as_rows], best, arg,
+                             win)
     return best, arg
 
 
@@ -145,11 +147,12 @@ def _by_rows(e: np.ndarray, block_rows: int, proposer: Proposer, win: float,
     return best, arg
 
 
-def _copies_from_their_first(e: np.ndarray, first: np.ndarray, eligible: np.ndarray,
-                             heavy: np.ndarray, best: np.ndarray, arg: np.ndarray,
-                             win: float) -> None:
+def _copies_from_their_first(e: np.ndarray, first: np.ndarray, heavy: np.ndarray,
+                             sub: np.ndarray, sub_rows: np.ndarray, sub_distinct: np.ndarray,
+                             best: np.ndarray, arg: np.ndarray, win: float) -> None:
     """m_j and its member for the copies of every ``heavy`` member f, from f's own (in
-    ``best`` and ``arg`` already).
+    ``best`` and ``arg`` already). ``sub`` holds the rows ``sub_rows`` of ``e`` (every
+    distinct member among them, flagged by ``sub_distinct``), in order.
 
     A copy j of f has f's bits, so <e_i, e_j> = <e_i, e_f> for every i, exactly. Its
     earlier members are those before f (their best is f's m_f and member, all earlier than
@@ -162,10 +165,7 @@ def _copies_from_their_first(e: np.ndarray, first: np.ndarray, eligible: np.ndar
     exact value), so only those members are computed exactly, and a running exact maximum
     over them answers every copy. The tie rule then orders the three: m_f's member, f, the
     later one."""
-    distinct = np.flatnonzero(eligible)
-    columns = e[distinct]  # the distinct members, in order: each range a contiguous slice
-    is_copy = heavy[first] & ~eligible
-    rows = np.flatnonzero(is_copy)
+    rows = np.setdiff1d(np.arange(len(e)), sub_rows, assume_unique=True)  # the copies
     owners = first[rows]
     order = np.argsort(owners, kind="stable")  # by member, its copies in row order
     rows, owners = rows[order], owners[order]
@@ -173,12 +173,13 @@ def _copies_from_their_first(e: np.ndarray, first: np.ndarray, eligible: np.ndar
     for a, b in zip(starts, [*starts[1:], len(rows)], strict=True):
         f, copies = int(owners[a]), rows[a:b]
         self_value = exact.dot_rows(e[f : f + 1], e[f : f + 1])[0]
-        lo, hi = np.searchsorted(distinct, [f + 1, int(copies[-1])])
+        lo, hi = np.searchsorted(sub_rows, [f + 1, int(copies[-1])])
         later = np.full(len(copies), -np.inf)
         later_arg = np.full(len(copies), -1, dtype=np.int64)
-        if hi > lo:
-            fast = columns[lo:hi] @ e[f]
-            near = distinct[lo:hi][fast >= np.maximum.accumulate(fast) - win]
+        if hi > lo:  # the rows between f and its last copy: the distinct members count
+            distinct = sub_distinct[lo:hi]
+            fast = np.where(distinct, sub[lo:hi] @ e[f], -np.inf)
+            near = sub_rows[lo:hi][distinct & (fast >= np.maximum.accumulate(fast) - win)]
             values = exact.dot_pairs(e, e, near, np.full(len(near), f))
             running = np.maximum.accumulate(values)
             rises = np.r_[True, running[1:] > running[:-1]]  # the first to reach each maximum
