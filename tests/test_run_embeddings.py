@@ -445,3 +445,38 @@ def test_a_fit_sample_larger_than_the_free_memory_is_a_clear_error(
     monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=need))
     run(config(data, tmp_path / "out", semdedup__k=8))  # just enough: the same run goes on
     assert (tmp_path / "out" / "subset.npy").exists()
+
+
+def test_a_placeholder_copied_hundreds_of_times_gives_the_same_bytes_either_way(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An input where one vector stands for hundreds of samples (a placeholder image) and a
+    few others for dozens: SemDeDup decides the copies of a member with HEAVY_COPIES or more
+    from that member instead of as rows, and the run's subset, ledger and report are the
+    bytes of one that takes every copy as a row, on 1 and 2 kernel threads."""
+    from same_bytes import assert_same_run
+
+    from pipeline.algorithms import semdedup
+
+    data = synth_embeddings(tmp_path / "data", SynthSpec(samples=3000, dim=32, concepts=6,
+                                                         files=3, seed=4))
+    rng = np.random.default_rng(4)
+    for f in range(3):  # the placeholder in every part, and parts' own popular vectors
+        path = data / "img_emb" / f"img_emb_{f}.npy"
+        img = np.load(path)
+        if f == 0:
+            placeholder = img[10].copy()
+        rows = rng.choice(np.arange(20, len(img)), size=230, replace=False)
+        img[rows[:150]] = placeholder
+        img[rows[150:]] = img[rng.integers(20, len(img))]
+        np.save(path, img)
+    outs = {}
+    for name, heavy, threads in (("rows", 10**9, 1), ("heavy", 64, 2), ("heavy-1", 64, 1)):
+        monkeypatch.setattr(semdedup, "HEAVY_COPIES", heavy)
+        outs[name] = tmp_path / name
+        run(config(data, outs[name], semdedup__k=4, engine__threads=threads))
+    removed = ledger(outs["rows"]).filter(pa.compute.equal(ledger(outs["rows"])["stage"],
+                                                           "semdedup"))
+    assert removed.num_rows >= 449 + 3 * 79  # every copy of both kinds, at least
+    for name in ("heavy", "heavy-1"):
+        assert_same_run(outs[name], outs["rows"], parts=("subset.npy", "ledger", "report"),
+                        report_ignore=("engine", "timings_s", "parameters", "command"))
