@@ -63,6 +63,34 @@ def run_log(path: Path) -> Iterator[None]:
         handler.close()
 
 
+# the loggers a worker's long task shows when nobody configured its logging
+WORKER_LOGGERS = ("pipeline.progress", "pipeline.algorithms.kmeans")
+
+
+@contextmanager
+def worker_lines() -> Iterator[None]:
+    """In a process whose logging nobody set up (a Ray or Spark worker), the progress and
+    k-means lines logged in the block go to its stderr (Ray shows a worker's on the driver's
+    console, Spark keeps it in the executor's log); without this they were dropped, below
+    Python's default WARNING. In the command line's own process nothing changes."""
+    if logging.getLogger().handlers:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    loggers = [logging.getLogger(name) for name in WORKER_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+
+
 def stop_name(err: BaseException) -> str:
     """How a stop is told: 'stopped by SIGTERM'."""
     return str(err) if isinstance(err, Interrupted) else "stopped by SIGINT (Ctrl-C)"

@@ -221,3 +221,35 @@ def test_the_log_of_an_image_run_holds_progress_lines_and_a_summary_per_step(
     for step in ("semdedup", "dbp"):
         assert re.search(rf"INFO pipeline.progress: {step}: fit: 2/2 iterations \(100%\), ",
                          log), step
+
+
+WORKER_CODE = """
+import logging, sys
+if sys.argv[1] == "configured":  # the command line's process: its own handler
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+from pipeline.logs import worker_lines
+from pipeline.progress import Progress
+with worker_lines(), Progress("semdedup: fit", 2, "iteration", interval_s=0, summary=False,
+                              ticker=False) as meter:
+    meter.advance(1)
+    meter.advance(1)
+logging.getLogger("pipeline.progress").info("after the block")
+"""
+
+
+@pytest.mark.parametrize("process", ["worker", "configured"])
+def test_a_worker_s_fit_shows_its_progress_lines(process: str) -> None:
+    """In a process whose logging nobody set up (a Ray or Spark worker) the fit's progress
+    lines go to its stderr, which Ray shows on the driver's console, and only within the
+    fit; where the command line set logging up they go where it says, once."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", WORKER_CODE, process], capture_output=True,
+                         text=True, timeout=120, check=True)
+    shown, other = (out.stderr, out.stdout) if process == "worker" else \
+        (out.stdout, out.stderr)
+    assert shown.count("semdedup: fit: 1/2 iterations (50%)") == 1, (out.stdout, out.stderr)
+    assert "semdedup: fit: 2/2 iterations (100%)" in shown
+    assert "semdedup: fit" not in other
+    assert ("after the block" in shown) == (process == "configured")

@@ -31,6 +31,7 @@ from pipeline.free_memory import available_bytes
 from pipeline.io import npy
 from pipeline.io.buffers import populated
 from pipeline.io.vector_store import VectorStore
+from pipeline.logs import worker_lines
 from pipeline.progress import Progress
 from pipeline.stages.context import (
     RunContext,
@@ -176,12 +177,13 @@ def fit(task: FitTask) -> np.ndarray:
         got = list(pool.map(read, range(len(task.plan))))
     if got != [count for _, _, count in task.plan]:  # rows alive then fewer than planned
         sample = np.concatenate([sample[a : a + n] for a, n in zip(starts, got, strict=False)])
-    # iterations done, a line every progress_interval_s (where the fit runs: in a worker's
-    # log on Ray or Spark); the driver logs the fit's start and end
+    # iterations done, a line every progress_interval_s where the fit runs (a Ray worker's
+    # on the driver's console, a Spark executor's in its log); the driver logs its start and
+    # end in the run's log
     shown = task.progress_interval_s is not None
-    with Progress(f"{task.desc}: fit", task.niter, "iteration", summary=False,
-                  bar=shown and sys.stderr.isatty(),
-                  interval_s=task.progress_interval_s) as meter:
+    with worker_lines(), Progress(f"{task.desc}: fit", task.niter, "iteration", summary=False,
+                                  bar=shown and sys.stderr.isatty(),
+                                  interval_s=task.progress_interval_s) as meter:
         return kmeans.fit_spherical(sample, task.k, task.niter, task.seed,
                                     proposer=task.backend.proposer(), setting=task.setting,
                                     advance=lambda: meter.advance(1))
