@@ -42,6 +42,16 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
+def assert_exact_brute_force(vectors: np.ndarray, m: np.ndarray, arg: np.ndarray) -> None:
+    """Every m_j and its member are the exact brute force's: the highest exact inner product
+    with an earlier row, the earliest row among equal values (none for the first row)."""
+    gram = exact.dots(vectors, vectors)  # exact values, the decisive ones
+    for j in range(1, len(vectors)):
+        row = gram[j, :j]
+        assert m[j] == row.max() and arg[j] == int(np.flatnonzero(row == row.max())[0]), j
+    assert np.isneginf(m[0]) and arg[0] == -1
+
+
 def clustered_vectors(n: int, d: int, rng: np.random.Generator) -> np.ndarray:
     """Unit vectors around a common direction with near-duplicates at many similarity levels,
     so that m_j falls on both sides of 1 - eps."""
@@ -196,12 +206,8 @@ def test_copies_barred_as_columns_change_no_bit(block_rows: int, heavy: int,
         rows.insert(at, normalise((source + 1e-4 * rng.standard_normal(16))[None])[0]
                     if near else source.copy())
     vectors = np.array(rows, dtype=np.float32)
-    gram = exact.dots(vectors, vectors)  # exact values, the decisive ones
     m, arg = max_earlier_similarity(vectors, block_rows)
-    for j in range(1, len(vectors)):
-        row = gram[j, :j]
-        assert m[j] == row.max() and arg[j] == int(np.flatnonzero(row == row.max())[0]), j
-    assert np.isneginf(m[0]) and arg[0] == -1
+    assert_exact_brute_force(vectors, m, arg)
 
 
 def test_dedup_order_farthest_first_ties_by_uid() -> None:
@@ -244,11 +250,8 @@ def test_many_copies_of_a_member_among_near_ties(seed: int, heavy: int,
             rows.insert(at, normalise((rows[source] + 1e-7 * rng.standard_normal(16))[None])[0]
                         if tiny else rows[source].copy())
     vectors = np.array(rows, dtype=np.float32)
-    gram = exact.dots(vectors, vectors)
     m, arg = max_earlier_similarity(vectors, 5)
-    for j in range(1, len(vectors)):
-        row = gram[j, :j]
-        assert m[j] == row.max() and arg[j] == int(np.flatnonzero(row == row.max())[0]), j
+    assert_exact_brute_force(vectors, m, arg)
 
 
 def basis_like(d: int, *tiny: int) -> np.ndarray:
@@ -305,11 +308,8 @@ def test_copies_after_members_closer_than_float32_can_order(
         t = 2e-8 * rng.standard_normal()
         rows += [((1 + t) * f + 1e-3 * g).astype(np.float32), rows[1].copy()]
     vectors = np.array(rows, dtype=np.float32)
-    gram = exact.dots(vectors, vectors)
     m, arg = max_earlier_similarity(vectors, 8)
-    for j in range(1, len(vectors)):
-        row = gram[j, :j]
-        assert m[j] == row.max() and arg[j] == int(np.flatnonzero(row == row.max())[0]), j
+    assert_exact_brute_force(vectors, m, arg)
 
 
 def test_many_copies_of_a_member_are_not_rows_of_the_blocks() -> None:
@@ -332,10 +332,7 @@ def test_many_copies_of_a_member_are_not_rows_of_the_blocks() -> None:
     vectors = np.array(rows, dtype=np.float32)[order]
     m, arg = max_earlier_similarity(vectors, 16, Spy())
     assert seen == [len(rows) - semdedup.HEAVY_COPIES]  # base[7]'s 5 copies stay rows
-    gram = exact.dots(vectors, vectors)
-    for j in range(1, len(vectors)):
-        row = gram[j, :j]
-        assert m[j] == row.max() and arg[j] == int(np.flatnonzero(row == row.max())[0]), j
+    assert_exact_brute_force(vectors, m, arg)
 
 
 def test_first_identical_is_bitwise_even_when_hashes_collide(
