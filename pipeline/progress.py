@@ -290,15 +290,16 @@ class ProgressSettings(Protocol):
 
 
 def step_progress(cfg: ProgressSettings, desc: str, total: int, unit: str,
-                  samples: Samples | None = None) -> Progress | NoProgress:
+                  samples: Samples | None = None, summary: bool = True
+                  ) -> Progress | NoProgress:
     """The meter of a step's map of ``total`` units: with ``cfg.progress``, a bar on a
-    terminal and a line every ``cfg.progress_interval_s``; always the summary line. Nothing
-    at all for a map with nothing to do."""
+    terminal and a line every ``cfg.progress_interval_s``; the summary line unless told
+    not. Nothing at all for a map with nothing to do."""
     if total == 0:
         return NO_PROGRESS
     shown = cfg.progress
     return Progress(desc, total, unit, samples=samples, bar=shown and _terminal(),
-                    interval_s=cfg.progress_interval_s if shown else None)
+                    interval_s=cfg.progress_interval_s if shown else None, summary=summary)
 
 
 def _terminal() -> bool:

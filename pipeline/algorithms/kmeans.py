@@ -332,7 +332,7 @@ def fit_spherical(sample: np.ndarray, k: int, niter: int, seed: int,
     bounds = ClusterBounds(n)
     cluster = np.zeros(n, dtype=np.int32)
     sums = counts = None
-    searched = summed = products = 0
+    searched = summed = 0
     for it in range(niter):
         rows = bounds.unsure(sample, cluster, centroids, proposer)
         before = cluster[rows]
@@ -342,7 +342,6 @@ def fit_spherical(sample: np.ndarray, k: int, niter: int, seed: int,
         log.debug("k-means iteration %d: %d of %d rows searched, %d moved", it, len(rows), n,
                   int(left.sum()))
         searched += len(rows)
-        products += len(rows) * k
         if sums is None or counts is None:
             sums, counts = cluster_sums(sample, cluster, k)
             summed += k
@@ -361,6 +360,6 @@ def fit_spherical(sample: np.ndarray, k: int, niter: int, seed: int,
         log.info("k-means: %d iterations on %d rows x %d centroids: %.0f%% of the products of "
                  "a full Lloyd fit (%.0f%% of the rows searched, and the moved centroids "
                  "scored) and %.0f%% of its cluster sums; the rest could not change it",
-                 niter, n, k, 100.0 * (products + bounds.scored) / (full * k),
+                 niter, n, k, 100.0 * (searched * k + bounds.scored) / (full * k),
                  100.0 * searched / full, 100.0 * summed / (niter * k))
     return centroids

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +31,7 @@ from pipeline.io import npy
 from pipeline.io.buffers import populated
 from pipeline.io.vector_store import VectorStore
 from pipeline.logs import worker_lines
-from pipeline.progress import Progress
+from pipeline.progress import step_progress
 from pipeline.stages.context import (
     RunContext,
     StepResult,
@@ -95,7 +94,8 @@ class FitTask:
     setting: str
     centroids: str = ""  # where ``fit_and_save`` writes them
     desc: str = "k-means"  # the step, in its progress lines
-    progress_interval_s: float | None = None  # seconds between them; None: none
+    progress: bool = False  # the run's settings of those lines (``ProgressSettings``)
+    progress_interval_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -157,9 +157,9 @@ def fit(task: FitTask) -> np.ndarray:
     Each part's rows are read straight into their place in one array: no pieces to join,
     whose copy and fresh memory cost more than the reads (0.6 s of 0.85 s at 128,000 x 512).
     """
-    check_fit_memory(sum(count for _, _, count in task.plan), task.store.dim, task.k,
-                     task.setting)
-    sample = populated((sum(count for _, _, count in task.plan), task.store.dim), np.float32)
+    rows = sum(count for _, _, count in task.plan)
+    check_fit_memory(rows, task.store.dim, task.k, task.setting)
+    sample = populated((rows, task.store.dim), np.float32)
     starts = np.cumsum([0, *(count for _, _, count in task.plan)])
 
     def read(i: int) -> int:
@@ -180,10 +180,8 @@ def fit(task: FitTask) -> np.ndarray:
     # iterations done, a line every progress_interval_s where the fit runs (a Ray worker's
     # on the driver's console, a Spark executor's in its log); the driver logs its start and
     # end in the run's log
-    shown = task.progress_interval_s is not None
-    with worker_lines(), Progress(f"{task.desc}: fit", task.niter, "iteration", summary=False,
-                                  bar=shown and sys.stderr.isatty(),
-                                  interval_s=task.progress_interval_s) as meter:
+    with worker_lines(), step_progress(task, f"{task.desc}: fit", task.niter, "iteration",
+                                       summary=False) as meter:
         return kmeans.fit_spherical(sample, task.k, task.niter, task.seed,
                                     proposer=task.backend.proposer(), setting=task.setting,
                                     advance=lambda: meter.advance(1))
@@ -267,7 +265,7 @@ def fit_and_assign(ctx: RunContext, step: str, earlier: tuple[str, ...], alive: 
         started = time.perf_counter()
         task = FitTask(ctx.store, ctx.root, plan, earlier, STEP_SALT[step], k, cfg.niter,
                        ctx.cfg.seed, chosen, setting, str(centroids_path), step,
-                       ctx.cfg.progress_interval_s if ctx.cfg.progress else None)
+                       ctx.cfg.progress, ctx.cfg.progress_interval_s)
         centroids = ctx.engine.run_one(  # the worker writes the centroids, then the marker
             partial(run_unit, fit_and_save, no_stats), Unit(ctx.root, f"{step}/fit", fp, task),
             resources=chosen.resources)
