@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.algorithms import exact, semdedup
+from pipeline.algorithms import exact, proposers, semdedup
 from pipeline.algorithms.semdedup import (
     auto_block_rows,
     dedup_cluster,
@@ -190,13 +190,16 @@ def test_planted_exact_duplicates_collapse_to_first_in_dedup_order(block_rows: i
 @pytest.mark.parametrize("heavy", [1, 3, 10**9])  # copies decided from their first: all,
 # those of members with 3 copies or more, none
 @pytest.mark.parametrize("block_rows", [1, 3, 7, 64])
-def test_copies_barred_as_columns_change_no_bit(block_rows: int, heavy: int,
+@pytest.mark.parametrize("copy_bytes", [0, 1 << 30])  # copies' columns masked, or left out
+def test_copies_barred_as_columns_change_no_bit(block_rows: int, heavy: int, copy_bytes: int,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """Bit-identical copies are barred as columns (never the earliest best), and are rows
+    """Bit-identical copies are barred as columns (never the earliest best: masked, or left
+    out of the products where the eligible rows fit ``ELIGIBLE_COPY_BYTES``), and are rows
     or, from ``HEAVY_COPIES`` of one member, decided from that member: every m_j and its
     member are the exact brute force's, on rows where copies, copies of copies and near
     copies of them are interleaved."""
     monkeypatch.setattr(semdedup, "HEAVY_COPIES", heavy)
+    monkeypatch.setattr(proposers, "ELIGIBLE_COPY_BYTES", copy_bytes)
     rng = np.random.default_rng(40 + block_rows)
     rows = list(clustered_vectors(90, 16, rng))
     for _ in range(60):  # copies of any earlier row (copies included), anywhere after it
