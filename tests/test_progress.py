@@ -253,3 +253,63 @@ def test_a_worker_s_fit_shows_its_progress_lines(process: str) -> None:
     assert "semdedup: fit: 2/2 iterations (100%)" in shown
     assert "semdedup: fit" not in other
     assert ("after the block" in shown) == (process == "configured")
+
+
+def test_a_big_cluster_logs_its_pairs_and_rows_as_it_is_decided(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A cluster decided block by block with a meter shows its pairs and rows done, rising
+    to all of them, and one summary line; its decisions are those without a meter."""
+    import numpy as np
+
+    from pipeline.algorithms.semdedup import decide_cluster
+    from pipeline.stages.semdedup import ClusterLines
+
+    x = np.random.default_rng(3).standard_normal((300, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x[200:220] = x[5]  # copies: decided as rows, their columns left out
+    task = type("Task", (), {"progress_interval_s": 0})()
+    with caplog.at_level(logging.INFO, logger="pipeline.progress"), \
+            ClusterLines(task, 7, 300) as meter:
+        got = decide_cluster(x, 0.1, block_rows=64, meter=meter)
+    want = decide_cluster(x, 0.1, block_rows=64)
+    assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(got, want, strict=True))
+    shown = [line for line in lines(caplog) if line.startswith("semdedup: cluster 7 ")]
+    done = [int(m.group(1).replace(",", "")) for line in shown
+            if (m := re.match(r"semdedup: cluster 7 \(300 members\): ([\d,]+)/44,850 pairs "
+                              r"\(\d+%\), [\d,]+/299 rows", line))]
+    assert len(done) >= 4 and done == sorted(done) and done[-1] == 300 * 299 // 2, shown
+    assert re.fullmatch(r"semdedup: cluster 7 \(300 members\): 44,850 pairs from 299 rows "
+                        r"in .*", shown[-1]), shown
+
+
+def test_a_run_meters_only_clusters_of_enough_pairs(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """In a run with progress lines, the clusters of METERED_PAIRS pairs or more (and only
+    they) log their own; with progress off, none does."""
+    caplog.set_level(logging.INFO)  # as the command line logs (pytest's root: warnings)
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from pipeline.stages import semdedup as stage
+    from pipeline.synth.embeddings import SynthSpec, synth_embeddings
+
+    data = synth_embeddings(tmp_path / "data", SynthSpec(samples=1200, dim=16, concepts=3))
+    monkeypatch.setattr(stage, "METERED_PAIRS", 25_000)  # 225 members or more
+    for progress in (True, False):
+        out = tmp_path / f"out-{progress}"
+        run(validate_config({
+            "input": {"embeddings": str(data)}, "output": str(out), "seed": 0,
+            "progress": progress, "progress_interval_s": 0,
+            "semdedup": {"k": 6, "eps": 0.05}, "dbp": {"k": 2, "keep_fraction": 0.5}}))
+        log = (out / "logs" / "run.log").read_text()
+        metered = {int(c): int(n.replace(",", "")) for c, n in re.findall(
+            r"semdedup: cluster (\d+) \(([\d,]+) members\): [\d,]+ pairs from", log)}
+        if not progress:
+            assert not metered, log
+            continue
+        cluster = pq.read_table(out / "ledger", columns=["dedup_cluster"]).column(
+            "dedup_cluster").drop_null().to_numpy()
+        sizes = np.bincount(cluster, minlength=6)
+        assert metered == {c: int(n) for c, n in enumerate(sizes) if n * (n - 1) // 2 >= 25_000}
+        assert metered and len(metered) < len(sizes), (metered, sizes)

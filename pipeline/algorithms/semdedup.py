@@ -10,12 +10,25 @@ exact values (``exact.py``), so the decisions are the same on any backend and th
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
 from pipeline.algorithms import exact
 from pipeline.algorithms.ordering import member_order
 from pipeline.algorithms.proposers import FaissProposer, Proposer
 from pipeline.algorithms.selection import decimal
+
+
+class BlockMeter(Protocol):
+    """Told how far a cluster's blocks of rows are (a progress meter: a cluster of a million
+    distinct members is 5 x 10^11 pairs, minutes of products)."""
+
+    def begin(self, rows: int, pairs: int) -> None:
+        """The rows decided block by block and their pairs (each row with every earlier)."""
+
+    def advance(self, rows: int, pairs: int) -> None:
+        """A block of ``rows`` decided, ``pairs`` of them."""
 
 
 def dedup_order(distance: np.ndarray, uid_hi: np.ndarray, uid_lo: np.ndarray) -> np.ndarray:
@@ -90,7 +103,8 @@ HEAVY_COPIES = 64
 
 
 def max_earlier_similarity(vectors: np.ndarray, block_rows: int = 256,
-                           proposer: Proposer | None = None) -> tuple[np.ndarray, np.ndarray]:
+                           proposer: Proposer | None = None, meter: BlockMeter | None = None
+                           ) -> tuple[np.ndarray, np.ndarray]:
     """For ordered unit rows, m_j = max_{i<j} <e_i, e_j> (exact, float64) and the i achieving
     it, the smallest i among equal values. For j = 0, m is -inf and i is -1.
 
@@ -100,6 +114,7 @@ def max_earlier_similarity(vectors: np.ndarray, block_rows: int = 256,
     same exact value), so the proposer does not consider it: a cluster of thousands of
     copies needs no exact re-check. A member with ``HEAVY_COPIES`` copies or more has its
     copies decided from it (``_copies_from_their_first``), not as rows of the blocks.
+    ``meter``, when given, follows the blocks.
     """
     e = np.ascontiguousarray(vectors, dtype=np.float32)
     n = e.shape[0]
@@ -112,12 +127,12 @@ def max_earlier_similarity(vectors: np.ndarray, block_rows: int = 256,
     copies = np.where(eligible, np.bincount(first, minlength=n) - 1, 0)
     heavy = copies >= HEAVY_COPIES
     if not heavy.any():
-        return _by_rows(e, block_rows, proposer, win, eligible)
+        return _by_rows(e, block_rows, proposer, win, eligible, meter)
     as_rows = np.flatnonzero(~heavy[first] | eligible)
     best = np.full(n, -np.inf)
     arg = np.full(n, -1, dtype=np.int64)
     sub = e[as_rows]
-    got, at = _by_rows(sub, block_rows, proposer, win, eligible[as_rows])
+    got, at = _by_rows(sub, block_rows, proposer, win, eligible[as_rows], meter)
     best[as_rows] = got
     arg[as_rows] = np.where(at >= 0, as_rows[np.maximum(at, 0)], -1)
     _copies_from_their_first(e, first, heavy, sub, as_rows, eligible[as_rows], best, arg,
@@ -126,13 +141,16 @@ def max_earlier_similarity(vectors: np.ndarray, block_rows: int = 256,
 
 
 def _by_rows(e: np.ndarray, block_rows: int, proposer: Proposer, win: float,
-             eligible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+             eligible: np.ndarray, meter: BlockMeter | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
     """m_j and its member for every row, block by block (``max_earlier_similarity``)."""
     n = e.shape[0]
     best = np.full(n, -np.inf, dtype=np.float64)
     arg = np.full(n, -1, dtype=np.int64)
     if n < 2:
         return best, arg
+    if meter is not None:
+        meter.begin(n - 1, n * (n - 1) // 2)
     for block in proposer.earlier(e, block_rows, win, eligible):
         rows = slice(block.start, block.stop)
         arg[rows] = block.best
@@ -144,6 +162,9 @@ def _by_rows(e: np.ndarray, block_rows: int, proposer: Proposer, win: float,
             decided = chosen >= 0
             arg[rows][decided] = chosen[decided]
         best[rows] = exact.dot_rows(e[rows], e, b_rows=arg[rows])
+        if meter is not None:  # rows j in [start, stop) have j earlier members each
+            meter.advance(block.stop - block.start,
+                          (block.start + block.stop - 1) * (block.stop - block.start) // 2)
     return best, arg
 
 
@@ -206,10 +227,11 @@ def removed_count(ascending: np.ndarray, eps: float) -> int:
 
 
 def decide_cluster(vectors: np.ndarray, eps: float, block_rows: int = 256,
-                   proposer: Proposer | None = None
+                   proposer: Proposer | None = None, meter: BlockMeter | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``dedup_cluster``'s three arrays and m_j itself (float64, NaN for the first member)."""
-    best, arg = max_earlier_similarity(vectors, block_rows, proposer)
+    """``dedup_cluster``'s three arrays and m_j itself (float64, NaN for the first member);
+    ``meter`` follows the blocks."""
+    best, arg = max_earlier_similarity(vectors, block_rows, proposer, meter)
     removed = removed_at(best, eps)
     m = np.where(arg >= 0, best, np.nan)
     similarity = np.where(arg >= 0, exact.round_once(np.where(arg >= 0, best, 0.0)), np.nan)

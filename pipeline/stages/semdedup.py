@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,6 +23,8 @@ from pipeline.config import RunConfig
 from pipeline.engines.base import Resources
 from pipeline.io.tables import masked
 from pipeline.io.vector_store import VectorStore
+from pipeline.logs import worker_lines
+from pipeline.progress import Progress, Samples
 from pipeline.stages.clusters import (
     apply_decisions,
     backend,
@@ -48,6 +51,12 @@ log = logging.getLogger(__name__)
 MAX_BLOCK_ELEMENTS = 1 << 26
 GROUP_BYTES = 128 << 20  # float32 vectors of the clusters read together
 
+# a cluster of this many pairs (each member with every earlier one) or more logs its own
+# progress lines where it is decided: about 20 s of products on a core at d = 512, and the
+# step's meter, which counts buckets, says nothing while one cluster of a million distinct
+# members (5 x 10^11 pairs) takes many minutes
+METERED_PAIRS = 2_000_000_000
+
 DECISION_DTYPE = np.dtype([("row", "<i8"), ("removed", "?"), ("has_dup", "?"),
                            ("dup_hi", "<u8"), ("dup_lo", "<u8"), ("similarity", "<f4"),
                            ("exact", "<f8")])
@@ -68,12 +77,42 @@ class DedupTask(BucketTask):
     offsets: np.ndarray  # global row of each part's first sample
     eps: float
     block_rows: int
+    progress: bool = False  # the run's settings of progress lines (``ProgressSettings``)
+    progress_interval_s: float = 30.0
+
+
+class ClusterLines:
+    """A big cluster's progress (a ``BlockMeter``): its pairs and rows decided, a line
+    every ``progress_interval_s`` and one at its end, logged where it is decided (a Ray
+    worker's reach the driver's console, ``worker_lines``)."""
+
+    def __init__(self, task: DedupTask, cluster: int, members: int) -> None:
+        self.task = task
+        self.desc = f"semdedup: cluster {cluster} ({members:,} members)"
+        self._stack = ExitStack()
+        self._meter: Progress | None = None
+
+    def __enter__(self) -> ClusterLines:
+        self._stack.enter_context(worker_lines())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.__exit__(*exc)  # type: ignore[arg-type]
+
+    def begin(self, rows: int, pairs: int) -> None:
+        self._meter = self._stack.enter_context(Progress(
+            self.desc, rows, "row", samples=Samples(pairs, "pairs", "pairs"),
+            interval_s=self.task.progress_interval_s))
+
+    def advance(self, rows: int, pairs: int) -> None:
+        if self._meter is not None:
+            self._meter.advance(rows, pairs)
 
 
 def _clusters_read_in_groups(store: VectorStore, rows: np.ndarray,
                              bounds: list[tuple[int, int, int]]
-                             ) -> Iterator[tuple[int, int, np.ndarray]]:
-    """(start, stop, vectors) of every cluster, read with its neighbours in one request of
+                             ) -> Iterator[tuple[int, int, int, np.ndarray]]:
+    """(cluster, start, stop, vectors) of every cluster, read with its neighbours in one request of
     up to GROUP_BYTES (a larger cluster alone): a few reads of every part per bucket instead
     of one per cluster, with memory bounded by the group, not by the bucket. The vectors lie
     in the store's scratch buffer: each group's are gone when the next is read."""
@@ -85,8 +124,8 @@ def _clusters_read_in_groups(store: VectorStore, rows: np.ndarray,
             j += 1
         want = rows[start : bounds[j - 1][2]]
         vectors = store.gather(want, out=store.scratch(len(want)))
-        for _, a, b in bounds[i:j]:
-            yield a, b, vectors[a - start : b - start]
+        for c, a, b in bounds[i:j]:
+            yield c, a, b, vectors[a - start : b - start]
         i = j
 
 
@@ -97,10 +136,13 @@ def dedup_bucket(state: tuple[VectorStore, Proposer], task: DedupTask) -> int:
     rows = task.offsets[m.part] + m.row
     out = np.zeros(len(rows), dtype=DECISION_DTYPE)
     out["row"] = m.row
-    for a, b, vectors in _clusters_read_in_groups(store, rows, m.cluster_bounds()):
+    for c, a, b, vectors in _clusters_read_in_groups(store, rows, m.cluster_bounds()):
         cap = max(1, min(task.block_rows, MAX_BLOCK_ELEMENTS // max(1, b - a)))
-        rem, arg, sim, best = decide_cluster(vectors, task.eps, auto_block_rows(b - a, cap),
-                                             proposer)
+        with ExitStack() as stack:
+            lines = stack.enter_context(ClusterLines(task, c, b - a)) \
+                if task.progress and (b - a) * (b - a - 1) // 2 >= METERED_PAIRS else None
+            rem, arg, sim, best = decide_cluster(vectors, task.eps,
+                                                 auto_block_rows(b - a, cap), proposer, lines)
         has = arg >= 0
         at = a + np.maximum(arg, 0)
         piece = out[a:b]
@@ -149,7 +191,8 @@ def run_semdedup(ctx: RunContext, earlier: tuple[str, ...], alive: list[int]) ->
     decisions = ctx.step_folder("semdedup", DECISIONS)
     n_parts = len(ctx.parts)
     tasks = [DedupTask(str(got.scatter), str(decisions), n_parts, b.index, b.first, b.stop,
-                       ctx.offsets, cfg.eps, cfg.block_rows) for b in buckets]
+                       ctx.offsets, cfg.eps, cfg.block_rows, ctx.cfg.progress,
+                       ctx.cfg.progress_interval_s) for b in buckets]
     chosen = backend(ctx)
     # buckets at once, each on a core of its own: a bucket's products run as fast on one
     # BLAS thread per bucket (107 against 204 GFLOP/s on two), and its other work (reads,
