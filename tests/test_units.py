@@ -137,8 +137,8 @@ def test_a_bucket_reads_clusters_in_groups_bounded_by_bytes(
     # fresh arrays, so every group can be kept (the real reads share the store's scratch)
     monkeypatch.setattr(store, "gather", lambda r, out=None: reads.append(len(r)) or want[r])
     got = list(semdedup._clusters_read_in_groups(store, rows, bounds))
-    assert [(a, b) for a, b, _ in got] == [(a, b) for _, a, b in bounds]
-    for a, b, vectors in got:
+    assert [(c, a, b) for c, a, b, _ in got] == bounds
+    for _, a, b, vectors in got:
         np.testing.assert_array_equal(vectors, want[rows[a:b]])
     assert reads == want_reads  # neighbours together up to the bound, a big cluster alone
 
