@@ -118,10 +118,13 @@ def duration(seconds: float) -> str:
 
 
 def rate(done: int, seconds: float, unit: str) -> str:
-    """4.1 img/s; below one a second, the time per unit: 25.0s/shard."""
+    """4.1 img/s; from 100 a second without a decimal (237,790 samples/s); below one a
+    second, the time per unit: 25.0s/shard."""
     if done <= 0 or seconds <= 0:
         return f"0 {unit}/s"
     per_s = done / seconds
+    if per_s >= 100:
+        return f"{per_s:,.0f} {unit}/s"
     if per_s >= 1:
         return f"{per_s:,.1f} {unit}/s"
     return f"{duration(seconds / done)}/{unit}"

@@ -53,6 +53,8 @@ def test_durations_rates_and_eta_read_as_a_person_writes_them() -> None:
     assert duration(492) == "8m12s"
     assert duration(7500) == "2h05m"
     assert rate(2020, 492, "img") == "4.1 img/s"
+    assert rate(1_000_000, 4.2054, "sample") == "237,790 sample/s"  # no decimal from 100/s
+    assert rate(999, 10, "pair") == "99.9 pair/s"
     assert rate(3, 75, "shard") == "25.0s/shard"  # below one a second: the time per unit
     assert rate(0, 10, "part") == "0 part/s"
     assert eta(500, 2000, 100) == "5m00s"
