@@ -288,7 +288,8 @@ def test_a_run_meters_only_clusters_of_enough_pairs(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     """In a run with progress lines, the clusters of METERED_PAIRS pairs or more (and only
-    they) log their own; with progress off, none does."""
+    they) log their own, and the step's lines count every cluster's pairs; with progress
+    off, no cluster logs its own."""
     caplog.set_level(logging.INFO)  # as the command line logs (pytest's root: warnings)
     import numpy as np
     import pyarrow.parquet as pq
@@ -315,3 +316,8 @@ def test_a_run_meters_only_clusters_of_enough_pairs(tmp_path: Path,
         sizes = np.bincount(cluster, minlength=6)
         assert metered == {c: int(n) for c, n in enumerate(sizes) if n * (n - 1) // 2 >= 25_000}
         assert metered and len(metered) < len(sizes), (metered, sizes)
+        # the step's own lines count the buckets and their pairs, and take the ETA from these
+        pairs = int(sum(int(n) * (int(n) - 1) // 2 for n in sizes))
+        assert re.search(rf"semdedup: clusters: {pairs:,}/{pairs:,} pairs \(100%\), 1/1 bucket",
+                         log), log
+        assert f"semdedup: clusters: {pairs:,} pairs from 1 bucket in " in log, log

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from pipeline.config import RunConfig
 from pipeline.engines.base import DEFAULT, Engine, Resources
 from pipeline.io.vector_store import VectorStore
-from pipeline.progress import step_progress
+from pipeline.progress import Samples, step_progress
 from pipeline.stages.ingest import IngestedPart
 from pipeline.units import Unit, as_result, run_unit, run_unit_with
 from pipeline.workdir import WorkDir, fingerprint
@@ -99,7 +99,8 @@ class RunContext:
     def map_units(self, step: str, kind: str, fn: Callable[..., Any], tasks: Sequence[Any],
                   ids: Sequence[int], *, desc: str, unit: str,
                   resources: Resources = DEFAULT, setup: Callable[[], Any] | None = None,
-                  concurrent: bool = False, plan: Any = None) -> list[Any]:  # noqa: ANN401
+                  concurrent: bool = False, plan: Any = None,  # noqa: ANN401
+                  work: tuple[Sequence[int], str] | None = None) -> list[Any]:
         """Run ``fn`` over the units not finished yet under this step's fingerprint.
 
         Each unit's marker is written by its worker after its outputs, holding its
@@ -107,7 +108,9 @@ class RunContext:
         units, also when the driver died before the results came back, and still returns
         every result, in task order. ``plan`` names how the units were cut (the bucket size,
         say) when that is not implied by the step's fingerprint: units of another plan are
-        not reused.
+        not reused. ``work``, (each task's amount, its noun), is what the progress lines
+        count besides the units, and take the ETA from: units of very unequal work (semdedup
+        buckets, by their pairs) would make an ETA from their number wrong.
         """
         fp = self.fingerprints[step] if plan is None else fingerprint(self.fingerprints[step],
                                                                        plan)
@@ -119,11 +122,13 @@ class RunContext:
         results: list[Any] = [None] * len(tasks)
         worker = partial(run_unit if setup is None else run_unit_with, fn, as_result)
         units = [Unit(self.root, names[i], fp, tasks[i]) for i in todo]
-        with step_progress(self.cfg, desc, len(todo), unit) as meter:  # and its summary line
-            for _ in self.engine.map(worker, units, desc=desc, total=len(todo), unit=unit,
-                                     resources=resources, setup=setup, concurrent=concurrent,
-                                     progress=meter):
-                pass
+        amounts = [0] * len(todo) if work is None else [int(work[0][i]) for i in todo]
+        samples = None if work is None else Samples(sum(amounts), work[1], work[1])
+        with step_progress(self.cfg, desc, len(todo), unit, samples) as meter:  # and summary
+            for j, _ in enumerate(self.engine.map(worker, units, desc=desc, total=len(todo),
+                                                  unit=unit, resources=resources, setup=setup,
+                                                  concurrent=concurrent, progress=meter)):
+                meter.advance(0, amounts[j])  # results come in task order
         for i, name in enumerate(names):
             results[i] = self.work.stats(name)["result"]
         return results

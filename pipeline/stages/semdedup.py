@@ -37,6 +37,7 @@ from pipeline.stages.semdedup_eps import eps_grid, removal_curve
 from pipeline.stages.shuffle import (
     DECISIONS,
     ApplyTask,
+    Bucket,
     BucketTask,
     part_decisions,
     plan_buckets,
@@ -107,6 +108,14 @@ class ClusterLines:
     def advance(self, rows: int, pairs: int) -> None:
         if self._meter is not None:
             self._meter.advance(rows, pairs)
+
+
+def bucket_pairs(sizes: np.ndarray, buckets: list[Bucket]) -> list[int]:
+    """Each bucket's pairs (every member with every earlier one in its cluster): its share
+    of the step's products, which grow with the square of a cluster's size."""
+    n = np.asarray(sizes, dtype=np.int64)
+    pairs = n * (n - 1) // 2
+    return [int(pairs[b.first : b.stop].sum()) for b in buckets]
 
 
 def _clusters_read_in_groups(store: VectorStore, rows: np.ndarray,
@@ -200,7 +209,7 @@ def run_semdedup(ctx: RunContext, earlier: tuple[str, ...], alive: list[int]) ->
     ctx.map_units("semdedup", "bucket", dedup_bucket, tasks, [b.index for b in buckets],
                   desc="semdedup: clusters", unit="bucket", resources=chosen.resources,
                   setup=partial(bucket_state, ctx.store, chosen), plan=ctx.cfg.engine.bucket_rows,
-                  concurrent=not chosen.gpu)
+                  concurrent=not chosen.gpu, work=(bucket_pairs(got.sizes, buckets), "pairs"))
     applied = apply_decisions(ctx, "semdedup", apply_part, got.scatter, len(buckets))
     result = StepResult(applied.alive_in, applied.removed,
                         {"k": k, "buckets": len(buckets),
