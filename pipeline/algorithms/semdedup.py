@@ -31,6 +31,12 @@ class BlockMeter(Protocol):
         """A block of ``rows`` decided, ``pairs`` of them."""
 
 
+def earlier_pairs(members: int | np.ndarray) -> int | np.ndarray:
+    """The pairs of a cluster of ``members`` (each member with every earlier one): the
+    measure of its products."""
+    return members * (members - 1) // 2
+
+
 def dedup_order(distance: np.ndarray, uid_hi: np.ndarray, uid_lo: np.ndarray) -> np.ndarray:
     """Positions of the members, farthest from the centroid first, ties by uid ascending."""
     return member_order(np.zeros(len(distance), dtype=np.int32), distance, uid_hi, uid_lo)
@@ -150,7 +156,7 @@ def _by_rows(e: np.ndarray, block_rows: int, proposer: Proposer, win: float,
     if n < 2:
         return best, arg
     if meter is not None:
-        meter.begin(n - 1, n * (n - 1) // 2)
+        meter.begin(n - 1, int(earlier_pairs(n)))
     for block in proposer.earlier(e, block_rows, win, eligible):
         rows = slice(block.start, block.stop)
         arg[rows] = block.best

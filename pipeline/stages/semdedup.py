@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.algorithms.proposers import Proposer
-from pipeline.algorithms.semdedup import auto_block_rows, decide_cluster
+from pipeline.algorithms.semdedup import auto_block_rows, decide_cluster, earlier_pairs
 from pipeline.config import RunConfig
 from pipeline.engines.base import Resources
 from pipeline.io.tables import masked
@@ -113,8 +113,7 @@ class ClusterLines:
 def bucket_pairs(sizes: np.ndarray, buckets: list[Bucket]) -> list[int]:
     """Each bucket's pairs (every member with every earlier one in its cluster): its share
     of the step's products, which grow with the square of a cluster's size."""
-    n = np.asarray(sizes, dtype=np.int64)
-    pairs = n * (n - 1) // 2
+    pairs = earlier_pairs(np.asarray(sizes, dtype=np.int64))
     return [int(pairs[b.first : b.stop].sum()) for b in buckets]
 
 
@@ -147,9 +146,8 @@ def dedup_bucket(state: tuple[VectorStore, Proposer], task: DedupTask) -> int:
     out["row"] = m.row
     for c, a, b, vectors in _clusters_read_in_groups(store, rows, m.cluster_bounds()):
         cap = max(1, min(task.block_rows, MAX_BLOCK_ELEMENTS // max(1, b - a)))
-        with ExitStack() as stack:
-            lines = stack.enter_context(ClusterLines(task, c, b - a)) \
-                if task.progress and (b - a) * (b - a - 1) // 2 >= METERED_PAIRS else None
+        metered = task.progress and earlier_pairs(b - a) >= METERED_PAIRS
+        with ClusterLines(task, c, b - a) if metered else nullcontext() as lines:
             rem, arg, sim, best = decide_cluster(vectors, task.eps,
                                                  auto_block_rows(b - a, cap), proposer, lines)
         has = arg >= 0
