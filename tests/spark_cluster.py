@@ -28,10 +28,12 @@ class SparkCluster:
 
 
 def _alive_workers(ui_port: int) -> int:
+    """Workers the master counts alive; 0 while its web UI is not up, or is up but still
+    answers /json/ with its HTML page (seen once on a clean clone, as the master started)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/json/", timeout=5) as r:
             return int(json.load(r).get("aliveworkers", 0))
-    except OSError:
+    except (OSError, ValueError):  # ValueError: JSONDecodeError, an HTML page
         return 0
 
 
