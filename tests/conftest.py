@@ -2,10 +2,52 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from tie_data import planted_ties
+
+# `make test` runs pytest in two pytest-xdist workers (the Makefile's TEST_WORKERS). Each
+# module's tests stay together on one worker, in their order: its module fixtures are built
+# once, and a test that reads what the one before it left (test_evaluate's) finds it. Every
+# test that starts Ray or Spark (a local cluster, a head and nodes, a standalone master and
+# workers) joins one group, so no two clusters share the 2 cores and their ports while the
+# other worker takes the rest. A plain `pytest` runs everything in order, as before. (The
+# groups are the scheduler's own: pytest 9.2 ignores the node ids that xdist's `xdist_group`
+# marker rewrites, so that marker groups nothing.)
+CLUSTER_MODULES = {"test_engine_ray", "test_engine_spark"}
+
+
+def test_group(nodeid: str) -> str:
+    """The group a test runs in: "clusters" for those that start Ray or Spark, else its
+    module (``tests/test_x.py``)."""
+    module, _, name = nodeid.partition("::")
+    words = name.split("::")[-1].split("[")[0].split("_")
+    if Path(module).stem in CLUSTER_MODULES or "ray" in words or "spark" in words:
+        return "clusters"
+    return module
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under xdist, the cluster tests first (each module's order kept): theirs is the longest
+    group, and a worker that took it last would end minutes after the other."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: test_group(item.nodeid) != "clusters")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN001, ANN201
+    """xdist's per-module scheduling with the groups of ``test_group``, in the order the
+    workers collected them."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesAndClusters(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return test_group(nodeid)
+
+    config.option.loadscopereorder = False
+    return ModulesAndClusters(config, log)
 
 
 @pytest.fixture(scope="session")
