@@ -152,6 +152,22 @@ def test_a_store_reads_any_rows_into_its_scratch(tmp_path: Path) -> None:
         assert np.shares_memory(got, store.scratch(1))  # the same buffer, read again
 
 
+def test_a_float16_parts_scattered_rows_are_read_through_one_kept_buffer(
+        tmp_path: Path) -> None:
+    """Rows that are not one run of a float16 part are gathered into a float16 buffer the
+    thread keeps (fresh memory for every batch cost twice the decoding), then decoded."""
+    store, want = _two_parts(tmp_path)
+    rng = np.random.default_rng(8)
+    seen = set()
+    for _ in range(3):
+        rows = np.sort(rng.permutation(40)[:25])  # the float16 part, not one run
+        np.testing.assert_array_equal(store.gather(rows), want[rows])
+        lease = store._buffers.stored
+        assert lease.buffer.dtype == np.float16
+        seen.add(lease.buffer.__array_interface__["data"][0])
+    assert len(seen) == 1
+
+
 def test_threads_reading_at_once_each_get_their_own_scratch(tmp_path: Path) -> None:
     """Buckets run on several threads share one store: a thread's reads never land in
     another's buffer, and a pickled copy (another worker's) reads the same rows."""

@@ -60,7 +60,7 @@ class VectorStore:
         self._scaled: dict[int, bool] = {}
         self._buffers = threading.local()  # each thread's leases: reads may run at once
         # buffers outlive the threads that used them: a later map's threads take them over
-        self._pools = {"scratch": BufferPool(), "piece": BufferPool()}
+        self._pools = {"scratch": BufferPool(), "piece": BufferPool(), "stored": BufferPool()}
 
     def __getstate__(self) -> dict:
         """Pickled (sent to another worker) without the parts held in memory: the copy
@@ -109,12 +109,12 @@ class VectorStore:
         the thread ends, the buffer goes back to the store for later threads."""
         return self._leased("scratch", rows)
 
-    def _leased(self, kind: str, rows: int) -> np.ndarray:
+    def _leased(self, kind: str, rows: int, dtype: type = np.float32) -> np.ndarray:
         lease = getattr(self._buffers, kind, None)
-        if lease is None or len(lease.buffer) < rows:
+        if lease is None or len(lease.buffer) < rows or lease.buffer.dtype != dtype:
             if lease is not None:
                 lease.discard()
-            lease = self._pools[kind].lease(rows, (self.dim,), np.float32)
+            lease = self._pools[kind].lease(rows, (self.dim,), dtype)
             setattr(self._buffers, kind, lease)
         return lease.buffer[:rows]
 
@@ -157,6 +157,12 @@ class VectorStore:
             out[:] = _unit(arr[local], None if divisor is None else divisor[local])
         elif arr.dtype == np.float32 and divisor is None:
             take_rows(arr, local, out)  # no copy in between
+        elif divisor is not None and arr.dtype == np.float16:
+            # the stored rows gathered into this thread's float16 buffer, not fresh memory
+            # for every read: a dbp assignment's batches of 65,536 alive rows took 2.1 us a
+            # row so, against 1.1 for a run of rows decoded in place
+            stored = take_rows(arr, local, self._leased("stored", len(local), np.float16))
+            _unit(stored, divisor[local], out)
         else:
             _unit(arr[local], None if divisor is None else divisor[local], out)
 
