@@ -110,8 +110,9 @@ class VectorStore:
         return self._leased("scratch", rows)
 
     def _leased(self, kind: str, rows: int, dtype: type = np.float32) -> np.ndarray:
+        """This thread's buffer of ``kind`` (each kind holds one dtype), grown to ``rows``."""
         lease = getattr(self._buffers, kind, None)
-        if lease is None or len(lease.buffer) < rows or lease.buffer.dtype != dtype:
+        if lease is None or len(lease.buffer) < rows:
             if lease is not None:
                 lease.discard()
             lease = self._pools[kind].lease(rows, (self.dim,), dtype)

@@ -46,7 +46,7 @@ def kind_group(kind: str) -> str:
 def histogram(values: np.ndarray) -> list[int]:
     """Counts of the finite values over ``SCORE_BINS``: numpy's uniform bins (an index
     computed, then checked against the same edges), not a search of the edges for every
-    value (100,000 values: 4.6 against 1.3 ms)."""
+    value (100,000 values: 4.4 against 0.9 ms)."""
     values = values[np.isfinite(values)]
     return np.histogram(np.clip(values, -1.0, 1.0), len(SCORE_BINS) - 1,
                         (SCORE_BINS[0], SCORE_BINS[-1]))[0].tolist()
@@ -60,7 +60,8 @@ def _is(column: pa.ChunkedArray, value: str) -> np.ndarray:
 def part_summary(table: pa.Table) -> dict[str, Any]:
     """One ledger part's failures by kind and its histograms."""
     status, stage = table.column("status"), table.column("stage")
-    failed = np.flatnonzero(_is(status, "failed"))
+    usable = ~_is(status, "failed")
+    failed = np.flatnonzero(~usable)
     kinds: Counter = Counter()  # by group (``kind_group``)
     labels: dict[str, str] = {}  # each group's kind, as its first sample's
     examples: dict[str, list[dict[str, str]]] = {}
@@ -78,7 +79,6 @@ def part_summary(table: pa.Table) -> dict[str, Any]:
             if len(examples.setdefault(kind, [])) < EXAMPLES:
                 examples[kind].append({"key": cols["key"][i], "shard": cols["shard"][i],
                                        "reason": cols["reason"][i] or ""})
-    usable = ~_is(status, "failed")
     removed = _is(status, "removed")
     clip = table.column("clip_score").to_numpy(zero_copy_only=False).astype(np.float64)
     before = usable & ~(removed & _is(stage, "semdedup"))
