@@ -8,6 +8,7 @@ No pytest here: the GPU check imports it without.
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -58,8 +59,9 @@ def patched(data: bytes, marker: bytes, offset: int, value: int) -> bytes:
 
 
 def no_component(seed: int) -> bytes:
-    """A JPEG whose header the router takes but whose scan names a component the frame
-    lacks: no decoder reads it (PIL: "broken data stream"), so it fails on both paths."""
+    """A JPEG whose scan names a component the frame lacks: libjpeg reads none of it (PIL:
+    "broken data stream"), nvJPEG decoded it on an H200. The router refuses it (to the CPU
+    path, which fails it), so it fails on both paths."""
     return patched(jpeg(photo(90, 70, seed)), b"\xff\xda", 5, 9)
 
 
@@ -84,8 +86,9 @@ ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
 
 
 def real_photographs() -> list[tuple[str, bytes]]:
-    """Photographs installed on this machine: matplotlib's sample (a declared dependency)
-    and Debian's wallpapers when those packages are there."""
+    """Photographs installed on this machine: matplotlib's sample (a declared dependency),
+    Debian's wallpapers when those packages are there, and the JPEGs of the folder
+    ``$JPEG_CORPUS_PHOTOS`` (photographs carried to a machine that has none)."""
     try:
         import matplotlib
     except ImportError:  # a GPU machine without it
@@ -96,6 +99,10 @@ def real_photographs() -> list[tuple[str, bytes]]:
         if folder.is_dir():
             found += sorted(p for p in folder.rglob("*")
                             if p.suffix.lower() in (".jpg", ".jpeg"))[:3]
+    carried = os.environ.get("JPEG_CORPUS_PHOTOS")
+    if carried and Path(carried).is_dir():
+        found += sorted(p for p in Path(carried).rglob("*")
+                        if p.suffix.lower() in (".jpg", ".jpeg"))
     return [(p.name, p.read_bytes()) for p in found if p.is_file()]
 
 
@@ -130,21 +137,26 @@ REFUSED = {
         exif_entry(3, 1, 6))), app1(exif_entry(3, 1, 3))), "more than one EXIF"),
     "mpo": (lambda: encoded(photo(64, 48, 32), "MPO", save_all=True,
                             append_images=[photo(64, 48, 33)]), "multi-picture"),
+    "no_component": (lambda: no_component(34), "names a component the frame lacks"),
+    "no_quant_table": (lambda: patched(jpeg(photo(64, 48, 35)), b"\xff\xc0", 12, 3),
+                       "quantisation table is not defined"),
+    "bad_huffman": (lambda: patched(jpeg(photo(64, 48, 36)), b"\xff\xc4", 5, 255),
+                    "bad Huffman table"),
     "xmp": (lambda: with_segment(jpeg(photo(64, 48, 31)), app1(
         b"http://ns.adobe.com/xap/1.0/\x00<x tiff:Orientation=\"6\"/>")), "XMP"),
 }
 
 
 def write_shard(path: Path) -> list[str]:
-    """A shard of every kind of member above (but the large JPEG), one that no decoder
-    reads, a transparent PNG, blank captions and a sample without its picture; the keys in
-    order. With ``SMALL_LIMIT`` as embed.max_pixels, "big" is over the limit."""
+    """A shard of every kind of member above (but the large JPEG; the refused kinds include
+    three that no decoder reads), a transparent PNG, blank captions and a sample without
+    its picture; the keys in order. With ``SMALL_LIMIT`` as embed.max_pixels, "big" is over
+    the limit."""
     members: list[tuple[str, bytes]] = []
     keys = []
     pictures = [(n, "jpg", make()) for n, make in TAKEN.items() if n != "large"]
     pictures += [(n, {"png": "png", "webp": "webp", "gif": "gif"}.get(n, "jpg"), make())
                  for n, (make, _) in REFUSED.items()]
-    pictures.append(("no_component", "jpg", no_component(43)))
     pictures.append(("transparent", "png", encoded(Image.new("RGBA", (40, 30), (9, 9, 9, 0)),
                                                    "PNG")))
     for i, (name, ext, data) in enumerate(pictures):

@@ -38,6 +38,7 @@ from pipeline.embed import BatchEncoder, load_clip, load_cluster_encoder
 from pipeline.embed.jpeg_header import NotForTensorPath, read_jpeg_header
 from pipeline.embed.tensor_decode import TensorTransform, decode_jpegs, orient
 from pipeline.embed.tensor_path import (
+    PendingJpeg,
     TensorPath,
     build_tensor_path,
     collate_mixed,
@@ -183,9 +184,10 @@ def test_a_jpeg_the_device_refuses_goes_through_the_cpu_path(
 
     rules = DecodeRules(BIG)
     good = jpeg(photo(90, 70, 40), quality=90)
-    broken = no_component(41)
+    broken = no_component(41)  # the router refuses it; taken here as if a device's error
     prep = encoder.preprocessor
-    items = [pending_jpeg(sample(k, d), BIG, *prep.text("a picture"))
+    items = [pending_jpeg(sample(k, d), BIG, *prep.text("a picture")) or
+             PendingJpeg(d, 1, 90 * 70, k, "jpg", "00000.tar", *prep.text("a picture"))
              for k, d in (("a", good), ("b", broken), ("c", good))]
     items.insert(1, prep(Image.open(io.BytesIO(encoded(photo(50, 50, 42), "PNG"))), None))
     batch = collate_mixed(items)
@@ -241,7 +243,8 @@ def test_whole_embed_with_the_tensor_path_gives_the_same_outcomes(
     failed = {k for k, r in reasons.items() if r is not None}
     # what fails on the CPU path fails alike; what it decodes is embedded on both
     assert {k.split("_", 1)[1] for k in failed} >= {"garbled", "truncated", "big",
-                                                    "no_component", "no_image"}
+                                                    "no_component", "no_quant_table",
+                                                    "bad_huffman", "no_image"}
     assert "embed.max_pixels" in reasons[next(k for k in keys if k.endswith("_big"))]
     ok = np.array([r is None for r in reasons.values()])
     assert ok.sum() >= 25

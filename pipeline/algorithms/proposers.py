@@ -10,7 +10,6 @@ speed, never a result: pick the fastest (``make_proposer``).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from threadpoolctl import threadpool_limits
 
 from pipeline.algorithms import exact
 from pipeline.errors import ConceptpruneError
+from pipeline.float32_products import full_float32
 from pipeline.io.buffers import thread_scratch
 
 BACKENDS = ("auto", "blas", "faiss", "torch")
@@ -272,19 +272,6 @@ class BlasProposer:
         return blas_earlier(vectors, block_rows, window, eligible)
 
 
-@contextlib.contextmanager
-def _true_float32(torch: Any) -> Iterator[None]:  # noqa: ANN401 - the torch module
-    """Matrix products in full float32 (no TF32, no bf16 passes), put back afterwards."""
-    before = (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32)
-    torch.set_float32_matmul_precision("highest")
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(before[0])
-        torch.backends.cuda.matmul.allow_tf32 = before[1]
-
-
 class _TorchIndex:
     def __init__(self, proposer: TorchProposer, base: np.ndarray) -> None:
         self.p = proposer
@@ -296,7 +283,7 @@ class _TorchIndex:
         scores = np.empty((n, r), dtype=np.float32)
         ids = np.empty((n, r), dtype=np.int64)
         step = max(1, self.p.max_elements // max(1, k))  # a (step x k) product at a time
-        with torch.inference_mode(), _true_float32(torch):
+        with torch.inference_mode(), full_float32(torch):
             for s in range(0, n, step):
                 q = self.p.to_device(queries[s : s + step])
                 v, i = torch.topk(q @ self.base.T, r, dim=1)
@@ -342,7 +329,7 @@ class TorchProposer:
         if n < 2:
             return
         block_rows = max(1, min(int(block_rows), self.max_elements // n))
-        with torch.inference_mode(), _true_float32(torch):
+        with torch.inference_mode(), full_float32(torch):
             e = self.to_device(vectors)
             upper = torch.triu(torch.ones((block_rows, block_rows), dtype=torch.bool,
                                           device=self.device))

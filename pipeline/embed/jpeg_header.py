@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pipeline.errors import ConceptpruneError
 from pipeline.io.decode import MAX_ASPECT
 
-SOI, EOI, SOS = 0xD8, 0xD9, 0xDA
+SOI, EOI, SOS, DQT, DHT = 0xD8, 0xD9, 0xDA, 0xDB, 0xC4
 # SOF0 baseline and SOF1 extended sequential (Huffman), SOF2 progressive (Huffman)
 TAKEN_SOF = frozenset({0xC0, 0xC1, 0xC2})
 # every other start-of-frame: lossless, hierarchical, arithmetic-coded
@@ -59,6 +59,7 @@ def read_jpeg_header(data: bytes, max_pixels: int) -> JpegHeader:
     if data[:2] != b"\xff\xd8":
         raise NotForTensorPath("not a JPEG")
     frame: tuple[int, bytes] | None = None
+    tables = _Tables()
     exif: list[bytes] = []
     adobe_transform: int | None = None
     pos, end = 2, len(data)
@@ -81,8 +82,12 @@ def read_jpeg_header(data: bytes, max_pixels: int) -> JpegHeader:
         if length < 2 or len(body) < length - 2:
             raise NotForTensorPath("truncated before its first scan")
         if marker == SOS:
-            scan_at = pos
+            scan_at, scan = pos, body
             break
+        if marker == DQT:
+            tables.quantisation(body)
+        elif marker == DHT:
+            tables.huffman(body)
         if marker in TAKEN_SOF or marker in OTHER_SOF:
             if frame is not None:
                 raise NotForTensorPath("more than one frame header")
@@ -101,6 +106,7 @@ def read_jpeg_header(data: bytes, max_pixels: int) -> JpegHeader:
     if data.rfind(b"\xff\xd9", max(scan_at, end - EOI_SEARCH)) < 0:
         raise NotForTensorPath("no end-of-image marker: truncated")
     header = _frame(*frame, adobe_transform)
+    tables.check_scan(frame[1], scan, header.progressive)
     if header.width * header.height > max_pixels:
         raise NotForTensorPath("more pixels than embed.max_pixels")
     if max(header.width, header.height) > MAX_ASPECT * min(header.width, header.height):
@@ -108,6 +114,66 @@ def read_jpeg_header(data: bytes, max_pixels: int) -> JpegHeader:
     orientation = _orientation(exif)
     return JpegHeader(header.width, header.height, header.components, orientation,
                       header.progressive)
+
+
+class _Tables:
+    """The quantisation and Huffman tables defined before the first scan, and whether that
+    scan's components and tables exist: libjpeg (PIL, and torchvision on the CPU) refuses a
+    file where they do not, nvJPEG was seen decoding such a file anyway (a scan naming a
+    component the frame lacks, on an H200): refused here, both paths fail it alike."""
+
+    def __init__(self) -> None:
+        self.quant: set[int] = set()
+        self.huff: set[tuple[int, int]] = set()  # (class 0 DC / 1 AC, slot)
+
+    def quantisation(self, body: bytes) -> None:
+        pos = 0
+        while pos < len(body):
+            precision, slot = body[pos] >> 4, body[pos] & 15
+            self.quant.add(slot)
+            pos += 1 + 64 * (2 if precision else 1)
+        if pos != len(body):
+            raise NotForTensorPath("bad quantisation table")
+
+    def huffman(self, body: bytes) -> None:
+        pos = 0
+        while pos + 17 <= len(body):
+            kind, slot = body[pos] >> 4, body[pos] & 15
+            counts = body[pos + 1 : pos + 17]
+            symbols = body[pos + 17 : pos + 17 + sum(counts)]
+            if sum(counts) > 256 or len(symbols) < sum(counts) or (
+                    kind == 0 and any(v > 15 for v in symbols)):
+                raise NotForTensorPath("bad Huffman table")
+            used = [n for n in range(16) if counts[n]]
+            code = 0
+            for n in range(used[0], used[-1] + 1) if used else ():
+                code += counts[n]  # as libjpeg checks: n + 1 bits, the all-ones code free
+                if code >= 1 << (n + 1):
+                    raise NotForTensorPath("bad Huffman table")
+                code <<= 1
+            self.huff.add((kind, slot))
+            pos += 17 + sum(counts)
+        if pos != len(body):
+            raise NotForTensorPath("bad Huffman table")
+
+    def check_scan(self, frame: bytes, scan: bytes, progressive: bool) -> None:
+        count = frame[5]
+        components = {frame[6 + 3 * i]: frame[8 + 3 * i] for i in range(count)}  # id -> table
+        if any(q not in self.quant for q in components.values()):
+            raise NotForTensorPath("a frame component's quantisation table is not defined")
+        n = scan[0] if scan else 0
+        if n == 0 or len(scan) < 1 + 2 * n + 3:
+            raise NotForTensorPath("bad scan header")
+        first_dc = scan[1 + 2 * n] == 0 and scan[3 + 2 * n] >> 4 == 0  # Ss = 0, Ah = 0
+        for i in range(n):
+            ident, tables = scan[1 + 2 * i], scan[2 + 2 * i]
+            if ident not in components:
+                raise NotForTensorPath("a scan names a component the frame lacks")
+            needed = [] if progressive and not first_dc else [(0, tables >> 4)]
+            if not progressive:
+                needed.append((1, tables & 15))
+            if any(t not in self.huff for t in needed):
+                raise NotForTensorPath("a scan's Huffman table is not defined")
 
 
 def _frame(marker: int, body: bytes, adobe_transform: int | None) -> JpegHeader:

@@ -12,7 +12,8 @@ model's own transform on the PIL image. So:
 - ``TensorTransform`` runs the steps of the model's own transform -- read from the very
   torchvision ``Resize`` / ``CenterCrop`` / ``Normalize`` objects the CPU path applies to
   PIL images -- on uint8 tensors: resized as PIL resizes (antialiased, widths then heights,
-  each pass rounded to 8 bits), cropped, then scaled to [0, 1] and normalised as
+  each pass rounded to 8 bits) and cropped, a whole group of pictures of any sizes by two
+  batched matrix products (``resample``), then scaled to [0, 1] and normalised as
   ``ToTensor`` and ``Normalize`` do. Off by two 8-bit levels at most from the PIL path (PIL
   computes with fixed-point weights), a mean of a few hundredths of a level. A transform
   holding any other step is refused (``UnsupportedTransform``), so the two paths cannot
@@ -26,17 +27,18 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from open_clip.transform import MaybeConvertMode
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from pipeline.embed.resample import resample, stages_of
 from pipeline.errors import ConceptpruneError
 
-# resampling that torch's antialiased interpolation computes as PIL does
+# resampling that ``resample`` computes as PIL does
 MIRRORED_INTERPOLATION = frozenset({TF.InterpolationMode.BICUBIC,
                                     TF.InterpolationMode.BILINEAR})
+GROUP_PIXELS = 1 << 25  # padded pixels resampled at once (400 MB of float32 RGB)
 
 
 class UnsupportedTransform(ConceptpruneError, ValueError):
@@ -90,21 +92,21 @@ def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
     return image
 
 
-def resize_like_pil(images: torch.Tensor, step: T.Resize) -> torch.Tensor:
-    """``step`` applied to uint8 ``images`` [N, 3, H, W] as it resizes a PIL image: the
-    output size as torchvision computes it (here on a meta tensor: no pixels), then PIL's
-    two passes, widths first, each rounded half up to 8 bits as PIL rounds (PIL keeps the
-    picture between the passes in 8 bits; torch's own rounding is half to even)."""
-    shape = images.shape
-    probe = torch.empty(shape, dtype=images.dtype, device="meta")
-    height, width = TF.resize(probe, step.size, step.interpolation, step.max_size,
-                              antialias=True).shape[-2:]
-    for size in ((shape[-2], width), (height, width)):
-        if size != tuple(images.shape[-2:]):
-            out = F.interpolate(images.float(), size=size, mode=step.interpolation.value,
-                                align_corners=False, antialias=True)
-            images = out.add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)
-    return images
+def _groups(sizes: Sequence[tuple[int, int]], budget: int) -> list[list[int]]:
+    """Indices of pictures of these (height, width), in groups that are resampled together:
+    by size, so that little padding is computed, each at most ``budget`` padded pixels."""
+    order = sorted(range(len(sizes)), key=lambda i: sizes[i], reverse=True)
+    groups: list[list[int]] = []
+    tallest = widest = 0
+    for i in order:
+        h, w = sizes[i]
+        if groups and (len(groups[-1]) + 1) * max(tallest, h) * max(widest, w) <= budget:
+            groups[-1].append(i)
+            tallest, widest = max(tallest, h), max(widest, w)
+        else:
+            groups.append([i])
+            tallest, widest = h, w
+    return groups
 
 
 class TensorTransform:
@@ -138,29 +140,20 @@ class TensorTransform:
                                            f"{len(steps)})")
         if not scaled:
             raise UnsupportedTransform("no ToTensor step")
-
-    def _geometry(self, images: torch.Tensor) -> torch.Tensor:
-        for step in self.geometry:
-            if isinstance(step, T.Resize):
-                images = resize_like_pil(images, step)
-            else:
-                images = TF.center_crop(images, list(step.size))
-        return images
+        self.stages = stages_of(self.geometry)
 
     def __call__(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
-        """[N, 3, h, w] float32 model inputs from N [3, H, W] uint8 pictures (any sizes);
-        pictures of one size are resized together."""
+        """[N, 3, h, w] float32 model inputs from N [3, H, W] uint8 pictures (any sizes),
+        resampled together in groups of similar size (``resample``)."""
         if not images:
             raise ValueError("no images")
         out: list[torch.Tensor | None] = [None] * len(images)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, image in enumerate(images):
-            groups.setdefault(tuple(image.shape), []).append(i)
-        for rows in groups.values():
-            done = self._geometry(torch.stack([images[i] for i in rows]))
+        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        for rows in _groups(sizes, GROUP_PIXELS):
+            done = resample([images[i] for i in rows], self.stages)
             for i, image in zip(rows, done, strict=True):
                 out[i] = image
-        batch = torch.stack(out).to(torch.float32).div(255)  # as ToTensor scales uint8
+        batch = torch.stack(out).div_(255)  # whole levels, scaled as ToTensor scales uint8
         if self.normalize is not None:
             batch = TF.normalize(batch, self.normalize.mean, self.normalize.std)
         return batch

@@ -43,7 +43,7 @@ from pipeline.io.shards import Sample, decode_image
 log = logging.getLogger(__name__)
 
 DECODE_CHOICES = ("auto", "cpu", "gpu")
-TENSOR_PATH_VERSION = 1  # in the embed fingerprint of GPU-decoded runs: bump when it changes
+TENSOR_PATH_VERSION = 2  # in the embed fingerprint of GPU-decoded runs: bump when it changes
 PIXEL_BUDGET = 1 << 27  # decoded pixels held on the device at once (about 400 MB of RGB)
 
 
