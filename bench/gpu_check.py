@@ -8,9 +8,12 @@ Subcommands (each prints as it goes; the shell script runs them under one time b
     runs     `conceptprune synth` shards, then `conceptprune run` (python -m pipeline.cli) on
              them once per variant (cuda bf16/fp16 autocast, cpu fp32, cuda fp32): embed
              images/s from report.json's timings, and how far the runs' subset.npy differ
+    exact    issue 19: whole `conceptprune run`s with kmeans.backend torch on CUDA against the
+             CPU's (blas; faiss), on the tests' planted near-ties and on make bench's 1M x 512
+             embeddings: the same subset.npy, ledger and report bytes?, and their step times
     kmeans   the exact k-means fit, assignment and SemDeDup kernel (pipeline.algorithms) on
-             faiss-cpu, torch on CUDA and torch on the CPU: times, and whether the bytes
-             equal faiss-cpu's
+             blas (numpy), faiss-cpu, torch on CUDA and torch on the CPU: times, and
+             whether the bytes equal blas's
     embed    GPU decoding (issue 22, embed.decode): the test corpus's JPEGs (tests/jpeg_corpus.py)
              decoded by nvJPEG against PIL (pixels, embeddings), its hostile shard embedded on
              both paths (same outcome per sample?), then bench/bench_embed.py per model:
@@ -32,6 +35,7 @@ import importlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -285,7 +289,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_kmeans(args: argparse.Namespace) -> int:
     """The exact clustering kernels on every backend here: the fit, the assignment of all
     vectors and the SemDeDup kernel of the largest cluster, timed, and their bytes compared
-    with faiss-cpu's (they must be equal: fast kernels only propose)."""
+    with blas's (they must be equal: fast kernels only propose)."""
     from pipeline.algorithms import proposers
     from pipeline.algorithms.kmeans import Assigner, fit_spherical
     from pipeline.algorithms.semdedup import auto_block_rows, max_earlier_similarity
@@ -300,7 +304,7 @@ def cmd_kmeans(args: argparse.Namespace) -> int:
     say(f"data {n} x {d} float32 ({x.nbytes / 2**20:.0f} MiB), k={k}, niter={args.niter}: "
         f"made in {time.perf_counter() - t0:.1f} s")
     sample = x[np.sort(rng.choice(n, size=min(n, 256 * k), replace=False))]
-    found: list[proposers.Proposer] = [proposers.FaissProposer()]
+    found: list[proposers.Proposer] = [proposers.BlasProposer(), proposers.FaissProposer()]
     for gpu in (True, False):
         try:
             found.append(proposers.TorchProposer(gpu=gpu))
@@ -324,7 +328,7 @@ def cmd_kmeans(args: argparse.Namespace) -> int:
         dedup_s = time.perf_counter() - t0
         outputs = (cent.tobytes(), ids.tobytes(), dist.tobytes(), m.tobytes(), arg.tobytes())
         same = "reference" if reference is None else (
-            "SAME BYTES as faiss-cpu" if outputs == reference else
+            "SAME BYTES as blas (the CPU's auto)" if outputs == reference else
             "DIFFERENT: " + ", ".join(name for name, a, b in zip(
                 ("centroids", "ids", "distances", "similarity", "dup_of"), outputs,
                 reference, strict=True) if a != b))
@@ -332,6 +336,119 @@ def cmd_kmeans(args: argparse.Namespace) -> int:
         say(f"{p.name}: fit {fit_s:.2f} s ({len(sample)} points), assign {assign_s:.2f} s "
             f"({n / assign_s:,.0f} /s), semdedup kernel {dedup_s:.2f} s ({len(members)} "
             f"members): {same}")
+    return 0
+
+
+# --- exact ---------------------------------------------------------------------------------
+
+
+def _run_variant(name: str, cfg: dict, root: Path, deadline: float) -> dict | None:
+    """``conceptprune run`` of cfg in a fresh process: its wall, report timings and the log's
+    fit lines, or None (said why) if it failed or ran out of time."""
+    import yaml
+
+    left = deadline - time.monotonic()
+    if left < 15:
+        say(f"  [{name}] skipped: {left:.0f} s of the budget left")
+        return None
+    cfg_path = root / f"{name}.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", str(cfg_path), "--no-progress"]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=left)
+    except subprocess.TimeoutExpired:
+        say(f"  [{name}] TIMED OUT after {time.perf_counter() - t0:.0f} s")
+        return None
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        say(f"  [{name}] FAILED rc={proc.returncode} after {wall:.1f} s; stderr tail:\n"
+            + "\n".join(proc.stderr.splitlines()[-20:]))
+        return None
+    out = Path(cfg["output"])
+    report = json.loads((out / "report" / "report.json").read_text())
+    log = (out / "logs" / "run.log").read_text() if (out / "logs" / "run.log").exists() \
+        else proc.stderr
+    fits = [line.split(" INFO ", 1)[-1] for line in log.splitlines()
+            if any(w in line for w in ("fitting", "fitted in", "k-means:", "semdedup:", "dbp:",
+                                       "backend", "BLAS"))]
+    say(f"  [{name}] {wall:.1f} s wall (process, imports included); kept {report['kept']} of "
+        f"{report['input_samples']}; steps {json.dumps(report.get('timings_s', {}))}")
+    for line in fits[:14]:
+        say(f"  [{name}]   log: {line[:200]}")
+    return {"wall_s": wall, "timings_s": report.get("timings_s", {}), "kept": report["kept"],
+            "log": fits[:14], "out": str(out)}
+
+
+def _compare(name: str, got: dict, want: dict, want_name: str) -> str:
+    from same_bytes import assert_same_run
+
+    try:
+        assert_same_run(Path(got["out"]), Path(want["out"]),
+                        parts=("subset.npy", "ledger", "report"),
+                        report_ignore=("engine", "timings_s", "parameters", "command"))
+    except AssertionError as err:
+        verdict = f"DIFFERENT from {want_name}: {str(err)[:1500]}"
+    else:
+        verdict = f"SAME subset.npy, ledger and report bytes as {want_name}"
+    say(f"  {name}: {verdict}")
+    return verdict
+
+
+def cmd_exact(args: argparse.Namespace) -> int:
+    """Issue 19 on a GPU: whole runs with kmeans.backend torch on CUDA against the CPU's, on
+    the tests' planted near-ties (tests/tie_data.py) and on make bench's N x 512 embeddings:
+    the same subset.npy, ledger and report bytes, and each run's step times."""
+    sys.path[:0] = [str(REPO / "tests"), str(REPO / "bench")]
+    from bench_data import cached_embeddings
+    from tie_data import planted_ties, settings
+
+    deadline = time.monotonic() + args.budget
+    root = Path(args.out)
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    results: dict = {}
+    variants = [("cpu-blas", {"backend": "blas", "device": "cpu"}),
+                ("gpu-torch", {"backend": "torch", "device": "gpu"}),
+                ("cpu-torch", {"backend": "torch", "device": "cpu"}),
+                ("cpu-faiss", {"backend": "faiss", "device": "cpu"})]
+
+    def variants_of(label: str, base: dict, names: list[str]) -> None:
+        got: dict[str, dict] = {}
+        for name, kmeans in variants:
+            if name not in names:
+                continue
+            cfg = json.loads(json.dumps(base))
+            cfg["output"] = str(root / f"{label}_{name}")
+            cfg.setdefault("kmeans", {}).update(kmeans)
+            r = _run_variant(f"{label} {name}", cfg, root, deadline)
+            if r is None:
+                continue
+            if got:
+                first = next(iter(got))
+                r["verdict"] = _compare(f"{label} {name}", r, got[first], first)
+            got[name] = r
+            if args.json:
+                results[label] = got
+                Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+        results[label] = got
+
+    t0 = time.perf_counter()
+    ties = planted_ties(root / "ties")
+    say(f"--- planted near-ties (tests/tie_data.py): made in {time.perf_counter() - t0:.1f} s")
+    tie_cfg = settings(ties, root / "unused")
+    tie_cfg["engine"] = {"threads": 1}
+    variants_of("ties", tie_cfg, args.tie_variants)
+    t0 = time.perf_counter()
+    data, _ = cached_embeddings(root / "bench", args.samples, args.dim, args.files)
+    say(f"--- {args.samples:,} x {args.dim} (make bench's data): made in "
+        f"{time.perf_counter() - t0:.1f} s")
+    big = {"input": {"embeddings": str(data)}, "seed": 0, "progress": False,
+           "semdedup": {"k": args.dedup_k, "eps": 0.02},
+           "dbp": {"k": args.dbp_k, "keep_fraction": 0.5}}
+    variants_of("big", big, args.big_variants)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     return 0
 
 
@@ -436,17 +553,51 @@ def _hostile_shard(args: argparse.Namespace, corpus: object, work: Path, results
                           "cosine_min": float(cos.min()), "cosine_median": float(np.median(cos))}
 
 
+def _synth_shard(folder: str, images: int, seed: int, min_size: int, max_size: int,
+                 png_fraction: float) -> str:
+    from pipeline.synth.images import synth_images
+
+    synth_images(folder, images, seed=seed, samples_per_shard=images, concepts=10,
+                 min_size=min_size, max_size=max_size, png_fraction=png_fraction)
+    return folder
+
+
+def _generate(data: Path, args: argparse.Namespace) -> int:
+    """``args.images`` generated images in ``args.shards`` shards (img2dataset-like: JPEGs of
+    min..max px with captions), each shard made by its own process (synth_images is one
+    thread), then gathered as data/00000.tar ... with their sidecars renamed alike."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    shutil.rmtree(data, ignore_errors=True)
+    parts = data / "parts"
+    sizes = [args.images // args.shards + (j < args.images % args.shards)
+             for j in range(args.shards)]
+    # spawned, not forked: the caller may hold CUDA already
+    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
+        folders = list(pool.map(_synth_shard, [str(parts / f"{j:05d}") for j in range(len(sizes))],
+                                sizes, range(len(sizes)), [args.min_size] * len(sizes),
+                                [args.max_size] * len(sizes),
+                                [args.png_fraction] * len(sizes)))
+    for j, folder in enumerate(folders):
+        for f in Path(folder).iterdir():
+            if f.name.startswith("00000"):  # the shard and its sidecars
+                f.rename(data / (f"{j:05d}" + f.name[5:]))
+    shutil.rmtree(parts)
+    (data / "done").write_text("")
+    return len(sizes)
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     """The issue-22 checks in one call: see the module docstring."""
     sys.path[:0] = [str(REPO / "tests"), str(REPO / "bench")]
     import bench_embed
     import jpeg_corpus as corpus
 
-    from pipeline.synth.images import synth_images
-
     if args.small:
         args.models = args.models or ["conceptprune-tiny-vit"]
         args.images, args.min_size, args.max_size = min(args.images, 48), 40, 120
+        args.shards, args.stage_images = 2, 0
         args.batch_size, args.workers, args.repeat = 16, min(args.workers, 1), 1
     args.models = args.models or ["ViT-B-32", "ViT-L-14"]
     args.corpus_model = args.corpus_model or args.models[0]
@@ -454,26 +605,28 @@ def cmd_embed(args: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     results: dict = {"device": args.device}
     t0 = time.perf_counter()
-    say(f"--- corpus: JPEGs decoded on {args.device} vs PIL ({args.corpus_model}) ---")
-    _corpus_check(args, corpus, results)
-    say(f"--- hostile shard on both paths ({time.perf_counter() - t0:.0f} s) ---")
-    _hostile_shard(args, corpus, work, results)
     data = args.data
     if data is None:
         data = str(work / "data")
-        if not (work / "data" / "ground_truth.parquet").exists():
+        if not (work / "data" / "done").exists():
             t1 = time.perf_counter()
-            synth_images(data, args.images, seed=0, samples_per_shard=-(-args.images // 8),
-                         concepts=10, min_size=args.min_size, max_size=args.max_size,
-                         png_fraction=args.png_fraction)
+            shards = _generate(work / "data", args)
             say(f"generated {args.images} images {args.min_size}-{args.max_size}px "
-                f"({args.png_fraction:.0%} PNG) in {time.perf_counter() - t1:.0f} s")
+                f"({args.png_fraction:.0%} PNG) in {shards} shards, {args.workers} processes, "
+                f"in {time.perf_counter() - t1:.0f} s")
+    if not args.skip_corpus:
+        say(f"--- corpus: JPEGs decoded on {args.device} vs PIL ({args.corpus_model}) ---")
+        _corpus_check(args, corpus, results)
+        say(f"--- hostile shard on both paths ({time.perf_counter() - t0:.0f} s) ---")
+        _hostile_shard(args, corpus, work, results)
     results["bench"] = {}
-    for model in args.models:
+    decodes = (args.decodes or ["both"]) + [(args.decodes or ["both"])[-1]] * len(args.models)
+    for model, decode in zip(args.models, decodes, strict=False):
         say(f"--- bench_embed {model} on {args.device} ({time.perf_counter() - t0:.0f} s) ---")
         bench_args = ["--model", model, "--device", args.device, "--data", data,
+                      "--decode", decode,
                       "--batch-size", str(args.batch_size), "--workers", str(args.workers),
-                      "--repeat", str(args.repeat)]
+                      "--repeat", str(args.repeat), "--stage-images", str(args.stage_images)]
         if args.cluster:
             bench_args += ["--cluster-encoder", CLUSTER_MODEL, "--cluster-weights", WHEEL_WEIGHTS]
         try:
@@ -567,16 +720,39 @@ def main(argv: list[str] | None = None) -> int:
     km.add_argument("--k", type=int, default=1000)
     km.add_argument("--niter", type=int, default=10)
     km.add_argument("--batch", type=int, default=65536)
+    ex = sub.add_parser("exact")
+    ex.add_argument("--samples", type=int, default=1_000_000)
+    ex.add_argument("--dim", type=int, default=512)
+    ex.add_argument("--files", type=int, default=10)
+    ex.add_argument("--dedup-k", type=int, default=500)
+    ex.add_argument("--dbp-k", type=int, default=100)
+    ex.add_argument("--big-variants", nargs="+", default=["cpu-blas", "gpu-torch"],
+                    help="of cpu-blas gpu-torch cpu-torch cpu-faiss; the first is the reference")
+    ex.add_argument("--tie-variants", nargs="+", default=["cpu-blas", "gpu-torch", "cpu-faiss"],
+                    help="the planted near-ties' runs, likewise")
+    ex.add_argument("--budget", type=float, default=200.0, help="seconds for all of it")
+    ex.add_argument("--out", default="/tmp/gpu_check_work/exact", help="bulky data")
+    ex.add_argument("--json", default=None, help="write the results here")
     emb = sub.add_parser("embed")
     emb.add_argument("--device", default="cuda")
     emb.add_argument("--models", nargs="+", default=None,
                      help="open_clip models to bench, random weights (default ViT-B-32 ViT-L-14)")
+    emb.add_argument("--decodes", nargs="+", default=None, choices=("both", "cpu", "tensor"),
+                     help="bench_embed --decode per model, the last one repeated (default "
+                          "both: the step on both paths, and their agreement)")
+    emb.add_argument("--skip-corpus", action="store_true", help="no corpus and hostile "
+                     "shard checks")
     emb.add_argument("--corpus-model", default=None, help="model of the corpus checks "
                      "(default: the first of --models)")
     emb.add_argument("--data", default=None, help="a shard folder instead of generated shards")
-    emb.add_argument("--images", type=int, default=1536)
+    emb.add_argument("--images", type=int, default=20480, help="generated images (issue 22: "
+                     "at least 20,000)")
+    emb.add_argument("--shards", type=int, default=32, help="shards they are written in (the "
+                     "step reads a shard per loader worker)")
+    emb.add_argument("--stage-images", type=int, default=2048, help="images each stage is "
+                     "timed on alone (the whole steps take all)")
     emb.add_argument("--min-size", type=int, default=256)
-    emb.add_argument("--max-size", type=int, default=640)
+    emb.add_argument("--max-size", type=int, default=512)
     emb.add_argument("--png-fraction", type=float, default=0.1)
     emb.add_argument("--batch-size", type=int, default=256)
     emb.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
@@ -599,7 +775,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
     return {"env": cmd_env, "encode": cmd_encode, "runs": cmd_runs, "kmeans": cmd_kmeans,
-            "embed": cmd_embed, "evaluate": cmd_evaluate}[args.cmd](args)
+            "embed": cmd_embed, "evaluate": cmd_evaluate, "exact": cmd_exact}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # GPU check for a machine with one CUDA GPU and no network: installs the wheels in .whl/
 # (what that machine lacks: open_clip, faiss-cpu, pydantic, ...; bench/gpu_wheels.sh fetches
-# them) into a --target folder, then runs bench/gpu_check.py's env, embed, encode, kmeans and
-# runs steps under one time budget.
+# them) into a --target folder, then runs bench/gpu_check.py's env, exact, embed, encode,
+# kmeans and runs steps under one time budget.
 #
 #   bash bench/gpu_check.sh          # from anywhere; it works in the repo root
 #   GPU_CHECK_STEPS="env embed" bash bench/gpu_check.sh      # issue 22's checks alone
+#   GPU_CHECK_STEPS="env exact kmeans" bash bench/gpu_check.sh   # issue 19's checks alone
 #   GPU_CHECK_SKIP_INSTALL=1 GPU_CHECK_STEPS=embed GPU_CHECK_EMBED_ARGS="--device cpu --small" \
 #     bash bench/gpu_check.sh        # a smoke run of the embed step on a machine without GPU
 #
@@ -21,13 +22,20 @@
 #   GPU_CHECK_ENCODE_S       seconds each device is timed in the encode step (default 8)
 #   GPU_CHECK_SKIP_INSTALL=1 use the packages already importable (local dry run)
 #   GPU_CHECK_SITE           install target (default /tmp/site)
-#   GPU_CHECK_STEPS          steps run, in this order (default "env embed encode kmeans runs";
+#   GPU_CHECK_STEPS          steps run, in this order (default "env exact embed encode kmeans runs";
 #                            "env evaluate": issue 23's ViT-B-32 comparison, ~8 minutes)
 #   GPU_CHECK_EVALUATE_ARGS  more arguments of the evaluate step (see gpu_check.py evaluate -h)
-#   GPU_CHECK_EMBED_ARGS     arguments of the embed step (default: ViT-B-32 and ViT-L-14 on
-#                            cuda, 1536 generated images of 256-640 px; see gpu_check.py embed -h)
+#   GPU_CHECK_EMBED_ARGS     arguments of the embed step (default "--device cuda --cluster":
+#                            ViT-B-32 and ViT-L-14 with tf_efficientnet_lite0 on cuda, 20,480
+#                            generated images of 256-512 px in 32 shards; gpu_check.py embed -h)
+#   GPU_CHECK_EMBED_RESERVE  seconds the embed step leaves for the steps after it (default 0)
+#   GPU_CHECK_EXACT_SAMPLES  rows of the exact step's big run (default 1000000; issue 19)
+#   GPU_CHECK_EXACT_ARGS     more arguments of the exact step (gpu_check.py exact -h)
+#   GPU_CHECK_EXACT_RESERVE  seconds the exact step leaves for the steps after it (default 0)
 set -u
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# the photographs bench/gpu_wheels.sh puts in .photos/, for the embed step's corpus check
+[ -d "$(dirname "$0")/../.photos" ] && export JPEG_CORPUS_PHOTOS=${JPEG_CORPUS_PHOTOS:-$(cd "$(dirname "$0")/../.photos" && pwd)}
 export PIP_ROOT_USER_ACTION=ignore PIP_BREAK_SYSTEM_PACKAGES=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 cd "$(dirname "$0")/.." || exit 1
 
@@ -41,8 +49,9 @@ SAMPLES=${GPU_CHECK_SAMPLES:-2000}
 MODEL=${GPU_CHECK_MODEL:-ViT-B-32}
 KM=${GPU_CHECK_KM:---n 500000 --k 1000 --niter 10}
 ENCODE_S=${GPU_CHECK_ENCODE_S:-8}
-STEPS=" ${GPU_CHECK_STEPS:-env embed encode kmeans runs} "
-EMBED_ARGS=${GPU_CHECK_EMBED_ARGS:---device cuda}
+STEPS=" ${GPU_CHECK_STEPS:-env exact embed encode kmeans runs} "
+EMBED_ARGS=${GPU_CHECK_EMBED_ARGS:---device cuda --cluster}
+EXACT_SAMPLES=${GPU_CHECK_EXACT_SAMPLES:-1000000}
 T0=$SECONDS
 
 step() { echo; echo "=== [$((SECONDS - T0)) s] $*"; }
@@ -94,6 +103,15 @@ main() {
   run_for 60 $PY bench/gpu_check.py env
   fi
 
+  if wanted exact; then
+  step "exact: whole runs, kmeans.backend torch on CUDA vs the CPU's: planted near-ties, then ${EXACT_SAMPLES} x 512"
+  # shellcheck disable=SC2086 # EXACT_ARGS holds several arguments
+  cap=$(($(left) - ${GPU_CHECK_EXACT_RESERVE:-0})); ((cap > 200)) && cap=200
+  RESERVE=${GPU_CHECK_EXACT_RESERVE:-0} run_for 200 $PY bench/gpu_check.py exact \
+    --samples "$EXACT_SAMPLES" --budget $((cap - 15)) \
+    --out "$WORK/exact" --json "$OUT/exact.json" ${GPU_CHECK_EXACT_ARGS:-}
+  fi
+
   if wanted embed; then
   step "embed: JPEGs decoded on the GPU vs PIL, both paths on a hostile shard, bench_embed per model"
   # shellcheck disable=SC2086 # EMBED_ARGS holds several arguments
@@ -103,13 +121,13 @@ main() {
 
   if wanted encode; then
   step "encode: load_clip + BatchEncoder.encode_batch ($MODEL random weights + tf_efficientnet_lite0)"
-  RESERVE=200 run_for 90 $PY bench/gpu_check.py encode --devices $DEVICES --model "$MODEL" \
-    --seconds "$ENCODE_S"
+  RESERVE=$( (wanted kmeans || wanted runs) && echo 200 || echo 0) run_for 90 \
+    $PY bench/gpu_check.py encode --devices $DEVICES --model "$MODEL" --seconds "$ENCODE_S"
   fi
 
   if wanted kmeans; then
-  step "kmeans: faiss-cpu (pipeline.algorithms.kmeans) vs torch matmul"
-  RESERVE=170 run_for 60 $PY bench/gpu_check.py kmeans $KM
+  step "kmeans: the exact fit, assignment and SemDeDup kernel on blas, faiss-cpu, torch cuda and cpu"
+  RESERVE=$(wanted runs && echo 170 || echo 0) run_for 90 $PY bench/gpu_check.py kmeans $KM
   fi
 
   if wanted runs; then

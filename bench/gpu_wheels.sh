@@ -6,8 +6,8 @@
 #   bash bench/gpu_wheels.sh            # all steps' wheels (about 45 MB)
 #   GPU_WHEELS=embed bash bench/gpu_wheels.sh   # the embed step's only (about 6 MB)
 #
-# .whl/ is ignored by git (.gitignore) and travels with the working tree: name it in the
-# device call's `carry`.
+# .whl/ and .photos/ are ignored by git (.gitignore) and travel with the working tree: name
+# them in the device call's `carry`.
 set -eu
 cd "$(dirname "$0")/.." || exit 1
 PY=${PY:-.venv/bin/python}
@@ -45,3 +45,18 @@ fetch .whl/fallback "$(pinned timm)"
 [ "${GPU_WHEELS:-all}" = embed ] || fetch .whl/trainer webdataset==0.2.86
 du -sh .whl
 ls .whl .whl/fallback .whl/trainer 2>/dev/null
+
+# real photographs for the embed step's GPU-vs-PIL cosine (that machine has none): Debian's
+# mate-backgrounds 'nature' JPEGs (about 7 MB) into .photos/ (ignored by git; carry it too)
+if [ "${GPU_PHOTOS:-1}" = 1 ] && command -v apt-get >/dev/null; then
+  tmp=$(mktemp -d)
+  if (cd "$tmp" && apt-get download -q mate-backgrounds >/dev/null 2>&1); then
+    dpkg -x "$tmp"/mate-backgrounds_*.deb "$tmp/x"
+    rm -rf .photos && mkdir -p .photos
+    cp "$tmp"/x/usr/share/backgrounds/mate/nature/*.jpg .photos/
+    du -sh .photos
+  else
+    echo "apt-get download mate-backgrounds failed: the corpus check uses matplotlib's photograph only"
+  fi
+  rm -rf "$tmp"
+fi
