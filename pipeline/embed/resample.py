@@ -145,33 +145,35 @@ def _size_key(size: object) -> int | tuple[int, ...]:
     return size if isinstance(size, int) else tuple(size)
 
 
+def _axis(sizes: list[int], resized: list[int], crop: int | None) -> tuple[Axis, list[int]]:
+    """One axis of a stage, and the sizes it leaves the pictures."""
+    if crop is None:
+        return Axis(torch.tensor(sizes), torch.tensor(resized), torch.zeros(len(sizes),
+                    dtype=torch.int64), max(resized)), resized
+    return Axis(torch.tensor(sizes), torch.tensor(resized),
+                torch.tensor(crop_offsets(resized, crop)), crop), [crop] * len(sizes)
+
+
 def run_stage(stage: Stage, canvas: torch.Tensor, heights: list[int], widths: list[int]
               ) -> tuple[torch.Tensor, list[int], list[int]]:
     """One stage on a zero-padded float32 batch [n, 3, H, W] of pictures of the given sizes:
     the new batch (padded to the largest output) and the output sizes."""
     device = canvas.device
+    new_h, new_w = heights, widths
     if stage.resize is not None:
         key = (_size_key(stage.resize.size), stage.resize.max_size)
         out = [resized_size(h, w, *key) for h, w in zip(heights, widths, strict=True)]
         new_h, new_w = [o[0] for o in out], [o[1] for o in out]
-    else:
-        new_h, new_w = heights, widths
-    if stage.crop is not None:
-        (length_h, length_w), kept_h, kept_w = stage.crop, [stage.crop[0]] * len(new_h), \
-            [stage.crop[1]] * len(new_w)
-        off_h, off_w = crop_offsets(new_h, stage.crop[0]), crop_offsets(new_w, stage.crop[1])
-    else:
-        length_h, length_w, kept_h, kept_w = max(new_h), max(new_w), new_h, new_w
-        off_h, off_w = [0] * len(new_h), [0] * len(new_w)
-    rows = Axis(torch.tensor(heights), torch.tensor(new_h), torch.tensor(off_h), length_h)
-    cols = Axis(torch.tensor(widths), torch.tensor(new_w), torch.tensor(off_w), length_w)
+    crop_h, crop_w = stage.crop if stage.crop is not None else (None, None)
+    rows, kept_h = _axis(heights, new_h, crop_h)
+    cols, kept_w = _axis(widths, new_w, crop_w)
     if stage.resize is not None:
         mode = stage.resize.interpolation
         a_h = axis_weights(rows, canvas.shape[-2], mode, device)
         a_w = axis_weights(cols, canvas.shape[-1], mode, device)
     else:
-        a_h, a_w = selection(rows, canvas.shape[-2], device), selection(cols, canvas.shape[-1],
-                                                                         device)
+        a_h = selection(rows, canvas.shape[-2], device)
+        a_w = selection(cols, canvas.shape[-1], device)
     with full_float32(torch):
         wide = _round_8bit(torch.matmul(canvas, a_w.transpose(1, 2)[:, None]))  # widths first
         del canvas
