@@ -190,6 +190,23 @@ def test_batch_result_does_not_depend_on_batch_neighbours(source, images, source
     np.testing.assert_allclose(single.text_emb[0], source_out.text_emb[1], atol=1e-6)
 
 
+def test_batches_started_before_earlier_results_are_taken_give_the_same_outputs(
+        source, images, source_out):
+    encoder = BatchEncoder(source, full_batch=4)  # the first batch runs padded
+    prep = encoder.preprocessor
+    first = collate([prep(im, c) for im, c in zip(images[:3], CAPTIONS[:3], strict=True)])
+    second = collate([prep(im, c) for im, c in zip(images[3:], CAPTIONS[3:], strict=True)])
+    started = [encoder.start_prepared(first), encoder.start_prepared(second)]
+    outs = [s.result() for s in reversed(started)][::-1]  # taken last-started first
+    alone = [encoder.encode_prepared(first), encoder.encode_prepared(second)]
+    for name in ("image_emb", "text_emb", "clip_score"):
+        for out, want in zip(outs, alone, strict=True):  # bit for bit: the same batches
+            np.testing.assert_array_equal(getattr(out, name), getattr(want, name))
+        got = np.concatenate([getattr(o, name) for o in outs])
+        np.testing.assert_allclose(got, getattr(source_out, name), atol=1e-6)
+    assert len(outs[0].image_emb) == 3 and np.isnan(outs[0].clip_score[2])  # blank caption
+
+
 def test_preprocessor_pickles_and_runs_in_dataloader_workers(source, images, source_out):
     encoder = BatchEncoder(source)
     prep = pickle.loads(pickle.dumps(encoder.preprocessor))

@@ -64,6 +64,32 @@ class EmbedOutput:
     cluster_emb: np.ndarray | None = None  # [B, f] unit rows, when a cluster encoder is set
 
 
+@dataclass
+class PendingOutput:
+    """A batch's outputs on their way back from the device (``BatchEncoder.start_batch``)."""
+
+    image: torch.Tensor
+    text: torch.Tensor
+    cluster: torch.Tensor | None
+    has_text: np.ndarray | None
+    rows: int  # the batch's own rows (a CPU batch may run padded)
+    done: torch.cuda.Event | None  # recorded after the copies back; None on a CPU
+
+    def result(self) -> EmbedOutput:
+        """The outputs, once the device has finished them."""
+        if self.done is not None:
+            self.done.synchronize()
+        n = self.rows
+        image_emb, text_emb = self.image.numpy()[:n], self.text.numpy()[:n]
+        # the score from the vectors as stored, exactly (SPEC §2): the same on every device
+        score = exact.round_once(exact.dot_rows(image_emb, text_emb))
+        if self.has_text is not None:
+            score[~self.has_text.astype(bool)] = np.nan
+        return EmbedOutput(image_emb=image_emb, text_emb=text_emb, clip_score=score,
+                           cluster_emb=None if self.cluster is None
+                           else self.cluster.numpy()[:n])
+
+
 class Preprocessor:
     """Picklable per-sample preprocessing: decoded RGB image + caption -> ``PreparedSample``.
 
@@ -146,6 +172,13 @@ class BatchEncoder:
         """Embed one batch: ``pixels`` [B, 3, H, W] from ``preprocessor``'s image transform,
         ``tokens`` [B, context_length]; ``has_text`` [B] (default all True) marks captions;
         ``cluster_pixels`` is required when a cluster encoder is set."""
+        return self.start_batch(pixels, tokens, has_text, cluster_pixels).result()
+
+    def start_batch(self, pixels: torch.Tensor, tokens: torch.Tensor,
+                    has_text: torch.Tensor | None = None,
+                    cluster_pixels: torch.Tensor | None = None) -> PendingOutput:
+        """``encode_batch``, returning once the work is queued on a GPU: the caller prepares
+        the next batch while this one runs, and takes its outputs with ``result()``."""
         if (cluster_pixels is None) != (self.cluster is None):
             raise ValueError("cluster_pixels must be given exactly when a cluster encoder is set")
         n = len(pixels)
@@ -154,9 +187,6 @@ class BatchEncoder:
             pixels, tokens, has_text, cluster_pixels = (
                 None if t is None else torch.cat([t, t[-1:].expand(pad, *t.shape[1:])])
                 for t in (pixels, tokens, has_text, cluster_pixels))
-            out = self.encode_batch(pixels, tokens, has_text, cluster_pixels)
-            return EmbedOutput(out.image_emb[:n], out.text_emb[:n], out.clip_score[:n],
-                               None if out.cluster_emb is None else out.cluster_emb[:n])
         model = self.clip.model
         with torch.inference_mode(), self._autocast():
             img = model.encode_image(self._to_device(pixels, self.clip.channels_last))
@@ -172,18 +202,25 @@ class BatchEncoder:
                 txt = txt * self._to_device(has_text).bool()[:, None]
             if feats is not None:
                 feats = F.normalize(feats.float().flatten(1), dim=-1)
-            image_emb, text_emb = img.cpu().numpy(), txt.cpu().numpy()
-        # the score from the vectors as stored, exactly (SPEC §2): the same on every device
-        score = exact.round_once(exact.dot_rows(image_emb, text_emb))
-        if has_text is not None:
-            score[~has_text.cpu().numpy().astype(bool)] = np.nan
-        return EmbedOutput(image_emb=image_emb, text_emb=text_emb, clip_score=score,
-                           cluster_emb=None if feats is None else feats.cpu().numpy())
+            # to page-locked host memory without waiting (on a GPU); result() waits
+            back = [None if t is None else t.to("cpu", non_blocking=True)
+                    for t in (img, txt, feats)]
+        done = None
+        if self.device.type == "cuda":
+            done = torch.cuda.Event()
+            done.record(torch.cuda.current_stream(self.device))  # this model's GPU
+        return PendingOutput(back[0], back[1], back[2],
+                             None if has_text is None else has_text.cpu().numpy()[:n], n,
+                             done)
 
     def encode_prepared(self, batch: PreparedBatch) -> EmbedOutput:
         """``encode_batch`` on a collated batch."""
-        return self.encode_batch(batch.pixels, batch.tokens, batch.has_text,
-                                 batch.cluster_pixels)
+        return self.start_prepared(batch).result()
+
+    def start_prepared(self, batch: PreparedBatch) -> PendingOutput:
+        """``start_batch`` on a collated batch."""
+        return self.start_batch(batch.pixels, batch.tokens, batch.has_text,
+                                batch.cluster_pixels)
 
     def encode(self, images: Sequence[Image.Image],
                captions: Sequence[str | None]) -> EmbedOutput:

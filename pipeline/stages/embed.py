@@ -35,7 +35,13 @@ import numpy as np
 import pyarrow as pa
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.embed.encoder import BatchEncoder, PreparedBatch, Preprocessor, collate
+from pipeline.embed.encoder import (
+    BatchEncoder,
+    PendingOutput,
+    PreparedBatch,
+    Preprocessor,
+    collate,
+)
 from pipeline.embed.memory import reuse_freed_memory
 from pipeline.embed.tensor_path import MixedBatch, TensorPath, collate_mixed, pending_jpeg
 from pipeline.io.decode import DEFAULT_RULES, DecodeRules, ImageDecodeError
@@ -235,6 +241,22 @@ def embed_shards(shards: list[tuple[int, str, str]], encoder: BatchEncoder, out_
     late: dict[int, dict[int, str]] = {}  # shard -> position -> reason: failed here
     clip_dim = encoder.clip.embed_dim
     cluster_dim = None if encoder.cluster is None else encoder.cluster.feature_dim
+    # one batch in flight: its outputs are taken once the next one is queued, so a GPU runs
+    # the models while this process reads, decodes and preprocesses the next batch
+    in_flight: tuple[int, list[int], PendingOutput] | None = None
+
+    def settle() -> None:
+        nonlocal in_flight
+        if in_flight is None:
+            return
+        index, positions, started = in_flight
+        in_flight = None
+        slot = pending.setdefault(index, _Pending())
+        slot.positions.append(np.asarray(positions))
+        slot.outputs.append(started.result())
+        counted[index] = counted.get(index, 0) + len(positions)
+        progress.advance(samples=len(positions))
+
     with reuse_freed_memory():
         for item in loader:
             if stop is not None and stop.is_set():
@@ -250,13 +272,11 @@ def embed_shards(shards: list[tuple[int, str, str]], encoder: BatchEncoder, out_
                         positions = [p for row, p in enumerate(positions) if row not in failed]
                 if not positions:
                     continue
-                out = encoder.encode_prepared(batch)
-                slot = pending.setdefault(item.index, _Pending())
-                slot.positions.append(np.asarray(positions))
-                slot.outputs.append(out)
-                counted[item.index] = counted.get(item.index, 0) + len(positions)
-                progress.advance(samples=len(positions))
+                started = encoder.start_prepared(batch)
+                settle()
+                in_flight = (item.index, positions, started)
                 continue
+            settle()  # the shard's last batch may be the one in flight
             for pos, reason in late.pop(item.index, {}).items():
                 item.records[pos]["failed_reason"] = reason
                 item.records[pos]["failed_stage"] = "embed"
@@ -267,6 +287,7 @@ def embed_shards(shards: list[tuple[int, str, str]], encoder: BatchEncoder, out_
             on_done(EmbeddedShard(item.index, urls[item.index], len(item.records), failed,
                                   item.damage, item.expected, item.derived))
             progress.advance(units=1, samples=item.in_tar - counted.pop(item.index, 0))
+        settle()
 
 
 @dataclass(frozen=True)
