@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check pipeline jobs schemas tests bench
 
 # pytest in TEST_WORKERS processes (pytest-xdist; tests/conftest.py groups them): on 2 cores
-# the suite took 853 s in one process and 548-743 s in two, as much of it waits on Ray, Spark,
+# the suite took 853 s in one process and 548-812 s in two, as much of it waits on Ray, Spark,
 # subprocesses and the browser. TEST_WORKERS=0 runs it in this process, in order.
 TEST_WORKERS ?= 2
 
