@@ -55,6 +55,11 @@ class Axis:
     length: int
 
 
+def _kept(axis: Axis, device: torch.device) -> torch.Tensor:
+    """[n, length] the resized positions each output row takes (a crop's offset on)."""
+    return axis.offsets.to(device)[:, None] + torch.arange(axis.length, device=device)
+
+
 def axis_weights(axis: Axis, padded: int, interpolation: TF.InterpolationMode,
                  device: torch.device) -> torch.Tensor:
     """[n, length, padded] float32: row r of picture i holds the weights of its input
@@ -63,7 +68,7 @@ def axis_weights(axis: Axis, padded: int, interpolation: TF.InterpolationMode,
     kernel, support_at_1 = FILTERS[interpolation]
     f64 = {"device": device, "dtype": torch.float64}
     sizes, resized = axis.sizes.to(**f64)[:, None], axis.resized.to(**f64)[:, None]
-    kept = axis.offsets.to(device)[:, None] + torch.arange(axis.length, device=device)
+    kept = _kept(axis, device)
     inside = (kept >= 0) & (kept < axis.resized.to(device)[:, None])
     scale = sizes / resized
     filter_scale = scale.clamp(min=1.0)
@@ -87,7 +92,7 @@ def axis_weights(axis: Axis, padded: int, interpolation: TF.InterpolationMode,
 
 def selection(axis: Axis, padded: int, device: torch.device) -> torch.Tensor:
     """[n, length, padded] float32 ones where a crop (or padding) takes input positions."""
-    kept = axis.offsets.to(device)[:, None] + torch.arange(axis.length, device=device)
+    kept = _kept(axis, device)
     inside = (kept >= 0) & (kept < axis.sizes.to(device)[:, None])
     j = torch.arange(padded, device=device)
     return ((j == kept[:, :, None]) & inside[:, :, None]).to(torch.float32)

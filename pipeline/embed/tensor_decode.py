@@ -116,7 +116,7 @@ class TensorTransform:
         steps = getattr(transform, "transforms", None)
         if steps is None:
             raise UnsupportedTransform(f"{type(transform).__name__} is not a Compose of steps")
-        self.geometry: list[T.Resize | T.CenterCrop] = []
+        geometry: list[T.Resize | T.CenterCrop] = []
         self.normalize: T.Normalize | None = None
         scaled = False
         for step in steps:
@@ -126,9 +126,9 @@ class TensorTransform:
                     raise UnsupportedTransform(
                         f"Resize with {step.interpolation.value} interpolation, antialias "
                         f"{step.antialias}")
-                self.geometry.append(step)
+                geometry.append(step)
             elif isinstance(step, T.CenterCrop) and not scaled:
-                self.geometry.append(step)
+                geometry.append(step)
             elif isinstance(step, MaybeConvertMode) and step.mode == "RGB":
                 continue  # decoded pictures are RGB already
             elif isinstance(step, T.ToTensor) and not scaled:  # also open_clip/timm's MaybeToTensor
@@ -140,7 +140,7 @@ class TensorTransform:
                                            f"{len(steps)})")
         if not scaled:
             raise UnsupportedTransform("no ToTensor step")
-        self.stages = stages_of(self.geometry)
+        self.stages = stages_of(geometry)  # the geometry steps, Resize + CenterCrop paired
 
     def __call__(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
         """[N, 3, h, w] float32 model inputs from N [3, H, W] uint8 pictures (any sizes),
