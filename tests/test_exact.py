@@ -489,3 +489,17 @@ def test_auto_proposes_on_blas_on_a_cpu_and_blas_refuses_a_gpu() -> None:
     assert isinstance(proposers.make_proposer("blas", False), proposers.BlasProposer)
     with pytest.raises(proposers.BackendError, match="kmeans.backend=blas runs on the CPU"):
         proposers.choose("blas", "gpu")
+
+
+def test_rows_taken_from_a_widened_copy_give_the_same_values() -> None:
+    """``dot_rows`` on a float64 copy of float32 rows (the assignment's centroids, widened
+    once) gives the bits of the float32 rows themselves."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3000, 40), dtype=np.float32)
+    c = rng.standard_normal((17, 40), dtype=np.float32)
+    rows = rng.integers(0, 17, 3000)
+    want = exact.dot_rows(x, c, b_rows=rows)
+    assert np.array_equal(exact.dot_rows(x, c.astype(np.float64), b_rows=rows), want)
+    assert np.array_equal(Assigner(c, proposers.BlasProposer()).assign(x)[1],
+                          exact.round_once(1.0 - exact.dot_rows(
+                              x, c, b_rows=nearest(x, c, proposers.BlasProposer().index(c))[0])))

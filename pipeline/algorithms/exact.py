@@ -154,13 +154,16 @@ def threads() -> int:
 def dot_rows(a: np.ndarray, b: np.ndarray, a_rows: np.ndarray | None = None,
              b_rows: np.ndarray | None = None) -> np.ndarray:
     """Row-wise inner products of float32 rows, float64, in the fixed order: of ``a[i]`` and
-    ``b[i]``, or of ``a[a_rows[i]]`` and ``b[b_rows[i]]`` when the rows are given.
+    ``b[i]``, or of ``a[a_rows[i]]`` and ``b[b_rows[i]]`` when the rows are given. ``b`` may
+    be float64 holding float32 values (widened once by the caller): the same results.
 
     Rows are gathered a piece at a time (never a whole gathered copy: fresh memory costs
     page faults that here cost more than the arithmetic).
     """
     a = np.asarray(a, dtype=np.float32)
-    b = np.asarray(b, dtype=np.float32)
+    # float64 ``b`` holds float32 values widened (a caller's copy made once): its rows are
+    # taken as they are, not widened again for every row that names them
+    b = np.asarray(b, dtype=np.float64 if np.asarray(b).dtype == np.float64 else np.float32)
     n = len(a) if a_rows is None else len(a_rows)
     if (len(b) if b_rows is None else len(b_rows)) != n or a.ndim != 2 or b.ndim != 2 \
             or a.shape[1] != b.shape[1]:
@@ -193,7 +196,11 @@ def dot_rows(a: np.ndarray, b: np.ndarray, a_rows: np.ndarray | None = None,
             if squares:
                 np.multiply(x, x, out=x)
             else:
-                np.copyto(y, b[sl] if b_rows is None else take_rows(b, b_rows[sl], taken[:m]))
+                if b.dtype == np.float64 and b_rows is not None:
+                    take_rows(b, b_rows[sl], y)
+                else:
+                    np.copyto(y, b[sl] if b_rows is None else take_rows(b, b_rows[sl],
+                                                                          taken[:m]))
                 np.multiply(x, y, out=x)
             row_sums(x, out=out[sl])
 

@@ -40,7 +40,8 @@ def check_k(k: int, n: int, setting: str) -> None:
 
 
 def nearest(x: np.ndarray, centroids: np.ndarray, index: Index, values: bool = True,
-            bounds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+            bounds: np.ndarray | None = None, wide: np.ndarray | None = None
+            ) -> tuple[np.ndarray, np.ndarray | None]:
     """Each row's nearest centroid by exact inner product (ties: the lower id) and, when
     ``values``, that exact inner product (float64). ``index`` is the proposer's index of
     ``centroids``.
@@ -49,7 +50,9 @@ def nearest(x: np.ndarray, centroids: np.ndarray, index: Index, values: bool = T
     inner product with the chosen centroid and an upper bound of its true inner product
     with every other one (``ClusterBounds``): the fast scores of the best and the runner-up,
     each moved by the window's half, which exceeds a fast kernel's error. A row whose
-    proposals were re-decided exactly gets -inf as its lower bound."""
+    proposals were re-decided exactly gets -inf as its lower bound. ``wide``, when given,
+    is ``centroids`` widened to float64 once, which the values are computed from (the same
+    values, each row's centroid not widened again)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     n, k = len(x), len(centroids)
     if n == 0:
@@ -66,8 +69,7 @@ def nearest(x: np.ndarray, centroids: np.ndarray, index: Index, values: bool = T
             decisive = exact.dot_pairs(x, centroids, pair_row, pair_col)
             chosen[unsure] = exact.best_per_row(local.ravel(), pair_col, decisive,
                                                 len(unsure))[1]
-        return chosen.astype(np.int32), exact.dot_rows(x, centroids, b_rows=chosen) if values \
-            else None
+        return chosen.astype(np.int32), _values(x, centroids, wide, chosen) if values else None
     r = min(k, PROPOSALS)
     scores, ids = index.top(x, r)
     ids = np.where(ids < 0, 0, ids)  # faiss pads with -1 only when k < r, which r excludes
@@ -83,8 +85,13 @@ def nearest(x: np.ndarray, centroids: np.ndarray, index: Index, values: bool = T
         if len(unsure):
             chosen[unsure] = _decide(x, centroids, unsure, ids[unsure], inside[unsure],
                                      r < k)
-    return chosen.astype(np.int32), exact.dot_rows(x, centroids, b_rows=chosen) if values \
-        else None
+    return chosen.astype(np.int32), _values(x, centroids, wide, chosen) if values else None
+
+
+def _values(x: np.ndarray, centroids: np.ndarray, wide: np.ndarray | None, chosen: np.ndarray
+            ) -> np.ndarray:
+    """The exact inner product of every row with its chosen centroid."""
+    return exact.dot_rows(x, centroids if wide is None else wide, b_rows=chosen)
 
 
 def _fast_bounds(best: np.ndarray, runner_up: np.ndarray, win: float, unsure: np.ndarray,
@@ -123,11 +130,12 @@ class Assigner:
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.proposer = proposer or FaissProposer()
         self.index = self.proposer.index(self.centroids)
+        self.wide = self.centroids.astype(np.float64)  # the exact values' side, widened once
 
     def assign(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Return (cluster id int32, distance float32) for each row: 1 - the exact inner
         product, rounded once."""
-        ids, sims = nearest(vectors, self.centroids, self.index)
+        ids, sims = nearest(vectors, self.centroids, self.index, wide=self.wide)
         assert sims is not None
         return ids, exact.round_once(1.0 - sims)
 
@@ -137,11 +145,12 @@ def cluster_sums(x: np.ndarray, cluster: np.ndarray, k: int, only: np.ndarray | 
     """Per cluster (of ``only`` when given, in its order), the float64 sum of its rows added
     one by one in row order, and its size.
 
-    The rows are taken by rank: every cluster's first member, then every cluster's second,
-    and so on, so each sum is the sequential one. Clusters are kept largest first, so the
-    clusters that still have a member at a rank are a prefix: one contiguous add per rank.
-    On several threads each takes every t-th cluster of that order: a cluster's sum is the
-    same whichever thread adds it.
+    A cluster of ``WHOLE_SUM_ROWS`` members or more is added on its own, its members a piece
+    at a time (``_sequential_sums``); the smaller ones by rank: every cluster's first member,
+    then every cluster's second, and so on, so each sum is the sequential one. Clusters are
+    kept largest first, so the clusters that still have a member at a rank are a prefix: one
+    contiguous add per rank. On several threads each takes every t-th cluster of that order:
+    a cluster's sum is the same whichever thread adds it.
     """
     x = np.asarray(x, dtype=np.float32)
     d = x.shape[1]
@@ -154,10 +163,14 @@ def cluster_sums(x: np.ndarray, cluster: np.ndarray, k: int, only: np.ndarray | 
     threads = min(exact.threads(), max(1, members // _PARALLEL_SUM_ROWS))
     share = [by_size[t::threads] for t in range(threads)]
     sums = np.empty((len(chosen), d), dtype=np.float64)
+    whole = _reduce_is_sequential(d)
 
     def add(at: np.ndarray) -> None:
         c = chosen[at]
-        sums[at] = _sums_by_rank(x, order, first[c], counts[c])
+        big = (counts[c] >= WHOLE_SUM_ROWS) if whole else np.zeros(len(c), dtype=bool)
+        alone = int(big.sum())  # largest first: the big clusters lead
+        sums[at[:alone]] = _sequential_sums(x, order, first[c[:alone]], counts[c[:alone]])
+        sums[at[alone:]] = _sums_by_rank(x, order, first[c[alone:]], counts[c[alone:]])
 
     if threads > 1:
         with ThreadPoolExecutor(threads) as pool:
@@ -168,6 +181,57 @@ def cluster_sums(x: np.ndarray, cluster: np.ndarray, k: int, only: np.ndarray | 
 
 
 _PARALLEL_SUM_ROWS = 16384  # from this many rows the clusters are shared among threads
+# clusters of this many members or more are summed one at a time, the others by rank: the
+# rank loop costs a few numpy calls per rank, so its clusters are kept short (a fit of
+# 128,000 x 500 at d = 512 spent 1.2 of 6 s in the rank loop, up to 1,400 ranks a call)
+WHOLE_SUM_ROWS = 128
+SUM_PIECE_ROWS = 1024  # members of a big cluster widened and added at a time (4 MB)
+
+_SEQUENTIAL: dict[int, bool] = {}
+
+
+def _reduce_is_sequential(d: int) -> bool:
+    """Whether ``np.add.reduce`` over axis 0 of contiguous float64 rows of width ``d`` adds
+    the rows one by one in order here (numpy's pairwise summation runs only along a
+    contiguous axis), checked once per width on rows whose sums depend on the order."""
+    ok = _SEQUENTIAL.get(d)
+    if ok is None:
+        rng = np.random.default_rng(d)
+        ok = d > 1
+        for m in (2, 3, 9, 33, 300, 2000):
+            rows = rng.standard_normal((m, d)) * np.exp2(rng.integers(-30, 30, (m, d)))
+            want = np.zeros(d)
+            for row in rows:
+                want = want + row
+            ok = ok and np.array_equal(np.add.reduce(rows, axis=0, out=np.empty(d)), want)
+        _SEQUENTIAL[d] = ok
+        if not ok:
+            log.info("numpy %s does not add rows of width %d one by one in np.add.reduce: "
+                     "cluster sums are added rank by rank (the same sums)", np.__version__, d)
+    return ok
+
+
+def _sequential_sums(x: np.ndarray, order: np.ndarray, first: np.ndarray, sizes: np.ndarray
+                     ) -> np.ndarray:
+    """The sequential sums of clusters with members ``order[first[c]: first[c] +
+    sizes[c]]``, one cluster at a time: its members widened a piece at a time below the
+    running sum (zero at first, as a sum from nothing starts), and the piece reduced over
+    its rows, which ``_reduce_is_sequential`` found to add them one by one."""
+    d = x.shape[1]
+    sums = np.zeros((len(sizes), d), dtype=np.float64)
+    if not len(sizes):
+        return sums
+    piece = int(min(SUM_PIECE_ROWS, sizes.max()))
+    taken = np.empty((piece, d), dtype=np.float32)
+    wide = np.empty((piece + 1, d), dtype=np.float64)
+    for acc, start, size in zip(sums, first, sizes, strict=True):
+        for s in range(0, int(size), piece):
+            rows = order[start + s : start + min(int(size), s + piece)]
+            m = len(rows)
+            wide[0] = acc
+            np.copyto(wide[1 : m + 1], take_rows(x, rows, taken[:m]))
+            np.add.reduce(wide[: m + 1], axis=0, out=acc)
+    return sums
 
 
 def _sums_by_rank(x: np.ndarray, order: np.ndarray, first: np.ndarray, sizes: np.ndarray
@@ -229,6 +293,20 @@ BOUND_MARGIN = 1e-9
 # 0.5, 6.06 s with 0.9, the mean of three runs each; 440 of 500 moved in the 4th iteration)
 FULL_SEARCH_SHARE = 0.9
 SEARCH_ROWS = 32768  # rows searched at a time, gathered into one reused buffer
+# a row gathered for scoring costs about as much as its products with this many centroids (a
+# copy of its d floats against 2d flops a centroid, both in proportion to d): at 128,000 x
+# 500 the drift left 70% of the rows unsure late in a fit, whose gathers took 1.3 s where
+# the products they spared took 0.3
+GATHER_COST_PRODUCTS = 75
+
+
+def drift_bounds(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """An upper bound of how far a row's true inner product with each centroid moved from
+    ``before`` to ``after`` (float32 rows): the distance between them, computed in float64
+    (relative error below d * 2^-52), widened by a relative 1e-9 and by the largest norm of
+    a stored unit row (1 + ``exact.NORM_SLACK``)."""
+    diff = after.astype(np.float64) - before.astype(np.float64)
+    return np.sqrt((diff * diff).sum(axis=1)) * ((1 + 1e-9) * (1 + exact.NORM_SLACK))
 
 
 class ClusterBounds:
@@ -238,14 +316,17 @@ class ClusterBounds:
     centroid and an upper bound U of its true inner product with every other centroid
     (``nearest``'s ``bounds``). Later in a fit most centroids come out bit for bit the same
     (their clusters kept every member: at 128,000 x 500, 318 of 500 in the 8th iteration,
-    490 in the 20th), and a row's inner product with an unmoved centroid is unchanged. So
-    only the moved centroids are scored against every row (fast scores, within half the
-    window of the truth): U becomes the larger of U and the best moved centroid other than
-    the row's own, and L is renewed where the row's own centroid moved and stays its best
-    among the moved (else the row is searched). A row with L > U + BOUND_MARGIN keeps its
-    centroid: every other is truly further by more than the exact values' error, so the
-    exact decision (and its tie rule) would choose it again. The fit is the same bytes as
-    one that searches every row, with less work.
+    490 in the 20th), and a row's inner product with an unmoved centroid is unchanged; one
+    with a moved centroid changed by at most the centroid's drift (Cauchy-Schwarz, a row's
+    norm being at most 1 + ``exact.NORM_SLACK``). So every row's bounds first move by the
+    drifts (L down by its own centroid's, U up by the largest), which costs no products;
+    only the rows they leave unsure have the moved centroids scored against them (fast
+    scores, within half the window of the truth): U becomes the larger of U and the best
+    moved centroid other than the row's own, and L is renewed where the row's own centroid
+    moved and stays its best among the moved (else the row is searched). A row with L > U +
+    BOUND_MARGIN keeps its centroid: every other is truly further by more than the exact
+    values' error, so the exact decision (and its tie rule) would choose it again. The fit
+    is the same bytes as one that searches every row, with less work.
     """
 
     def __init__(self, n: int) -> None:
@@ -265,19 +346,46 @@ class ClusterBounds:
             return np.zeros(0, dtype=np.int64)
         if len(moved) > FULL_SEARCH_SHARE * k:
             return np.arange(n)
+        lower, upper = self.values[:, 0], self.values[:, 1]
+        drift = np.zeros(k)
+        drift[moved] = drift_bounds(before[moved], centroids[moved])
+        loose_lower = lower - drift[cluster]
+        loose_upper = upper + drift[moved].max()
+        settled = loose_lower > loose_upper + BOUND_MARGIN
+        rows = np.flatnonzero(~settled)
+        if (n - len(rows)) * len(moved) < GATHER_COST_PRODUCTS * len(rows):
+            rows = np.arange(n)  # gathering the unsure rows would cost more than it spares
+        else:
+            lower[settled], upper[settled] = loose_lower[settled], loose_upper[settled]
+        if len(rows):
+            self._score_moved(x, rows, cluster, centroids, moved, proposer)
+        return rows[~(lower[rows] > upper[rows] + BOUND_MARGIN)]
+
+    def _score_moved(self, x: np.ndarray, rows: np.ndarray, cluster: np.ndarray,
+                     centroids: np.ndarray, moved: np.ndarray, proposer: Proposer) -> None:
+        """Renew the bounds of ``rows`` from fast scores of the moved centroids, gathered
+        a batch at a time when not every row."""
+        k = len(centroids)
         half = exact.window(x.shape[1]) / 2
-        best, s1, s2 = best_two(proposer.index(centroids[moved]), x, len(moved))
-        self.scored += n * len(moved)
-        best = moved[best]
+        index = proposer.index(centroids[moved])
         is_moved = np.zeros(k, dtype=bool)
         is_moved[moved] = True
-        own_moved = is_moved[cluster]
-        own_best = own_moved & (best == cluster)
-        lower, upper = self.values[:, 0], self.values[:, 1]
-        lower[own_best] = s1[own_best] - half
-        lower[own_moved & ~own_best] = -np.inf
-        np.maximum(upper, np.where(own_best, s2, s1) + half, out=upper)
-        return np.flatnonzero(~(lower > upper + BOUND_MARGIN))
+        buffer = None if len(rows) == len(x) else \
+            np.empty((min(len(rows), SEARCH_ROWS), x.shape[1]), dtype=np.float32)
+        for start in range(0, len(rows), SEARCH_ROWS if buffer is not None else len(rows)):
+            chunk = rows[start : start + SEARCH_ROWS] if buffer is not None else rows
+            part = x if buffer is None else take_rows(x, chunk, buffer[: len(chunk)])
+            best, s1, s2 = best_two(index, part, len(moved))
+            best = moved[best]
+            own = cluster[chunk]
+            own_moved = is_moved[own]
+            own_best = own_moved & (best == own)
+            lower, upper = self.values[chunk, 0], self.values[chunk, 1]
+            lower[own_best] = s1[own_best] - half
+            lower[own_moved & ~own_best] = -np.inf
+            np.maximum(upper, np.where(own_best, s2, s1) + half, out=upper)
+            self.values[chunk, 0], self.values[chunk, 1] = lower, upper
+        self.scored += len(rows) * len(moved)
 
     def search(self, x: np.ndarray, rows: np.ndarray, centroids: np.ndarray, index: Index,
                cluster: np.ndarray) -> None:

@@ -26,8 +26,9 @@ def scale_path(vectors: str | Path) -> Path:
     return path.with_name(path.stem + ".scale.npy")
 
 
-# rows from which faiss's SIMD decoder beats numpy's conversion (it starts threads per call)
-BULK_ROWS = 4096
+# rows decoded and divided at a time: the division finds them still in the core's cache (a
+# pass over a whole batch of 65,536 rows reads it back from memory)
+DECODE_ROWS = 1024
 SORTED_PIECE = 8192  # rows of an unsorted read gathered (in file order) at a time
 
 
@@ -44,11 +45,11 @@ def _unit(raw: np.ndarray, divisor: np.ndarray | None, out: np.ndarray | None = 
     raw = np.ascontiguousarray(raw)
     if out is None:
         out = np.empty(raw.shape, dtype=np.float32)
-    if len(raw) >= BULK_ROWS:
-        as_float32(raw, out)
-    else:
-        np.copyto(out, raw)
-    out /= np.asarray(divisor, dtype=np.float32)[:, None]
+    divisor = np.asarray(divisor, dtype=np.float32)
+    for start in range(0, len(raw), DECODE_ROWS):
+        piece = slice(start, start + DECODE_ROWS)
+        as_float32(raw[piece], out[piece], finite=True)  # ingest zeroed unusable rows
+        out[piece] /= divisor[piece, None]
     return out
 
 
