@@ -77,7 +77,11 @@ class Proposer(Protocol):
 
 
 def _upper(rows: int) -> np.ndarray:
-    return np.triu(np.ones((rows, rows), dtype=bool))
+    """0 below the diagonal, -inf on and above it: added to a block's products with its own
+    rows, it bars every member not earlier than the row (one pass, where a boolean mask's
+    assignment took four times as long)."""
+    return np.where(np.triu(np.ones((rows, rows), dtype=bool)), np.float32(-np.inf),
+                    np.float32(0.0))
 
 
 def _near_pairs(start: int, near: np.ndarray, best: np.ndarray, r: np.ndarray, c: np.ndarray
@@ -142,14 +146,17 @@ def blas_earlier(vectors: np.ndarray, block_rows: int, window: float, eligible: 
         rows = stop - start
         if at is None:
             sims = product(e[start:stop], e[:stop])  # rows j in [start, stop), columns i < stop
-            sims[:, start:stop][upper[:rows, :rows]] = -np.inf
+            sims[:, start:stop] += upper[:rows, :rows]
             if barred is not None:
                 sims[:, barred[:stop]] = -np.inf
         else:  # only eligible columns: those of members before each row count
             lo, hi = np.searchsorted(at, [start, stop])
             sims = product(e[start:stop], columns[:hi])
-            np.copyto(sims[:, lo:hi], -np.inf,
-                      where=at[lo:hi][None, :] >= np.arange(start, stop)[:, None])
+            if hi - lo == rows:  # every row of the block is a column: the plain triangle
+                sims[:, lo:hi] += upper[:rows, :rows]
+            else:
+                np.copyto(sims[:, lo:hi], -np.inf,
+                          where=at[lo:hi][None, :] >= np.arange(start, stop)[:, None])
         best, pair_row, pair_col = _best_and_candidates(sims, window, start)
         if at is not None:
             best, pair_col = at[best], at[pair_col]
