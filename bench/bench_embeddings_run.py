@@ -129,6 +129,12 @@ def main() -> None:
           + ", ".join(f"{k} {v / 1e12:.2f}" for k, v in flops.items())
           + f") at the sgemm rate measured now ({rate / 1e9:.0f} GFLOP/s) = FLOP floor "
           f"{floor:.1f} s; run / FLOP floor = {wall / floor:.3f}")
+    steps = report["timings_s"]
+    matrix = steps.get("semdedup", 0.0) + steps.get("dbp", 0.0)
+    print(f"where the run's time goes against that floor: its steps with matrix work "
+          f"(semdedup, dbp) {matrix:.1f} s = {matrix / floor:.3f} x the floor; the rest "
+          f"{wall - matrix:.1f} s (process start and imports, reading the input, the ledger "
+          f"and subset), which has no matrix work")
     # the fits search only the rows their bounds leave unsure: the run's own products
     lloyd = sum(v for k, v in flops.items() if k.endswith((" fit", " assign")))
     done = flops["semdedup blocks"] + searched[0]
