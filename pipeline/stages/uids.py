@@ -125,7 +125,8 @@ def run_unique_uids(ctx: RunContext, alive: list[int], bucket_rows: int) -> list
     ctx.map_units(STEP, "find", find_duplicates,
                   [BucketTask(str(scatter), str(found), len(parts), b.index, b.first, b.stop)
                    for b in buckets], [b.index for b in buckets],
-                  desc="uids: find", unit="bucket", plan=bucket_rows)
+                  desc="uids: find", unit="bucket", plan=bucket_rows,
+                  concurrent=True)  # buckets apart: sorts of one beside another's reads
     dups = ctx.map_units(STEP, "apply", apply_part,
                          [ApplyTask(work, p.index, p.rows, str(found), len(buckets))
                           for p in ctx.parts], parts,
