@@ -400,13 +400,15 @@ def test_a_fit_that_spares_settled_rows_is_the_same_bytes_as_one_that_searches_a
             lloyd(few, 40, 12, seed=2).tobytes(), p.name
 
 
-@pytest.mark.parametrize("threads", [1, 3])
-def test_cluster_sums_add_members_in_row_order(threads: int,
+@pytest.mark.parametrize(("threads", "piece"), [(1, 1024), (3, 1024), (1, 37), (3, 37)])
+def test_cluster_sums_add_members_in_row_order(threads: int, piece: int,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Sequential sums in row order, whether one thread adds every cluster or three share
-    them."""
+    them, and whether a big cluster's members are added in one piece or in many (each piece
+    continuing the running sum)."""
     monkeypatch.setattr(exact, "threads", lambda: threads)
     monkeypatch.setattr(kmeans, "_PARALLEL_SUM_ROWS", 1000)
+    monkeypatch.setattr(kmeans, "SUM_PIECE_ROWS", piece)
     rng = np.random.default_rng(2)
     x = (rng.standard_normal((5000, 8)) * 10.0 ** rng.integers(-8, 8, (5000, 1))).astype(
         np.float32)
@@ -503,3 +505,32 @@ def test_rows_taken_from_a_widened_copy_give_the_same_values() -> None:
     assert np.array_equal(Assigner(c, proposers.BlasProposer()).assign(x)[1],
                           exact.round_once(1.0 - exact.dot_rows(
                               x, c, b_rows=nearest(x, c, proposers.BlasProposer().index(c))[0])))
+
+
+def test_cluster_sums_check_that_numpy_adds_rows_one_by_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the reduction over rows would not add them one by one (a pairwise one here),
+    the check says so and every cluster is summed by rank: still the sequential sums."""
+    def pairwise(rows, axis=0, out=None):  # noqa: ANN001, ANN202
+        rows = np.asarray(rows)
+        while len(rows) > 1:
+            half = len(rows) // 2
+            rows = np.concatenate([rows[:half] + rows[half : 2 * half], rows[2 * half :]])
+        if out is None:
+            return rows[0].copy()
+        out[...] = rows[0]
+        return out
+
+    monkeypatch.setattr(kmeans, "_ROWS_REDUCE", pairwise)
+    monkeypatch.setattr(kmeans, "_SEQUENTIAL", {})
+    assert not kmeans._reduce_is_sequential(6)
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((900, 6)) * 10.0 ** rng.integers(-8, 8, (900, 1))).astype(
+        np.float32)
+    cluster = np.where(np.arange(900) < 600, 0, 1)  # one cluster big enough to sum alone
+    sums, _ = cluster_sums(x, cluster, 2)
+    for c in range(2):
+        want = np.zeros(6)
+        for row in x[cluster == c].astype(np.float64):
+            want = want + row
+        assert np.array_equal(sums[c], want)

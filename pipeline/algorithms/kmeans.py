@@ -188,6 +188,7 @@ WHOLE_SUM_ROWS = 128
 SUM_PIECE_ROWS = 1024  # members of a big cluster widened and added at a time (4 MB)
 
 _SEQUENTIAL: dict[int, bool] = {}
+_ROWS_REDUCE = np.add.reduce  # the sum over rows trusted once checked
 
 
 def _reduce_is_sequential(d: int) -> bool:
@@ -203,7 +204,7 @@ def _reduce_is_sequential(d: int) -> bool:
             want = np.zeros(d)
             for row in rows:
                 want = want + row
-            ok = ok and np.array_equal(np.add.reduce(rows, axis=0, out=np.empty(d)), want)
+            ok = ok and np.array_equal(_ROWS_REDUCE(rows, axis=0, out=np.empty(d)), want)
         _SEQUENTIAL[d] = ok
         if not ok:
             log.info("numpy %s does not add rows of width %d one by one in np.add.reduce: "
@@ -230,7 +231,7 @@ def _sequential_sums(x: np.ndarray, order: np.ndarray, first: np.ndarray, sizes:
             m = len(rows)
             wide[0] = acc
             np.copyto(wide[1 : m + 1], take_rows(x, rows, taken[:m]))
-            np.add.reduce(wide[: m + 1], axis=0, out=acc)
+            _ROWS_REDUCE(wide[: m + 1], axis=0, out=acc)
     return sums
 
 
