@@ -163,7 +163,8 @@ def dot_rows(a: np.ndarray, b: np.ndarray, a_rows: np.ndarray | None = None,
     a = np.asarray(a, dtype=np.float32)
     # float64 ``b`` holds float32 values widened (a caller's copy made once): its rows are
     # taken as they are, not widened again for every row that names them
-    b = np.asarray(b, dtype=np.float64 if np.asarray(b).dtype == np.float64 else np.float32)
+    b = np.asarray(b)
+    b = b if b.dtype == np.float64 else b.astype(np.float32, copy=False)
     n = len(a) if a_rows is None else len(a_rows)
     if (len(b) if b_rows is None else len(b_rows)) != n or a.ndim != 2 or b.ndim != 2 \
             or a.shape[1] != b.shape[1]:

@@ -11,7 +11,7 @@ the same bytes for any backend, device and thread count.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -364,18 +364,12 @@ class ClusterBounds:
 
     def _score_moved(self, x: np.ndarray, rows: np.ndarray, cluster: np.ndarray,
                      centroids: np.ndarray, moved: np.ndarray, proposer: Proposer) -> None:
-        """Renew the bounds of ``rows`` from fast scores of the moved centroids, gathered
-        a batch at a time when not every row."""
-        k = len(centroids)
+        """Renew the bounds of ``rows`` from fast scores of the moved centroids."""
         half = exact.window(x.shape[1]) / 2
         index = proposer.index(centroids[moved])
-        is_moved = np.zeros(k, dtype=bool)
+        is_moved = np.zeros(len(centroids), dtype=bool)
         is_moved[moved] = True
-        buffer = None if len(rows) == len(x) else \
-            np.empty((min(len(rows), SEARCH_ROWS), x.shape[1]), dtype=np.float32)
-        for start in range(0, len(rows), SEARCH_ROWS if buffer is not None else len(rows)):
-            chunk = rows[start : start + SEARCH_ROWS] if buffer is not None else rows
-            part = x if buffer is None else take_rows(x, chunk, buffer[: len(chunk)])
+        for chunk, part in _row_batches(x, rows):
             best, s1, s2 = best_two(index, part, len(moved))
             best = moved[best]
             own = cluster[chunk]
@@ -390,20 +384,25 @@ class ClusterBounds:
 
     def search(self, x: np.ndarray, rows: np.ndarray, centroids: np.ndarray, index: Index,
                cluster: np.ndarray) -> None:
-        """Exact nearest centroids of ``rows`` into ``cluster``, with fresh bounds; rows
-        are gathered a batch at a time into one buffer (a fresh copy of them all cost more
-        in page faults than the search saved)."""
-        if len(rows) == len(x):
-            cluster[:], _ = nearest(x, centroids, index, values=False, bounds=self.values)
-            return
-        buffer = np.empty((min(len(rows), SEARCH_ROWS), x.shape[1]), dtype=np.float32)
-        fresh = np.empty((len(buffer), 2))
-        for start in range(0, len(rows), SEARCH_ROWS):
-            chunk = rows[start : start + SEARCH_ROWS]
-            part = take_rows(x, chunk, buffer[: len(chunk)])
-            cluster[chunk], _ = nearest(part, centroids, index, values=False,
-                                        bounds=fresh[: len(chunk)])
-            self.values[chunk] = fresh[: len(chunk)]
+        """Exact nearest centroids of ``rows`` into ``cluster``, with fresh bounds."""
+        for chunk, part in _row_batches(x, rows):
+            fresh = np.empty((len(part), 2))
+            cluster[chunk], _ = nearest(part, centroids, index, values=False, bounds=fresh)
+            self.values[chunk] = fresh
+
+
+def _row_batches(x: np.ndarray, rows: np.ndarray
+                 ) -> Iterator[tuple[slice | np.ndarray, np.ndarray]]:
+    """(rows, their vectors) of sorted distinct ``rows``: every row of ``x`` at once when
+    they are all, else ``SEARCH_ROWS`` at a time gathered into one reused buffer (a fresh
+    copy of them all cost more in page faults than the search saved)."""
+    if len(rows) == len(x):
+        yield slice(None), x
+        return
+    buffer = np.empty((min(len(rows), SEARCH_ROWS), x.shape[1]), dtype=np.float32)
+    for start in range(0, len(rows), SEARCH_ROWS):
+        chunk = rows[start : start + SEARCH_ROWS]
+        yield chunk, take_rows(x, chunk, buffer[: len(chunk)])
 
 
 def best_two(index: Index, x: np.ndarray, k: int
