@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from pipeline.algorithms.exact import EXACT_VERSION
 from pipeline.config import RunConfig
@@ -29,6 +28,7 @@ from pipeline.io.embeddings import (
     discover_clip_retrieval,
     local_path,
 )
+from pipeline.io.tables import read_columns
 from pipeline.output_guard import user_file_in_output, written_by_runs
 from pipeline.progress import NO_PROGRESS, Samples, step_progress
 from pipeline.stages.embed_files import hold_moved, place_moved, remove_embed_files
@@ -315,7 +315,7 @@ class InputSide:
         for part in range(min(parts, 16)):
             path = ingest_path(self.work.root, part)
             if path.exists():
-                rows = pq.read_table(path, columns=["failed_reason", "key", "shard"])
+                rows = read_columns(path, columns=["failed_reason", "key", "shard"])
                 kinds.update(failure_kind("read", reason, key, shard).removeprefix("read: ")
                              for reason, key, shard in zip(*rows.to_pydict().values(),
                                                            strict=True) if reason)

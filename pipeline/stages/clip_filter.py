@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.algorithms import key_select as ks
 from pipeline.algorithms.selection import fraction_of
 from pipeline.errors import ConceptpruneError
+from pipeline.io.tables import read_columns
 from pipeline.stages.context import RunContext, StepResult, alive_rows, ingest_path, step_part_path
 from pipeline.stages.step import Step
 from pipeline.workdir import write_parquet
@@ -46,7 +46,7 @@ class PartKeys:
 def _scored(task: PartKeys) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(alive rows, their scores, mask of those with a score)."""
     rows = alive_rows(task.work, task.part, task.earlier)
-    t = pq.read_table(ingest_path(Path(task.work), task.part), columns=["clip_score"])
+    t = read_columns(ingest_path(Path(task.work), task.part), columns=["clip_score"])
     col = t.column("clip_score")
     score = col.fill_null(np.nan).to_numpy().astype(np.float32)[rows]
     return rows, score, ~np.isnan(score)
@@ -59,7 +59,7 @@ def part_keys(task: PartKeys) -> np.ndarray:
 
 
 def _keys(task: PartKeys, rows: np.ndarray, score: np.ndarray) -> np.ndarray:
-    ids = pq.read_table(ingest_path(Path(task.work), task.part), columns=["uid_hi", "uid_lo"])
+    ids = read_columns(ingest_path(Path(task.work), task.part), columns=["uid_hi", "uid_lo"])
     keys = np.empty((len(rows), 4), dtype=np.uint64)
     keys[:, 0] = ks.descending_float_key(score)
     keys[:, 1] = ids.column("uid_hi").to_numpy()[rows]

@@ -20,7 +20,6 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from pipeline.algorithms import exact, kmeans, proposers
 from pipeline.config import RunConfig
@@ -29,6 +28,7 @@ from pipeline.engines.gpu import task_gpu
 from pipeline.free_memory import available_bytes
 from pipeline.io import npy
 from pipeline.io.buffers import populated
+from pipeline.io.tables import read_columns
 from pipeline.io.vector_store import VectorStore
 from pipeline.logs import worker_lines
 from pipeline.progress import step_progress
@@ -223,7 +223,7 @@ def assign_part(state: tuple[VectorStore, kmeans.Assigner], task: AssignTask) ->
         cluster[pos : pos + len(chunk)], distance[pos : pos + len(chunk)] = \
             assigner.assign(vectors)
         pos += len(chunk)
-    ids = pq.read_table(ingest_path(Path(task.work), task.part), columns=["uid_hi", "uid_lo"])
+    ids = read_columns(ingest_path(Path(task.work), task.part), columns=["uid_hi", "uid_lo"])
     uid_hi = ids.column("uid_hi").to_numpy()[rows]
     uid_lo = ids.column("uid_lo").to_numpy()[rows]
     out = Path(task.out)

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from pipeline.config import RunConfig
 from pipeline.engines.base import DEFAULT, Engine, Resources
+from pipeline.io.tables import read_columns
 from pipeline.io.vector_store import VectorStore
 from pipeline.progress import Samples, step_progress
 from pipeline.stages.ingest import IngestedPart
@@ -44,14 +44,14 @@ def uids_path(work: Path, part: int) -> Path:
 def alive_rows(work: str | Path, part: int, earlier: Sequence[str]) -> np.ndarray:
     """Rows of one part that reach a step: usable at read, not a later copy of a uid, and
     removed by no earlier step."""
-    failed = pq.read_table(ingest_path(Path(work), part), columns=["failed_reason"])
+    failed = read_columns(ingest_path(Path(work), part), columns=["failed_reason"])
     alive = failed.column("failed_reason").is_null().to_numpy(zero_copy_only=False)
     path = uids_path(Path(work), part)
     if path.exists():
-        alive &= ~pq.read_table(path, columns=["duplicate"]).column(0).to_numpy(
+        alive &= ~read_columns(path, columns=["duplicate"]).column(0).to_numpy(
             zero_copy_only=False)
     for step in earlier:
-        removed = pq.read_table(step_part_path(Path(work), step, part), columns=["removed"])
+        removed = read_columns(step_part_path(Path(work), step, part), columns=["removed"])
         alive &= ~removed.column("removed").to_numpy(zero_copy_only=False)
     return np.flatnonzero(alive)
 

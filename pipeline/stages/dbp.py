@@ -14,13 +14,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.algorithms import budget as bud
 from pipeline.algorithms.selection import fraction_of, select_within_concepts
 from pipeline.config import RunConfig
 from pipeline.engines.base import Resources
-from pipeline.io.tables import masked
+from pipeline.io.tables import masked, read_columns
 from pipeline.progress import step_progress
 from pipeline.stages.clusters import apply_decisions, backend_of, fit_and_assign
 from pipeline.stages.context import RunContext, StepResult
@@ -172,7 +171,7 @@ class DensityBasedPruning(Step):
 
     def report(self, cfg: RunConfig, result: StepResult, ctx: RunContext) -> dict[str, Any]:
         return {"dbp": {key: result.extra[key] for key in ("k", "target", "reaching", "keep")},
-                "clusters": pq.read_table(self._concepts(ctx)).to_pylist()}
+                "clusters": read_columns(self._concepts(ctx)).to_pylist()}
 
     @staticmethod
     def _concepts(ctx: RunContext) -> Path:

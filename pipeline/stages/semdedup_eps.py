@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.algorithms.semdedup import removed_count
-from pipeline.io.tables import numpy_column
+from pipeline.io.tables import numpy_column, read_columns
 
 EXACT = "dup_similarity_exact"  # the work table's float64 m_j (the ledger has float32 only)
 # the report's curve: these eps and the run's own
@@ -33,7 +33,7 @@ def read_part(path: Path) -> PartValues:
     """A semdedup work table or a ledger part: exact m_j where the table has every one."""
     names = pq.read_schema(path).names
     columns = ["dedup_cluster", "dup_similarity", *([EXACT] if EXACT in names else [])]
-    table = pq.read_table(path, columns=columns)
+    table = read_columns(path, columns=columns)
     cluster = numpy_column(table, "dedup_cluster", -1, "int32")
     rounded = table.column("dup_similarity")
     exact = EXACT in names and table.column(EXACT).null_count == rounded.null_count

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.ids import u128_to_uids
+from pipeline.io.tables import read_columns
 from pipeline.stages.context import RunContext, ingest_path, uids_path
 from pipeline.stages.shuffle import (
     SCATTER,
@@ -48,7 +48,7 @@ class ScatterTask:
 
 def scatter_part(task: ScatterTask) -> int:
     """Write the part's usable rows by uid hash range; returns how many."""
-    table = pq.read_table(ingest_path(Path(task.work), task.part),
+    table = read_columns(ingest_path(Path(task.work), task.part),
                           columns=["uid_hi", "uid_lo", "failed_reason"])
     rows = np.flatnonzero(table.column("failed_reason").is_null().to_numpy(
         zero_copy_only=False)).astype(np.int64)
@@ -90,13 +90,13 @@ def apply_part(task: ApplyTask) -> int:
     duplicate = np.zeros(task.rows, dtype=bool)
     reason = np.full(task.rows, None, dtype=object)
     if got is not None and len(got):
-        ingest = pq.read_table(ingest_path(Path(task.work), task.part),
+        ingest = read_columns(ingest_path(Path(task.work), task.part),
                                columns=["uid_hi", "uid_lo"])
         hi = ingest.column("uid_hi").to_numpy()[got["row"]]
         lo = ingest.column("uid_lo").to_numpy()[got["row"]]
         firsts = {}
         for p in np.unique(got["first_part"]).tolist():
-            first = pq.read_table(ingest_path(Path(task.work), p), columns=["key", "shard"])
+            first = read_columns(ingest_path(Path(task.work), p), columns=["key", "shard"])
             firsts[p] = (first.column("key").to_pylist(), first.column("shard").to_pylist())
         for i, (uid, p, r) in enumerate(zip(u128_to_uids(hi, lo), got["first_part"].tolist(),
                                             got["first_row"].tolist(), strict=True)):
