@@ -306,9 +306,9 @@ class EngineConfig(_Section):
     )
     threads: int | None = Field(
         None, ge=1, description="OpenMP/BLAS threads of every worker's numeric kernels (and "
-        "of this machine's maps on local). faiss and BLAS round differently with another "
-        "thread count: set the same number on every engine for the same bytes; unset: this "
-        "machine's cores (a joined Ray cluster keeps its own default)",
+        "of this machine's maps on local): a matter of speed only, every thread count gives "
+        "the same bytes (SPEC section 2); unset: this machine's cores (a joined Ray cluster "
+        "keeps its own default)",
     )
     bucket_rows: int = Field(
         262_144, ge=1, description="most members per cluster bucket of the shuffle (one "
