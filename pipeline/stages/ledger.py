@@ -52,9 +52,7 @@ def decide(failed: np.ndarray, removals: list[tuple[str, np.ndarray, pa.Array | 
         reason = pc.if_else(pa.array(hit), pa.scalar(why, pa.string()) if isinstance(why, str)
                             else why, reason)
         decided |= hit
-    names = pa.array([last_step, *(name for name, _, _ in removals)], pa.string())
-    return status, pa.DictionaryArray.from_arrays(pa.array(stage), names).cast(pa.string()), \
-        reason
+    return status, _strings(stage, (last_step, *(name for name, _, _ in removals))), reason
 
 
 def _strings(codes: np.ndarray, values: tuple[str, ...]) -> pa.Array:
@@ -170,8 +168,8 @@ def write_ledger_part(task: LedgerTask) -> dict:
 
     work = Path(task.work)
     ingest = read_columns(ingest_path(work, task.part),
-                           columns=["key", "uid", "shard", "uid_hi", "uid_lo", "failed_reason",
-                                    "failed_stage", "clip_score"])
+                          columns=["key", "uid", "shard", "uid_hi", "uid_lo", "failed_reason",
+                                   "failed_stage", "clip_score"])
     n = ingest.num_rows
     if uids_path(work, task.part).exists():  # later copies of a uid: failed at read
         ingest = _with_duplicates(ingest, read_columns(uids_path(work, task.part)))

@@ -49,7 +49,7 @@ class ScatterTask:
 def scatter_part(task: ScatterTask) -> int:
     """Write the part's usable rows by uid hash range; returns how many."""
     table = read_columns(ingest_path(Path(task.work), task.part),
-                          columns=["uid_hi", "uid_lo", "failed_reason"])
+                         columns=["uid_hi", "uid_lo", "failed_reason"])
     rows = np.flatnonzero(table.column("failed_reason").is_null().to_numpy(
         zero_copy_only=False)).astype(np.int64)
     hi = table.column("uid_hi").to_numpy()[rows]
@@ -91,7 +91,7 @@ def apply_part(task: ApplyTask) -> int:
     reason = np.full(task.rows, None, dtype=object)
     if got is not None and len(got):
         ingest = read_columns(ingest_path(Path(task.work), task.part),
-                               columns=["uid_hi", "uid_lo"])
+                              columns=["uid_hi", "uid_lo"])
         hi = ingest.column("uid_hi").to_numpy()[got["row"]]
         lo = ingest.column("uid_lo").to_numpy()[got["row"]]
         firsts = {}
