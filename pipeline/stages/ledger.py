@@ -93,13 +93,13 @@ def _with_duplicates(ingest: pa.Table, uids: pa.Table) -> pa.Table:
     duplicate = uids.column("duplicate").to_numpy(zero_copy_only=False)
     if not duplicate.any():
         return ingest
-    reason = np.where(duplicate, uids.column("reason").to_numpy(zero_copy_only=False),
-                      ingest.column("failed_reason").to_numpy(zero_copy_only=False))
-    stage = np.where(duplicate, "read",
-                     ingest.column("failed_stage").to_numpy(zero_copy_only=False))
+    copy = pa.array(duplicate)
+    reason = pc.if_else(copy, uids.column("reason").combine_chunks(),
+                        ingest.column("failed_reason").combine_chunks())
+    stage = pc.if_else(copy, pa.scalar("read", pa.string()),
+                       ingest.column("failed_stage").combine_chunks())
     for name, values in (("failed_reason", reason), ("failed_stage", stage)):
-        i = ingest.schema.get_field_index(name)
-        ingest = ingest.set_column(i, name, pa.array(values.tolist(), pa.string()))
+        ingest = ingest.set_column(ingest.schema.get_field_index(name), name, values)
     return ingest
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.algorithms.semdedup import removed_count
-from pipeline.io.tables import numpy_column, read_columns
+from pipeline.io.tables import numpy_column
 
 EXACT = "dup_similarity_exact"  # the work table's float64 m_j (the ledger has float32 only)
 # the report's curve: these eps and the run's own
@@ -31,9 +31,10 @@ class PartValues:
 
 def read_part(path: Path) -> PartValues:
     """A semdedup work table or a ledger part: exact m_j where the table has every one."""
-    names = pq.read_schema(path).names
-    columns = ["dedup_cluster", "dup_similarity", *([EXACT] if EXACT in names else [])]
-    table = read_columns(path, columns=columns)
+    with pq.ParquetFile(path) as file:  # its footer read once: the names, then the columns
+        names = file.schema_arrow.names
+        table = file.read(columns=["dedup_cluster", "dup_similarity",
+                                   *([EXACT] if EXACT in names else [])])
     cluster = numpy_column(table, "dedup_cluster", -1, "int32")
     rounded = table.column("dup_similarity")
     exact = EXACT in names and table.column(EXACT).null_count == rounded.null_count
