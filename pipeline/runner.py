@@ -29,7 +29,6 @@ from pipeline.output_guard import (
     settle,
     sweep_unfinished,
 )
-from pipeline.report.publish import publish
 from pipeline.run_inputs import Inputs, InputSide
 from pipeline.run_lock import run_lock
 from pipeline.run_outputs import OutputSide
@@ -200,6 +199,10 @@ class Runner:
         extra["inputs"] = inputs.pinned
         extra.update(sink.ledger_summary)
         report = build_report(cfg, n, kept, failed, funnel, extra, shards, self.timings)
+        # imported here: its page templates and schema checks (jinja2, jsonschema: 0.12 s)
+        # are needed only now, after subset.npy, not before a run's first step
+        from pipeline.report.publish import publish
+
         publish(report, report_path.parent, cfg.model_dump(mode="json"),
                 sink.examples(inputs, report))
         settle(self.output)

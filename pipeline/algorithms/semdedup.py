@@ -149,7 +149,10 @@ def max_earlier_similarity(vectors: np.ndarray, block_rows: int = 256,
 def _by_rows(e: np.ndarray, block_rows: int, proposer: Proposer, win: float,
              eligible: np.ndarray, meter: BlockMeter | None = None
              ) -> tuple[np.ndarray, np.ndarray]:
-    """m_j and its member for every row, block by block (``max_earlier_similarity``)."""
+    """m_j and its member for every row (``max_earlier_similarity``): the blocks propose,
+    then the cluster's candidates are decided and its m_j computed exactly, each in one
+    call (per block, the calls' own costs were a tenth of a bucket's time beside its
+    products)."""
     n = e.shape[0]
     best = np.full(n, -np.inf, dtype=np.float64)
     arg = np.full(n, -1, dtype=np.int64)
@@ -157,20 +160,23 @@ def _by_rows(e: np.ndarray, block_rows: int, proposer: Proposer, win: float,
         return best, arg
     if meter is not None:
         meter.begin(n - 1, int(earlier_pairs(n)))
+    pair_rows: list[np.ndarray] = []
+    pair_cols: list[np.ndarray] = []
     for block in proposer.earlier(e, block_rows, win, eligible):
-        rows = slice(block.start, block.stop)
-        arg[rows] = block.best
+        arg[block.start : block.stop] = block.best
         if len(block.pair_row):
-            values = exact.dot_pairs(e, e, block.pair_row, block.pair_col)
-            local = block.pair_row - block.start
-            _, chosen = exact.best_per_row(local, block.pair_col, values,
-                                           block.stop - block.start)
-            decided = chosen >= 0
-            arg[rows][decided] = chosen[decided]
-        best[rows] = exact.dot_rows(e[rows], e, b_rows=arg[rows])
+            pair_rows.append(block.pair_row)
+            pair_cols.append(block.pair_col)
         if meter is not None:  # rows j in [start, stop) have j earlier members each
             meter.advance(block.stop - block.start,
                           (block.start + block.stop - 1) * (block.stop - block.start) // 2)
+    if pair_rows:
+        rows, cols = np.concatenate(pair_rows), np.concatenate(pair_cols)
+        values = exact.dot_pairs(e, e, rows, cols)
+        _, chosen = exact.best_per_row(rows, cols, values, n)
+        decided = chosen >= 0
+        arg[decided] = chosen[decided]
+    best[1:] = exact.dot_rows(e[1:], e, b_rows=arg[1:])
     return best, arg
 
 
