@@ -235,15 +235,18 @@ def test_auto_block_rows_bounds() -> None:
     assert auto_block_rows(10, 0) == 1
 
 
+@pytest.mark.parametrize("pair_batch", [1, semdedup.PAIR_BATCH])
 @pytest.mark.parametrize("heavy", [2, 10**9])
 @pytest.mark.parametrize("seed", range(4))
-def test_many_copies_of_a_member_among_near_ties(seed: int, heavy: int,
+def test_many_copies_of_a_member_among_near_ties(seed: int, heavy: int, pair_batch: int,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Members with many copies, the first row among them, and near copies of them within
     1e-7 (float32 scores misorder those) placed before and between the copies: whether the
-    copies are rows or decided from their member, every m_j and its member are the exact
-    brute force's, ties to the earliest member."""
+    copies are rows or decided from their member, and whether the candidates are decided
+    after every block or all at once, every m_j and its member are the exact brute force's,
+    ties to the earliest member."""
     monkeypatch.setattr(semdedup, "HEAVY_COPIES", heavy)
+    monkeypatch.setattr(semdedup, "PAIR_BATCH", pair_batch)
     rng = np.random.default_rng(seed)
     rows = list(clustered_vectors(40, 16, rng))
     for source in (0, 5, 17):
@@ -358,3 +361,29 @@ def test_first_identical_is_bitwise_even_when_hashes_collide(
     assert (want != np.arange(len(rows))).sum() == 4  # base[4] twice, twin, a zero row
     monkeypatch.setattr(semdedup, "_row_hashes", lambda words: np.zeros(len(words), np.uint64))
     assert (first_identical(rows) == want).all()
+
+
+def test_candidates_are_decided_in_batches_of_whole_blocks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Near-ties in every block: with PAIR_BATCH = 1 the candidates are decided after each
+    block that has some (their memory bounded by a block's), the same pairs as in one batch,
+    and the result is the one-batch result, the brute force's."""
+    rng = np.random.default_rng(11)
+    base = clustered_vectors(12, 16, rng)
+    rows = [r for v in base for r in (v, normalise((v + 1e-7 * rng.standard_normal(16))[None])[0])]
+    vectors = np.array(rows, dtype=np.float32)
+    batches: list[int] = []
+    dot_pairs = exact.dot_pairs
+
+    def recorded(x, base, rows, cols):  # noqa: ANN001, ANN202
+        batches.append(len(rows))
+        return dot_pairs(x, base, rows, cols)
+
+    monkeypatch.setattr(exact, "dot_pairs", recorded)
+    whole_m, whole_arg = max_earlier_similarity(vectors, 4)
+    assert len(batches) == 1
+    monkeypatch.setattr(semdedup, "PAIR_BATCH", 1)
+    m, arg = max_earlier_similarity(vectors, 4)
+    assert len(batches) > 4 and sum(batches[1:]) == batches[0]
+    assert np.array_equal(m, whole_m) and np.array_equal(arg, whole_arg)
+    assert_exact_brute_force(vectors, m, arg)
