@@ -96,17 +96,9 @@ def main() -> None:
 
     from pipeline.config import validate_config
 
-    data, made = cached_embeddings(args.out, args.samples, args.dim, args.files)
-    if made:
-        # measure in a fresh process, so that its start time and peak RSS are the run's own
-        # (exec would keep both: the pid's start time and the kernel's peak RSS survive it),
-        # which chooses its BLAS kernels itself as a user's run would
-        from pipeline import blas_kernels
-
-        env = dict(os.environ)
-        if blas_kernels.chosen:
-            env.pop(blas_kernels.VARIABLE, None)
-        sys.exit(subprocess.run([sys.executable, *sys.argv], check=False, env=env).returncode)
+    # every run is measured in a fresh process of its own (``run_in_child``): the data made
+    # here, if it was, weighs on neither its start time nor its peak RSS
+    data, _ = cached_embeddings(args.out, args.samples, args.dim, args.files)
 
     out = args.out / "run"
     cfg = validate_config({
@@ -154,8 +146,8 @@ def main() -> None:
     print(f"matrix work {sum(flops.values()) / 1e12:.2f} TFLOP ("
           + ", ".join(f"{k} {v / 1e12:.2f}" for k, v in flops.items())
           + f") at the sgemm rate measured in this process ({rate / 1e9:.0f} GFLOP/s, the "
-          f"higher of {rate_before / 1e9:.0f} before the run and {rate_after / 1e9:.0f} "
-          f"after it) = FLOP floor {floor:.1f} s; run / FLOP floor = {wall / floor:.3f}")
+          f"higher of {rate_before / 1e9:.0f} before the runs and {rate_after / 1e9:.0f} "
+          f"after them) = FLOP floor {floor:.1f} s; run / FLOP floor = {wall / floor:.3f}")
     matrix = steps.get("semdedup", 0.0) + steps.get("dbp", 0.0)
     print(f"where the run's time goes against that floor: its steps with matrix work "
           f"(semdedup, dbp) {matrix:.1f} s = {matrix / floor:.3f} x the floor; the rest "
