@@ -14,6 +14,7 @@ import pytest
 from pipeline.algorithms import key_select as ks
 from pipeline.algorithms.ordering import grouped_order
 from pipeline.algorithms.selection import clip_filter_keep
+from pipeline.io import vector_store
 from pipeline.io.vector_store import VectorStore, scale_path
 from pipeline.stages import semdedup, shuffle
 from pipeline.stages.clusters import plan_sample, sample_rows
@@ -120,6 +121,30 @@ def test_vector_reads_come_back_in_the_order_asked(tmp_path: Path) -> None:
     rows = np.random.default_rng(2).integers(0, 70, 200)  # both parts, repeats, any order
     np.testing.assert_allclose(store.gather(rows), want[rows], rtol=1e-6)
     np.testing.assert_allclose(store.gather(rows[:1]), want[rows[:1]], rtol=1e-6)
+
+
+def test_reads_map_each_part_once_a_call_or_once_while_held(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read of scattered rows maps each part once, not once per piece of rows; while the
+    store is ``held`` its reads share the maps, and after it they map anew."""
+    store, want = _two_parts(tmp_path)
+    assert store.dim == 8  # found once, from a map of its own
+    maps: list[int] = []
+    array = VectorStore._array
+    monkeypatch.setattr(VectorStore, "_array", lambda self, part: (maps.append(part),
+                                                                  array(self, part))[1])
+    monkeypatch.setattr(vector_store, "SORTED_PIECE", 7)  # many pieces a read
+    rows = np.random.default_rng(3).permutation(70)
+    np.testing.assert_allclose(store.gather(rows), want[rows], rtol=1e-6)
+    assert sorted(maps) == [0, 1]
+    maps.clear()
+    with store.held():
+        for piece in np.array_split(rows, 4):
+            np.testing.assert_allclose(store.gather(piece), want[piece], rtol=1e-6)
+    assert sorted(maps) == [0, 1]
+    maps.clear()
+    store.gather(rows)
+    assert sorted(maps) == [0, 1]
 
 
 @pytest.mark.parametrize(("group_rows", "want_reads"), [

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,7 @@ class VectorStore:
         self.offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
         self._arrays: dict[int, np.ndarray] = {}
         self._scaled: dict[int, bool] = {}
+        self._dim: int | None = None
         self._buffers = threading.local()  # each thread's leases: reads may run at once
         # buffers outlive the threads that used them: a later map's threads take them over
         self._pools = {"scratch": BufferPool(), "piece": BufferPool(), "stored": BufferPool()}
@@ -101,7 +103,9 @@ class VectorStore:
 
     @property
     def dim(self) -> int:
-        return int(self._array(0).shape[1])
+        if self._dim is None:  # found once: a map of the part costs its page faults again
+            self._dim = int(self._array(0).shape[1])
+        return self._dim
 
     def scratch(self, rows: int) -> np.ndarray:
         """A float32 (rows, dim) buffer this thread keeps and gets again (a larger one when
@@ -120,41 +124,71 @@ class VectorStore:
             setattr(self._buffers, kind, lease)
         return lease.buffer[:rows]
 
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Within the block, this thread's reads (``gather``) keep each part mapped, instead
+        of mapping it anew for each read: a fresh map's pages are faulted in again, and the
+        rows of a bucket of clusters lie all over every part. A bucket's 250,000 rows, read
+        in four groups of 8,192-row pieces, took 0.43 s with a map per piece (0.15 s of it
+        in the kernel) against 0.32 s with one map a part (0.02 s). The maps, and the pages
+        they hold, go at the block's end."""
+        before = getattr(self._buffers, "maps", None)
+        self._buffers.maps = {} if before is None else before
+        try:
+            yield
+        finally:
+            self._buffers.maps = before
+
     def gather(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Vectors of the given global rows, in the order given (into ``out`` when given).
 
         The rows are read in file order: a memory map's page faults then each bring in a
         run of neighbouring pages that later rows use, which made a cluster bucket's reads
-        twice as fast as reading in the order given.
+        twice as fast as reading in the order given. Each part is mapped once for the whole
+        call (or for the thread's ``held`` block), not once per piece of rows.
         """
         rows = np.asarray(rows, dtype=np.int64)
         if out is None:
             out = np.empty((len(rows), self.dim), dtype=np.float32)
         if len(rows) == 0:
             return out
+        held = getattr(self._buffers, "maps", None)
+        maps: dict[int, tuple[np.ndarray, np.ndarray | None]] = {} if held is None else held
         if len(rows) > 1 and bool((rows[1:] < rows[:-1]).any()):
             order = np.argsort(rows, kind="stable")
             piece = self._leased("piece", SORTED_PIECE)
             for s in range(0, len(rows), SORTED_PIECE):  # written back a piece at a time
                 take = order[s : s + SORTED_PIECE]
-                out[take] = self.gather(rows[take], out=piece[: len(take)])
+                out[take] = self._sorted_into(rows[take], piece[: len(take)], maps)
             return out
+        return self._sorted_into(rows, out, maps)
+
+    def _sorted_into(self, rows: np.ndarray, out: np.ndarray,
+                     maps: dict[int, tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:
+        """``gather`` of sorted ``rows``, each part mapped once into ``maps``."""
+
+        def mapped(part: int) -> tuple[np.ndarray, np.ndarray | None]:
+            if part not in maps:
+                maps[part] = (self._array(part), self._divisor(part))
+            return maps[part]
+
         first = int(np.searchsorted(self.offsets, rows[0], side="right")) - 1
         local = rows - self.offsets[first]
         if local.min() >= 0 and local.max() < self.offsets[first + 1] - self.offsets[first]:
-            self._rows_into(first, local, out)  # one part: the common case
+            self._rows_into(*mapped(first), local, out)  # one part: the common case
             return out
         # sorted rows: each part's are one run
         cuts = np.searchsorted(rows, self.offsets)
         for part in range(len(self.paths)):
             a, b = int(cuts[part]), int(cuts[part + 1])
             if b > a:
-                self._rows_into(part, rows[a:b] - self.offsets[part], out[a:b])
+                self._rows_into(*mapped(part), rows[a:b] - self.offsets[part], out[a:b])
         return out
 
-    def _rows_into(self, part: int, local: np.ndarray, out: np.ndarray) -> None:
-        arr = self._array(part)
-        divisor = self._divisor(part)
+    def _rows_into(self, arr: np.ndarray, divisor: np.ndarray | None, local: np.ndarray,
+                   out: np.ndarray) -> None:
+        """Rows ``local`` of one part's ``arr`` (``divisor``: its rows' divisors) into
+        ``out`` as unit float32 rows."""
         if not out.flags.c_contiguous:
             out[:] = _unit(arr[local], None if divisor is None else divisor[local])
         elif arr.dtype == np.float32 and divisor is None:
@@ -187,7 +221,7 @@ class VectorStore:
                                   else _unit(arr[span], divisor[span], self.scratch(len(local))))
                 else:
                     out = self.scratch(len(local))
-                    self._rows_into(part, local, out)
+                    self._rows_into(arr, divisor, local, out)
                     yield chunk, out
 
     def close(self) -> None:

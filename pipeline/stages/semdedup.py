@@ -144,19 +144,22 @@ def dedup_bucket(state: tuple[VectorStore, Proposer], task: DedupTask) -> int:
     rows = task.offsets[m.part] + m.row
     out = np.zeros(len(rows), dtype=DECISION_DTYPE)
     out["row"] = m.row
-    for c, a, b, vectors in _clusters_read_in_groups(store, rows, m.cluster_bounds()):
-        cap = max(1, min(task.block_rows, MAX_BLOCK_ELEMENTS // max(1, b - a)))
-        metered = task.progress and earlier_pairs(b - a) >= METERED_PAIRS
-        with ClusterLines(task, c, b - a) if metered else nullcontext() as lines:
-            rem, arg, sim, best = decide_cluster(vectors, task.eps,
-                                                 auto_block_rows(b - a, cap), proposer, lines)
-        has = arg >= 0
-        at = a + np.maximum(arg, 0)
-        piece = out[a:b]
-        piece["removed"], piece["has_dup"], piece["similarity"] = rem, has, sim
-        piece["exact"] = best
-        piece["dup_hi"] = np.where(has, m.uid_hi[at], 0)
-        piece["dup_lo"] = np.where(has, m.uid_lo[at], 0)
+    # the bucket's rows lie all over every part: each part stays mapped for all the groups
+    # read (at most a page a row), not mapped and faulted in anew for each
+    with store.held():
+        for c, a, b, vectors in _clusters_read_in_groups(store, rows, m.cluster_bounds()):
+            cap = max(1, min(task.block_rows, MAX_BLOCK_ELEMENTS // max(1, b - a)))
+            metered = task.progress and earlier_pairs(b - a) >= METERED_PAIRS
+            with ClusterLines(task, c, b - a) if metered else nullcontext() as lines:
+                rem, arg, sim, best = decide_cluster(
+                    vectors, task.eps, auto_block_rows(b - a, cap), proposer, lines)
+            has = arg >= 0
+            at = a + np.maximum(arg, 0)
+            piece = out[a:b]
+            piece["removed"], piece["has_dup"], piece["similarity"] = rem, has, sim
+            piece["exact"] = best
+            piece["dup_hi"] = np.where(has, m.uid_hi[at], 0)
+            piece["dup_lo"] = np.where(has, m.uid_lo[at], 0)
     task.write(m.part, out)
     return int(out["removed"].sum())
 
