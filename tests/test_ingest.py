@@ -13,7 +13,7 @@ import pytest
 import pipeline.stages.ingest as ingest
 from pipeline.io.embeddings import discover_clip_retrieval
 from pipeline.io.vector_store import VectorStore
-from pipeline.stages.ingest import _failed_reasons, ingest_part, write_unit_vectors
+from pipeline.stages.ingest import _failed_reasons, _missing, ingest_part, write_unit_vectors
 
 
 @pytest.mark.parametrize("keep", [False, True])
@@ -49,16 +49,17 @@ def test_unit_vectors_and_scores_over_many_chunks(tmp_path: Path, keep: bool,
 
 
 def test_failed_reasons_name_each_defect() -> None:
-    keys = np.array(["a", None, "", "d", "e", "f"], dtype=object)
-    uids = ["0" * 32, "1" * 32, "2" * 32, "zz", "3" * 32, "4" * 32]
+    key_missing = _missing(pa.array(["a", None, "", "d", "e", "f"]))
+    assert key_missing.tolist() == [False, True, True, False, False, False]
+    uids = pa.array(["0" * 32, "1" * 32, "2" * 32, "zz", "3" * 32, "4" * 32])
     uid_ok = np.array([True, True, True, False, True, True])
     norms = np.array([1.0, 1.0, 1.0, 1.0, 0.0, np.nan])
-    reasons = _failed_reasons(keys, uids, uid_ok, norms, None)
+    reasons = _failed_reasons(key_missing, uids, uid_ok, norms, None)
     assert list(reasons) == [None, "missing key", "missing key", "uid 'zz' is not 32 hex digits",
                              "image embedding is a zero vector",
                              "image embedding has a NaN or infinite value"]
     earlier = ["undecodable image", None, None, None, None, None]
-    assert _failed_reasons(keys, uids, uid_ok, norms, earlier)[0] == "undecodable image"
+    assert _failed_reasons(key_missing, uids, uid_ok, norms, earlier)[0] == "undecodable image"
 
 
 @pytest.mark.parametrize("given", [False, True])
@@ -88,3 +89,25 @@ def test_derived_uids_are_sha256_of_shard_name_then_key(tmp_path: Path, given: b
                                                    table.column("uid_lo").to_pylist(),
                                                    strict=True)] == want
     assert info.derived == sum(u is None for u in uids)
+
+
+def test_names_of_other_types_are_read_as_their_text(tmp_path: Path) -> None:
+    """A metadata column of keys stored as integers names its samples by their decimal text
+    (as ``str`` writes them), and their uids are derived from that text; a missing key is
+    a counted failure, its row kept."""
+    (tmp_path / "data" / "img_emb").mkdir(parents=True)
+    (tmp_path / "data" / "metadata").mkdir()
+    keys = pa.array([17, None, 420017], pa.int64())
+    pq.write_table(pa.table({"key": keys, "shard": ["s.tar"] * 3}),
+                   tmp_path / "data" / "metadata" / "metadata_0.parquet")
+    np.save(tmp_path / "data" / "img_emb" / "img_emb_0.npy",
+            np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32))
+    (part,) = discover_clip_retrieval(str(tmp_path / "data"))
+    info, _ = ingest_part(part, tmp_path)
+    table = pq.read_table(tmp_path / "part-00000.parquet")
+    assert table.column("key").to_pylist() == ["17", None, "420017"]
+    want = [hashlib.sha256(f"s.tar{k}".encode()).hexdigest()[:32] for k in ("17", "420017")]
+    uids = table.column("uid").to_pylist()
+    assert [uids[0], uids[2]] == want and uids[1] is None
+    assert table.column("failed_reason").to_pylist() == [None, "missing key", None]
+    assert info.failed == 1 and info.derived == 3

@@ -45,9 +45,13 @@ class EmbeddingPart:
 
 @dataclass
 class PartData:
-    keys: list[str | None]
-    uids: list[str | None]
-    shards: list[str]
+    """One part's samples as read. The names are Arrow string arrays, never Python lists:
+    the read step runs parts on threads at once, and a list of a part's strings (and the
+    arrays built back from it) held the GIL for about as long as its vectors' arithmetic."""
+
+    keys: pa.Array  # strings, null where a sample has none
+    uids: pa.Array | None  # strings, null where a sample has none; None: no uid column
+    shards: pa.Array  # strings
     image: np.ndarray
     text: np.ndarray | None
     # Written by our own embed stage: samples that failed before embedding (their vectors
@@ -208,6 +212,18 @@ def _column(table: pa.Table, name: str) -> list | None:
     return table.column(name).to_pylist() if name in table.column_names else None
 
 
+def _strings(table: pa.Table, name: str) -> pa.Array | None:
+    """Column ``name`` as an Arrow string array (None when absent): values of another type
+    written as Python's ``str`` writes them, as a name is everywhere else."""
+    if name not in table.column_names:
+        return None
+    column = table.column(name).combine_chunks()
+    kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind):
+        return column.cast(pa.string())
+    return pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.string())
+
+
 def _check_matrix(arr: np.ndarray, path: str, rows: int, meta_path: str) -> None:
     if arr.ndim != 2:
         raise InputError(
@@ -244,19 +260,21 @@ def read_part(part: EmbeddingPart) -> PartData:
     except (OSError, pa.ArrowException) as err:
         raise InputError(f"cannot read metadata file {part.metadata_path}: {err}") from err
     rows = table.num_rows
-    keys = _column(table, "key")
+    keys = _strings(table, "key")
     if part.npz_image_key is None and "image_path" in table.column_names:
-        keys = _column(table, "image_path")  # (an empty part has an empty one)
-    uids = _column(table, "uid")
+        keys = _strings(table, "image_path")  # (an empty part has an empty one)
+    uids = _strings(table, "uid")
     if keys is None:
-        keys = list(uids) if uids is not None else None
+        keys = uids
     if keys is None:
         raise InputError(
             f"{part.metadata_path} has neither an 'image_path' nor a 'key' nor a 'uid' column: "
             "samples cannot be named; add one of them (image_path in clip-retrieval metadata, "
             "uid in DataComp parquet files)"
         )
-    shards = _column(table, "shard") if "shard" in table.column_names else [part.shard] * rows
+    shards = _strings(table, "shard")
+    # a missing shard name reads "None", as Python's str writes it
+    shards = pa.repeat(part.shard, rows) if shards is None else shards.fill_null("None")
     if part.npz_image_key is not None:
         image = _load_npz_member(part.image_path, part.npz_image_key)
         text = _load_npz_member(part.image_path, part.npz_text_key or "")
@@ -275,9 +293,8 @@ def read_part(part: EmbeddingPart) -> PartData:
     score = None
     if "clip_score" in table.column_names and text is None:
         score = table.column("clip_score").to_numpy(zero_copy_only=False).astype(np.float32)
-    return PartData(keys=[None if k is None else str(k) for k in keys],
-                    uids=uids if uids is not None else [None] * rows,
-                    shards=[str(s) for s in shards], image=image, text=text,
+    return PartData(keys=keys, uids=uids, shards=shards.cast(pa.string()), image=image,
+                    text=text,
                     failed_reason=_column(table, "failed_reason"),
                     failed_stage=_column(table, "failed_stage"), clip_score=score)
 

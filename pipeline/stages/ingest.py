@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.algorithms import exact
 from pipeline.algorithms.vectors import MIN_NORM, unit_rows, usable
@@ -107,45 +108,55 @@ def write_unit_vectors(path: Path, image: np.ndarray, text: np.ndarray | None,
     return norms, score, kept
 
 
-def _failed_reasons(keys: np.ndarray, uids: list[str | None], uid_ok: np.ndarray,
+def _failed_reasons(key_missing: np.ndarray, uids: pa.Array, uid_ok: np.ndarray,
                     norms: np.ndarray, earlier: list[str | None] | None
                     ) -> np.ndarray:
     """Per row, why the sample cannot be used (None when it can); the first reason wins.
 
     ``earlier`` holds reasons recorded before the embeddings were made (by the embed stage).
     """
-    reasons = np.full(len(keys), None, dtype=object)
+    reasons = np.full(len(key_missing), None, dtype=object)
     finite = np.isfinite(norms)
     reasons[finite & (norms < MIN_NORM)] = "image embedding is a zero vector"
     reasons[~finite] = "image embedding has a NaN or infinite value"
-    for i in np.flatnonzero(~uid_ok):
-        reasons[i] = f"uid {uids[i]!r} is not 32 hex digits"
-    reasons[(keys == None) | (keys == "")] = "missing key"  # noqa: E711 - object array
+    bad = np.flatnonzero(~uid_ok)
+    for i, uid in zip(bad, uids.take(pa.array(bad)).to_pylist(), strict=True):
+        reasons[i] = f"uid {uid!r} is not 32 hex digits"
+    reasons[key_missing] = "missing key"
     if earlier is not None:
         before = np.array(earlier, dtype=object)
         reasons = np.where(before != None, before, reasons)  # noqa: E711 - object array
     return reasons
 
 
-def _identify(shards: list[str], keys: np.ndarray, given: list[str | None]
-              ) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]:
+def _missing(names: pa.Array) -> np.ndarray:
+    """Where a name is null or empty."""
+    empty = pc.fill_null(pc.equal(pc.binary_length(names), 0), True)
+    return empty.to_numpy(zero_copy_only=False)
+
+
+def _identify(shards: pa.Array, keys: pa.Array, key_missing: np.ndarray,
+              given: pa.Array | None) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]:
     """uid column, its (high, low) halves and validity; missing uids derived (SPEC §5)."""
-    missing = np.array([u is None for u in given], dtype=bool) & (keys != None)  # noqa: E711
-    missing &= keys != ""
+    n = len(keys)
+    given = pa.nulls(n, pa.string()) if given is None else given
+    missing = given.is_null().to_numpy(zero_copy_only=False) & ~key_missing
     if not missing.any():
         hi, lo, ok = uids_to_u128(given)
-        return pa.array(given, pa.string()), hi, lo, ok
+        return given, hi, lo, ok
     rows = np.flatnonzero(missing)
-    d_hi, d_lo = derive_u128([shards[i] for i in rows], keys[rows].tolist())
+    at = pa.array(rows)
+    d_hi, d_lo = derive_u128(shards.take(at), keys.take(at))
     derived = u128_to_uids(d_hi, d_lo)
     if missing.all():
         uids = pa.array(derived, pa.binary()).cast(pa.string())
-        return uids, d_hi, d_lo, np.ones(len(keys), dtype=bool)
-    merged = list(given)
-    for i, u in zip(rows, derived, strict=True):
-        merged[i] = u.decode()
+        return uids, d_hi, d_lo, np.ones(n, dtype=bool)
+    every = np.zeros(n, dtype=derived.dtype)
+    every[rows] = derived
+    merged = pc.if_else(pa.array(missing), pa.array(every, pa.binary()).cast(pa.string()),
+                        given)
     hi, lo, ok = uids_to_u128(merged)
-    return pa.array(merged, pa.string()), hi, lo, ok
+    return merged, hi, lo, ok
 
 
 def ingest_part(part: EmbeddingPart, out_dir: Path, keep_vectors: bool = False
@@ -156,14 +167,13 @@ def ingest_part(part: EmbeddingPart, out_dir: Path, keep_vectors: bool = False
     """
     data = read_part(part)
     n = len(data.keys)
-    keys = np.array(data.keys, dtype=object)
-    uids, uid_hi, uid_lo, uid_ok = _identify(data.shards, keys, data.uids)
-    derived = sum(u is None for u in data.uids)
+    key_missing = _missing(data.keys)
+    uids, uid_hi, uid_lo, uid_ok = _identify(data.shards, data.keys, key_missing, data.uids)
+    derived = n if data.uids is None else data.uids.null_count
 
     vectors = out_dir / f"vectors-{part.index:05d}.npy"
     norms, score, unit = write_unit_vectors(vectors, data.image, data.text, keep_vectors)
-    reasons = _failed_reasons(keys, uids.to_pylist() if not uid_ok.all() else [], uid_ok,
-                              norms, data.failed_reason)
+    reasons = _failed_reasons(key_missing, uids, uid_ok, norms, data.failed_reason)
     failed = reasons != None  # noqa: E711 - object array
     stage = np.where(failed, "read", None).astype(object)
     if data.failed_stage is not None:
@@ -172,9 +182,9 @@ def ingest_part(part: EmbeddingPart, out_dir: Path, keep_vectors: bool = False
     if data.clip_score is not None:
         score = np.where(failed, np.nan, data.clip_score).astype(np.float32)
     table = pa.table({
-        "key": pa.array(data.keys, pa.string()),
+        "key": data.keys,
         "uid": uids,
-        "shard": pa.array(data.shards, pa.string()),
+        "shard": data.shards,
         "row": pa.array(np.arange(n, dtype=np.int64)),
         "uid_hi": pa.array(uid_hi, pa.uint64()),
         "uid_lo": pa.array(uid_lo, pa.uint64()),
