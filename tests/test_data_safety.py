@@ -512,6 +512,30 @@ def test_every_uid_once_later_copies_are_read_failures(tmp_path: Path) -> None:
     assert report["failed"] == 4 and report["input_samples"] == n0 + n1
 
 
+@pytest.mark.parametrize("shared_high_half", [False, True])
+def test_distinct_uids_are_known_from_one_sort_in_the_driver(tmp_path: Path,
+                                                            shared_high_half: bool) -> None:
+    """Where no two usable samples share the high half of their uid, the driver's one sort
+    settles the step: no uid is a duplicate and no file is written. Two uids sharing their
+    high half only are not duplicates either, found by the step's buckets."""
+    data = make_data(tmp_path, files=2)
+    metas = sorted((data / "metadata").glob("*.parquet"))
+    tables = [pq.read_table(m) for m in metas]
+    n0, n1 = tables[0].num_rows, tables[1].num_rows
+    uids = [f"{i:016x}{i:016x}" for i in range(n0 + n1)]
+    if shared_high_half:
+        uids[n0 + 2] = uids[3][:16] + "f" * 16
+    for m, t, chunk in ((metas[0], tables[0], uids[:n0]), (metas[1], tables[1], uids[n0:])):
+        pq.write_table(t.append_column("uid", pa.array(chunk)), m)
+    res = cli(str(write_config(tmp_path, data)))
+    assert res.exit_code == 0, res.output
+    rows = pq.read_table(tmp_path / "out" / "ledger").to_pylist()
+    assert [r["uid"] for r in rows] == uids
+    assert not any(r["reason"] and "duplicate uid" in r["reason"] for r in rows)
+    written = sorted((tmp_path / "out" / "_work" / "uids").glob("part-*.parquet"))
+    assert len(written) == (2 if shared_high_half else 0)
+
+
 def test_a_work_folder_that_is_a_file_and_an_input_inside_the_output_are_clear_errors(
         tmp_path: Path) -> None:
     data = make_data(tmp_path)

@@ -109,14 +109,37 @@ def apply_part(task: ApplyTask) -> int:
     return int(duplicate.sum())
 
 
+# usable samples up to which the driver first looks for any shared uid itself, in one sort
+# of their high halves (8 bytes a sample: 128 MB at most): where there is none, as in most
+# inputs, the step ends there, with no scatter, buckets or files (0.45 -> 0.1 s for the
+# bench's 1,000,000 samples in ten parts)
+DRIVER_CHECK_ROWS = 1 << 24
+
+
+def all_distinct(work: Path, parts: list[int]) -> bool:
+    """Whether no two usable samples of ``parts`` have the same high half of their uid (and
+    so no two the same uid); False where some do, shared uid or not."""
+    halves = []
+    for p in parts:
+        table = read_columns(ingest_path(work, p), columns=["uid_hi", "failed_reason"])
+        usable = table.column("failed_reason").is_null().to_numpy(zero_copy_only=False)
+        halves.append(table.column("uid_hi").to_numpy()[usable])
+    hi = np.sort(np.concatenate(halves)) if halves else np.zeros(0, dtype=np.uint64)
+    return not bool((hi[1:] == hi[:-1]).any())
+
+
 def run_unique_uids(ctx: RunContext, alive: list[int], bucket_rows: int) -> list[int]:
-    """Find the later copies of every uid; returns the duplicates per part."""
+    """Find the later copies of every uid; returns the duplicates per part. A part with none
+    may have no file (``uids_path``): readers take that as no duplicate."""
     total = sum(alive)
+    parts = [p.index for p in ctx.parts]
+    if total <= DRIVER_CHECK_ROWS and all_distinct(ctx.work.root, parts):
+        log.debug("uids: the %d usable samples have distinct uids", total)
+        return [0] * len(parts)
     bits = min(MAX_BITS, max(0, math.ceil(math.log2(max(1, total) / bucket_rows))))
     work = str(ctx.work.root)
     scatter = ctx.step_folder(STEP, SCATTER)
     found = ctx.step_folder(STEP, "found")
-    parts = [p.index for p in ctx.parts]
     ctx.map_units(STEP, "scatter", scatter_part,
                   [ScatterTask(work, p, bits, str(scatter)) for p in parts], parts,
                   desc="uids: scatter", unit="part", concurrent=True)
