@@ -102,7 +102,7 @@ def apply_part(task: ApplyTask) -> list[int]:
         "cluster": masked(cluster, cluster < 0, pa.int32()),
         "distance": masked(distance, np.isnan(distance), pa.float32()),
         "removed": pa.array(removed),
-    }, schema=schemas.DBP))
+    }, schema=schemas.DBP), dictionary=False)  # numbers: see semdedup's apply_part
     return [part.alive, int(removed.sum())]
 
 
