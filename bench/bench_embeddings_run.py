@@ -70,6 +70,36 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
+class AnonymousPeak:
+    """The largest anonymous memory (``RssAnon``: the process's own arrays, not file pages
+    it maps) seen every 20 ms while running: peak RSS also counts the pages of the work
+    folder's vector files mapped while a bucket reads them, which are the page cache's,
+    shared and reclaimable, not the process's."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while True:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("RssAnon:"):
+                        self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+            if self._stop.wait(0.02):
+                return
+
+    def stop(self) -> float:
+        """GB."""
+        self._stop.set()
+        self._thread.join()
+        return self.peak_kb / 1024**2
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=1_000_000)
@@ -123,7 +153,9 @@ def main() -> None:
           f"each run in a fresh process) "
           + ", ".join(f"{t['wall']:.1f}" for t in tries)
           + f" s, the fastest counted: {wall:.1f} s; the report {got['report_s']:.1f} s more; "
-          f"peak RSS {got['rss_gb']:.2f} GB; steps {steps}", flush=True)
+          f"peak RSS {got['rss_gb']:.2f} GB (its anonymous memory at most "
+          f"{got['anon_gb']:.2f} GB, the rest pages of the work folder's files mapped while "
+          f"read); steps {steps}", flush=True)
     if not args.cold:
         print(f"the input was read once before the runs ({cached:.1f} s, not counted): the "
               f"runs and the bare kernels start with it in the page cache, so a first bench "
@@ -171,12 +203,15 @@ def one_run(cfg, out: Path) -> dict:  # noqa: ANN001 - the run's config
 
     shutil.rmtree(out, ignore_errors=True)
     searched = count_kmeans_products()
+    anonymous = AnonymousPeak()
     summary = run(cfg)
     returned = time.time()
+    anon_gb = anonymous.stop()
     written = (out / "subset.npy").stat().st_mtime  # the report comes after it
     report = json.loads((out / "report" / "report.json").read_text())
     return {"wall": written - PROCESS_START, "report_s": returned - written,
-            "rss_gb": _peak_rss_gb(), "input": summary.input_samples, "kept": summary.kept,
+            "rss_gb": _peak_rss_gb(), "anon_gb": anon_gb, "input": summary.input_samples,
+            "kept": summary.kept,
             "steps": report["timings_s"], "searched": searched[0], "kernels": describe()}
 
 
