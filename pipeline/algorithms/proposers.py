@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import faiss
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from pipeline.algorithms import exact
 from pipeline.errors import ConceptpruneError
@@ -198,15 +198,29 @@ class FaissProposer:
         return blas_earlier(vectors, block_rows, window, eligible)
 
 
-# products of one block of queries: 512 KB of float32, which stays in the core's cache; but
-# at least NEAR_MIN_ROWS queries, up to NEAR_MAX_ELEMENTS (32 MB): against thousands of
-# centroids a few dozen rows made products too thin for BLAS (20,000 x 5,000 at d = 512:
-# 1.29 s in blocks of 26 rows, 0.67 s in blocks of 256; 60,000 x 5,000 at d = 64: 0.38 ->
-# 0.30 s; 500 centroids or fewer already had 262 rows or more)
-NEAR_BLOCK_ELEMENTS = 1 << 17
+# products of one block of queries: 2 MB of float32, which the core's caches mostly hold;
+# larger blocks pack the centroids for BLAS fewer times (200,000 x 500 at d = 512 on two
+# threads at once: 312-316k vectors/s in blocks of 512 KB, 331k in blocks of 2 MB, the same
+# at 4 MB). But at least NEAR_MIN_ROWS queries, up to NEAR_MAX_ELEMENTS (32 MB): against
+# thousands of centroids a few dozen rows made products too thin for BLAS (20,000 x 5,000
+# at d = 512: 1.29 s in blocks of 26 rows, 0.67 s in blocks of 256; 60,000 x 5,000 at
+# d = 64: 0.38 -> 0.30 s)
+NEAR_BLOCK_ELEMENTS = 1 << 19
 NEAR_MIN_ROWS = 256
 NEAR_MAX_ELEMENTS = 1 << 23
 NEAR_THREAD_ROWS = 8192  # from this many queries per thread, the rows are split over threads
+
+
+_CONTROLLER: list[ThreadpoolController] = []
+
+
+def one_blas_thread() -> Any:
+    """A block in which this process's BLAS runs on one thread. The libraries are found
+    once: ``threadpool_limits`` reads the process's memory map on every call (2 ms each
+    in a run, where a fit's searches make dozens of calls)."""
+    if not _CONTROLLER:
+        _CONTROLLER.append(ThreadpoolController())
+    return _CONTROLLER[0].limit(limits=1, user_api="blas")
 
 
 def near_block_rows(k: int) -> int:
@@ -238,7 +252,7 @@ class _BlasIndex:
             # argmax passes run beside the products instead of after them (the fit's 20
             # searches at 128,000 x 500 took 6.3 s so, 7.6 s with one two-thread product)
             bounds = np.linspace(0, n, threads + 1).astype(int)
-            with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
+            with one_blas_thread(), ThreadPoolExecutor(threads) as pool:
                 parts = list(pool.map(lambda i: self._near_rows(
                     x, bounds[i], bounds[i + 1], window, best, scores), range(threads)))
             found = [pair for part in parts for pair in part]
