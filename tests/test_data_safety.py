@@ -486,9 +486,9 @@ def test_the_commonest_reasons_are_counted_by_kind_not_by_sample(tmp_path: Path)
            "undecodable caption <key>.txt (not utf-8))" in str(caught.value)
 
 
-def test_every_uid_once_later_copies_are_read_failures(tmp_path: Path) -> None:
-    import numpy as np
-
+def _repeated_uids(tmp_path: Path) -> tuple[Path, int, int]:
+    """Two parts whose uids repeat: within a part, across parts, and three times; returns
+    the data folder and the parts' row counts."""
     data = make_data(tmp_path, files=2)
     metas = sorted((data / "metadata").glob("*.parquet"))
     tables = [pq.read_table(m) for m in metas]
@@ -499,6 +499,13 @@ def test_every_uid_once_later_copies_are_read_failures(tmp_path: Path) -> None:
     uids[n0 + 4] = uids[n0 + 7] = uids[9]  # three copies: the first in input order stays
     for m, t, chunk in ((metas[0], tables[0], uids[:n0]), (metas[1], tables[1], uids[n0:])):
         pq.write_table(t.append_column("uid", pa.array(chunk)), m)
+    return data, n0, n1
+
+
+def test_every_uid_once_later_copies_are_read_failures(tmp_path: Path) -> None:
+    import numpy as np
+
+    data, n0, n1 = _repeated_uids(tmp_path)
     res = cli(str(write_config(tmp_path, data)))
     assert res.exit_code == 0, res.output
     rows = pq.read_table(tmp_path / "out" / "ledger").to_pylist()
@@ -510,6 +517,28 @@ def test_every_uid_once_later_copies_are_read_failures(tmp_path: Path) -> None:
     assert len(subset) == len(np.unique(subset))
     report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
     assert report["failed"] == 4 and report["input_samples"] == n0 + n1
+
+
+@pytest.mark.parametrize("point", [("map", 1, "uids: scatter"), ("map", 1, "uids: find"),
+                                   ("map", 2, "uids: apply")], ids=["scatter", "find", "apply"])
+def test_a_run_killed_in_the_uids_maps_resumes_to_the_unbroken_bytes(
+        tmp_path: Path, point: tuple[str, int, str]) -> None:
+    """Where uids repeat, the step's maps find the later copies; a run SIGKILLed in any of
+    them resumes to an unbroken run's subset and ledger."""
+    from same_bytes import assert_same_run
+    from test_resume_fingerprints import run_killed
+
+    data, _, _ = _repeated_uids(tmp_path)
+    cfg = write_config(tmp_path, data)
+    run_killed(cfg, *point)
+    assert cli(str(cfg)).exit_code == 0
+    (tmp_path / "fresh").mkdir()
+    res = cli(str(write_config(tmp_path / "fresh", data)))
+    assert res.exit_code == 0, res.output
+    assert_same_run(tmp_path / "out", tmp_path / "fresh" / "out",
+                    parts=("subset.npy", "ledger"))
+    rows = pq.read_table(tmp_path / "out" / "ledger", columns=["reason"]).to_pylist()
+    assert sum("duplicate uid" in (r["reason"] or "") for r in rows) == 4
 
 
 @pytest.mark.parametrize("shared_high_half", [False, True])

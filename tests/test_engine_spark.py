@@ -330,7 +330,8 @@ def no_job_left(engine: SparkEngine) -> bool:
 SIGNAL_POINTS = [
     ("map", 2, "embed", signal.SIGTERM, "embed"),  # a shard embedded, the second in flight
     ("map", 1, "read", signal.SIGHUP, "read"),
-    ("map", 2, "uids: apply", signal.SIGINT, "uids"),
+    # the uids step's maps run only where uids repeat (not here): its marker instead
+    ("pipeline.workdir:WorkDir.mark", 1, "'uids'", signal.SIGINT, "uids"),
     ("map", 1, "run_one", signal.SIGTERM, "semdedup"),  # the semdedup k-means in flight
     ("map", 1, "semdedup: clusters", signal.SIGHUP, "semdedup"),
     ("pipeline.workdir:WorkDir.mark", 1, "'semdedup'", signal.SIGINT, "semdedup"),
