@@ -14,6 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline import uid_hashing
+
 UID_HEX_DIGITS = 32
 SUBSET_DTYPE = np.dtype("u8,u8")
 
@@ -29,28 +31,27 @@ def derive_uid(shard: str, key: str) -> str:
     return hashlib.sha256(f"{shard}{key}".encode()).hexdigest()[:UID_HEX_DIGITS]
 
 
-def derive_u128(shards: Iterable[str] | pa.Array, keys: Iterable[str] | pa.Array
-                ) -> tuple[np.ndarray, np.ndarray]:
+def derive_u128(shards: Iterable[str] | pa.Array, keys: Iterable[str] | pa.Array,
+                apart: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The (high, low) halves of derive_uid for many samples at once (none of them null).
 
-    This runs once per sample read, on the read step's threads at once, and the hashing
-    holds the GIL: the messages are joined by Arrow from the metadata's own columns (no
-    Python string per shard and key) and each is hashed from a slice of their one buffer,
-    and the hex strings are skipped; ``u128_to_uids`` gives them back, vectorised.
+    The messages are joined by Arrow from the metadata's own columns (no Python string per
+    shard and key) and each is hashed from a slice of their one buffer; the hex strings are
+    skipped (``u128_to_uids`` gives them back, vectorised). With ``apart`` a helper process
+    hashes (``uid_hashing``): a call holds the GIL, and the read step's threads hash beside
+    each other's arithmetic.
     """
     joined = pc.binary_join_element_wise(_as_strings(shards), _as_strings(keys), "")
     if joined.null_count:
         raise ValueError("derive_u128 needs a shard name and a key for every sample")
     joined = joined.cast(pa.binary())
     offsets = np.frombuffer(joined.buffers()[1], dtype=np.int32)[
-        joined.offset : joined.offset + len(joined) + 1].tolist()
+        joined.offset : joined.offset + len(joined) + 1].astype(np.int64).tobytes()
     data = joined.buffers()[2]
-    text = memoryview(data if data is not None else b"")
-    sha = hashlib.sha256
-    blob = b"".join([sha(text[a:b]).digest()[:16]
-                     for a, b in zip(offsets[:-1], offsets[1:], strict=True)])
-    halves = np.frombuffer(blob, dtype=">u8").reshape(-1, 2).astype(np.uint64)
-    return halves[:, 0].copy(), halves[:, 1].copy()
+    text = memoryview(data) if data is not None else memoryview(b"")
+    blob = (uid_hashing.hashed_apart if apart else uid_hashing.digests)(offsets, text)
+    whole = np.frombuffer(blob, dtype=">u8").reshape(-1, 4)  # 32-byte digests
+    return whole[:, 0].astype(np.uint64), whole[:, 1].astype(np.uint64)
 
 
 def _as_strings(values: Iterable[str] | pa.Array) -> pa.Array:

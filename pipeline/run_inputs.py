@@ -99,10 +99,14 @@ class IngestTask:
     part: EmbeddingPart
     out_dir: str
     keep_vectors: bool
+    # derived uids hashed by helper processes (``uid_hashing``): where parts are read on
+    # threads of one process, whose hashing would hold its GIL against the others
+    hash_apart: bool = False
 
 
 def run_ingest_task(task: IngestTask) -> tuple[IngestedPart, np.ndarray | None]:
-    return ingest_part(task.part, Path(task.out_dir), keep_vectors=task.keep_vectors)
+    return ingest_part(task.part, Path(task.out_dir), keep_vectors=task.keep_vectors,
+                       hash_apart=task.hash_apart)
 
 
 def ingest_stats(result: tuple[IngestedPart, np.ndarray | None]) -> dict[str, Any]:
@@ -262,6 +266,7 @@ class InputSide:
         cached: dict[int, np.ndarray] = {}
         # vectors come back to this process only on the local engine, within the cache budget
         keep = budget > 0 and self.engine.name == "local"
+        threads = self.engine.name == "local" and len(parts) > 1  # parts read side by side
         done: dict[int, IngestedPart] = {}
         todo = []
         for part, fp in zip(parts, fps, strict=True):
@@ -272,7 +277,7 @@ class InputSide:
                 todo.append((part, fp))
         # each part's marker is written by its worker (pipeline.units)
         units = [Unit(str(self.work.root), f"ingest-{part.index:05d}", fp,
-                      IngestTask(part, str(out_dir), keep)) for part, fp in todo]
+                      IngestTask(part, str(out_dir), keep, threads)) for part, fp in todo]
         with step_progress(self.cfg, "read", len(units), "part",
                            Samples(None, "samples", "samples")) as meter:
             results = self.engine.map(partial(run_unit, run_ingest_task, ingest_stats), units,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline import uid_hashing
 from pipeline.ids import derive_u128, derive_uid, subset_array, u128_to_uids, uids_to_u128
 
 
@@ -26,16 +29,44 @@ def test_derive_uid_is_sha256_prefix_of_shard_plus_key() -> None:
     assert derive_uid("00000.tar", "000000001") != derive_uid("00001.tar", "000000001")
 
 
-def test_derive_u128_matches_derive_uid() -> None:
+@pytest.mark.parametrize("apart", [False, True])
+def test_derive_u128_matches_derive_uid(apart: bool) -> None:
+    """Hashed here, or by a helper process (``apart``): the same halves."""
     shards = ["a.tar", "b.tar", "ü.tar", ""]
     keys = ["1", "2", "clé", ""]
-    hi, lo = derive_u128(shards, keys)
+    hi, lo = derive_u128(shards, keys, apart=apart)
     assert hi.dtype == np.uint64 and lo.dtype == np.uint64
     assert u128_to_uids(hi, lo).tolist() == [derive_uid(s, k).encode()
                                              for s, k in zip(shards, keys, strict=True)]
     assert int(hi[3]) == 0xE3B0C44298FC1C14 and int(lo[3]) == 0x9AFBF4C8996FB924
-    hi0, lo0 = derive_u128([], [])
+    hi0, lo0 = derive_u128([], [], apart=apart)
     assert len(hi0) == len(lo0) == 0
+
+
+def test_hashing_helpers_serve_callers_at_once_and_a_dead_one_is_replaced_by_local_hashing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Helpers are as many as callers at once, each answers with hashlib's digests, and
+    when one has died the callers hash in their own process, with the same digests."""
+    monkeypatch.setattr(uid_hashing, "_IDLE", [])
+    monkeypatch.setattr(uid_hashing, "_STARTED", [])
+    monkeypatch.setattr(uid_hashing, "_UNAVAILABLE", [])
+    messages = [f"shard-{i}.tar{i * 7919}".encode() for i in range(5000)] + [b"", "é".encode()]
+    offsets = np.concatenate([[0], np.cumsum([len(m) for m in messages])]).astype(np.int64)
+    want = b"".join(hashlib.sha256(m).digest() for m in messages)
+    with ThreadPoolExecutor(3) as pool:  # three callers hashing at once
+        got = list(pool.map(lambda _: uid_hashing.hashed_apart(offsets.tobytes(),
+                                                               b"".join(messages)), range(6)))
+    assert got == [want] * 6
+    started = list(uid_hashing._STARTED)
+    assert 1 <= len(started) <= 3 and len(uid_hashing._IDLE) == len(started)
+    for helper in started:  # the helpers die (a stop signal to the process group)
+        helper.process.kill()
+        helper.process.wait()
+    assert uid_hashing.hashed_apart(offsets.tobytes(), b"".join(messages)) == want
+    assert uid_hashing._UNAVAILABLE and len(uid_hashing._STARTED) == len(started) - 1
+    assert uid_hashing.hashed_apart(offsets.tobytes(), b"".join(messages)) == want
+    uid_hashing.close_helpers()
+    assert all(h.process.poll() is not None for h in started)
 
 
 def test_uids_to_u128_known_value() -> None:

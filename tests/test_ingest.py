@@ -62,10 +62,12 @@ def test_failed_reasons_name_each_defect() -> None:
     assert _failed_reasons(key_missing, uids, uid_ok, norms, earlier)[0] == "undecodable image"
 
 
-@pytest.mark.parametrize("given", [False, True])
-def test_derived_uids_are_sha256_of_shard_name_then_key(tmp_path: Path, given: bool) -> None:
+@pytest.mark.parametrize(("given", "hash_apart"), [(False, False), (True, False), (True, True)])
+def test_derived_uids_are_sha256_of_shard_name_then_key(tmp_path: Path, given: bool,
+                                                        hash_apart: bool) -> None:
     """SPEC §5: a sample without a uid gets the first 32 hex digits of sha256(shard + key);
-    a given uid travels untouched. With ``given`` some rows carry a uid, the others not."""
+    a given uid travels untouched. With ``given`` some rows carry a uid, the others not;
+    with ``hash_apart`` a helper process hashes."""
     keys = ["000420017", "k1", "x/y", "0"]
     shards = ["a/00042.tar", "b/00042.tar", "00007.tar", "s3://bucket/laion/00001.tar"]
     uids = (["0123456789abcdef0123456789abcdef", None, None, "f" * 32] if given
@@ -79,7 +81,7 @@ def test_derived_uids_are_sha256_of_shard_name_then_key(tmp_path: Path, given: b
     vectors = np.random.default_rng(0).standard_normal((len(keys), 4)).astype(np.float32)
     np.save(tmp_path / "data" / "img_emb" / "img_emb_0.npy", vectors)
     (part,) = discover_clip_retrieval(str(tmp_path / "data"))
-    info, _ = ingest_part(part, tmp_path)
+    info, _ = ingest_part(part, tmp_path, hash_apart=hash_apart)
     want = [u if u is not None else hashlib.sha256((s + k).encode()).hexdigest()[:32]
             for s, k, u in zip(shards, keys, uids, strict=True)]
     table = pq.read_table(tmp_path / "part-00000.parquet")

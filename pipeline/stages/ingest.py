@@ -136,8 +136,10 @@ def _missing(names: pa.Array) -> np.ndarray:
 
 
 def _identify(shards: pa.Array, keys: pa.Array, key_missing: np.ndarray,
-              given: pa.Array | None) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]:
-    """uid column, its (high, low) halves and validity; missing uids derived (SPEC §5)."""
+              given: pa.Array | None, hash_apart: bool = False
+              ) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]:
+    """uid column, its (high, low) halves and validity; missing uids derived (SPEC §5), by
+    helper processes with ``hash_apart``."""
     n = len(keys)
     given = pa.nulls(n, pa.string()) if given is None else given
     missing = given.is_null().to_numpy(zero_copy_only=False) & ~key_missing
@@ -146,7 +148,7 @@ def _identify(shards: pa.Array, keys: pa.Array, key_missing: np.ndarray,
         return given, hi, lo, ok
     rows = np.flatnonzero(missing)
     at = pa.array(rows)
-    d_hi, d_lo = derive_u128(shards.take(at), keys.take(at))
+    d_hi, d_lo = derive_u128(shards.take(at), keys.take(at), apart=hash_apart)
     derived = u128_to_uids(d_hi, d_lo)
     if missing.all():
         uids = pa.array(derived, pa.binary()).cast(pa.string())
@@ -159,16 +161,18 @@ def _identify(shards: pa.Array, keys: pa.Array, key_missing: np.ndarray,
     return merged, hi, lo, ok
 
 
-def ingest_part(part: EmbeddingPart, out_dir: Path, keep_vectors: bool = False
-                ) -> tuple[IngestedPart, np.ndarray | None]:
+def ingest_part(part: EmbeddingPart, out_dir: Path, keep_vectors: bool = False,
+                hash_apart: bool = False) -> tuple[IngestedPart, np.ndarray | None]:
     """Write ``part-NNNNN.parquet`` and ``vectors-NNNNN.npy`` for one input part.
 
-    With ``keep_vectors`` the unit vectors also come back in memory.
+    With ``keep_vectors`` the unit vectors also come back in memory; with ``hash_apart``
+    derived uids are hashed by helper processes (``uid_hashing``).
     """
     data = read_part(part)
     n = len(data.keys)
     key_missing = _missing(data.keys)
-    uids, uid_hi, uid_lo, uid_ok = _identify(data.shards, data.keys, key_missing, data.uids)
+    uids, uid_hi, uid_lo, uid_ok = _identify(data.shards, data.keys, key_missing, data.uids,
+                                             hash_apart)
     derived = n if data.uids is None else data.uids.null_count
 
     vectors = out_dir / f"vectors-{part.index:05d}.npy"
