@@ -10,6 +10,7 @@ speed, never a result: pick the fastest (``make_proposer``).
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -76,12 +77,16 @@ class Proposer(Protocol):
         within ``window`` of the best."""
 
 
+@functools.lru_cache(maxsize=4)
 def _upper(rows: int) -> np.ndarray:
     """0 below the diagonal, -inf on and above it: added to a block's products with its own
     rows, it bars every member not earlier than the row (one pass, where a boolean mask's
-    assignment took four times as long)."""
-    return np.where(np.triu(np.ones((rows, rows), dtype=bool)), np.float32(-np.inf),
-                    np.float32(0.0))
+    assignment took four times as long). Read-only, and kept for the next clusters of the
+    same block size (a bucket's 117 clusters built theirs in 33 ms)."""
+    upper = np.where(np.triu(np.ones((rows, rows), dtype=bool)), np.float32(-np.inf),
+                     np.float32(0.0))
+    upper.flags.writeable = False
+    return upper
 
 
 def _near_pairs(start: int, near: np.ndarray, best: np.ndarray, r: np.ndarray, c: np.ndarray
