@@ -266,7 +266,6 @@ class InputSide:
         cached: dict[int, np.ndarray] = {}
         # vectors come back to this process only on the local engine, within the cache budget
         keep = budget > 0 and self.engine.name == "local"
-        threads = self.engine.name == "local" and len(parts) > 1  # parts read side by side
         done: dict[int, IngestedPart] = {}
         todo = []
         for part, fp in zip(parts, fps, strict=True):
@@ -275,6 +274,7 @@ class InputSide:
                 done[part.index] = IngestedPart(**self.work.stats(name))
             else:
                 todo.append((part, fp))
+        threads = self.engine.name == "local" and len(todo) > 1  # parts read side by side
         # each part's marker is written by its worker (pipeline.units)
         units = [Unit(str(self.work.root), f"ingest-{part.index:05d}", fp,
                       IngestTask(part, str(out_dir), keep, threads)) for part, fp in todo]

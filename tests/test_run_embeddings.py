@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from same_bytes import assert_same_file
+from same_bytes import assert_same_arrays, assert_same_file
 
 from pipeline.config import validate_config
 from pipeline.ids import SUBSET_DTYPE, uids_to_u128
@@ -276,6 +276,26 @@ def test_same_seed_same_bytes(emb_dir: Path, tmp_path: Path) -> None:
     run(config(emb_dir, tmp_path / "a", vector_cache_gb=1))  # held in memory
     run(config(emb_dir, tmp_path / "b", vector_cache_gb=0))  # streamed from the work folder
     assert_same_file(tmp_path / "a" / "subset.npy", tmp_path / "b" / "subset.npy")
+
+
+def test_a_local_run_hashes_derived_uids_in_helper_processes(
+        emb_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its parts, read on threads at once, hash their derived uids in helper processes (one
+    per part read at once), and the uids are those hashed here."""
+    from pipeline import uid_hashing
+
+    for name in ("_IDLE", "_STARTED", "_UNAVAILABLE"):
+        monkeypatch.setattr(uid_hashing, name, [])
+    run(config(emb_dir, tmp_path / "a"))
+    started = list(uid_hashing._STARTED)
+    assert 1 <= len(started) <= 3 and not uid_hashing._UNAVAILABLE
+    uid_hashing.close_helpers()
+    table = ledger(tmp_path / "a")
+    from pipeline.ids import derive_u128, u128_to_uids
+
+    want = u128_to_uids(*derive_u128(table.column("shard"), table.column("key")))
+    got = np.array(table.column("uid").to_pylist(), dtype="S32")
+    assert_same_arrays(got, want, "the ledger's derived uids")
 
 
 def _write_datacomp(folder: Path, shard: str, n: int, rng: np.random.Generator,

@@ -216,16 +216,16 @@ NEAR_MAX_ELEMENTS = 1 << 23
 NEAR_THREAD_ROWS = 8192  # from this many queries per thread, the rows are split over threads
 
 
-_CONTROLLER: list[ThreadpoolController] = []
+@functools.cache
+def _controller() -> ThreadpoolController:
+    return ThreadpoolController()
 
 
 def one_blas_thread() -> Any:
     """A block in which this process's BLAS runs on one thread. The libraries are found
     once: ``threadpool_limits`` reads the process's memory map on every call (2 ms each
     in a run, where a fit's searches make dozens of calls)."""
-    if not _CONTROLLER:
-        _CONTROLLER.append(ThreadpoolController())
-    return _CONTROLLER[0].limit(limits=1, user_api="blas")
+    return _controller().limit(limits=1, user_api="blas")
 
 
 def near_block_rows(k: int) -> int:

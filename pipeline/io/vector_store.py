@@ -129,9 +129,9 @@ class VectorStore:
         """Within the block, this thread's reads (``gather``) keep each part mapped, instead
         of mapping it anew for each read: a fresh map's pages are faulted in again, and the
         rows of a bucket of clusters lie all over every part. A bucket's 250,000 rows, read
-        in four groups of 8,192-row pieces, took 0.43 s with a map per piece (0.15 s of it
-        in the kernel) against 0.32 s with one map a part (0.02 s). The maps, and the pages
-        they hold, go at the block's end."""
+        in four groups of 8,192-row pieces, took 0.39-0.46 s with a map per group
+        (0.09-0.16 s of it in the kernel) against 0.26-0.27 s held (0.01 s). The maps, and
+        the pages they hold, go at the block's end."""
         before = getattr(self._buffers, "maps", None)
         self._buffers.maps = {} if before is None else before
         try:

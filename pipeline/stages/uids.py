@@ -135,7 +135,8 @@ def run_unique_uids(ctx: RunContext, alive: list[int], bucket_rows: int) -> list
     total = sum(alive)
     parts = [p.index for p in ctx.parts]
     if total <= DRIVER_CHECK_ROWS and all_distinct(ctx.work.root, parts):
-        log.debug("uids: the %d usable samples have distinct uids", total)
+        log.info("uids: the %d usable samples have distinct uids (one sort in the driver)",
+                 total)
         return [0] * len(parts)
     bits = min(MAX_BITS, max(0, math.ceil(math.log2(max(1, total) / bucket_rows))))
     work = str(ctx.work.root)
